@@ -1,0 +1,18 @@
+//! Corridor identities and the only code that touches rustls: the development CA,
+//! certificate issue, server and client TLS configs, and turning a verified peer
+//! certificate into a typed [`Identity`].
+
+mod error;
+mod identity;
+mod issue;
+mod tls;
+
+pub use error::CertError;
+pub use identity::Identity;
+pub use issue::{Ca, IssueOptions, IssuedCert, init_dir, write_identity};
+pub use tls::{
+    Credentials, TlsAcceptOptions, TlsConnector, caller_identity, client_channel, tls_incoming,
+};
+
+/// The trust domain every corridor identity lives in.
+pub const TRUST_DOMAIN: &str = "corridor";

@@ -1,0 +1,134 @@
+//! One client per city, and the deadline arithmetic of a fan-out.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use corridor_certs::{CertError, Credentials, Identity, client_channel};
+use corridor_proto::{
+    NodeState,
+    cities::{City, city_by_slug},
+    node_client::NodeClient,
+};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::{GatewayConfig, server::MAX_MESSAGE_BYTES};
+
+/// A city's node as the gateway sees it.
+#[derive(Clone)]
+pub struct CityClient {
+    pub city: &'static City,
+    pub endpoint: String,
+    pub client: NodeClient<Channel>,
+}
+
+/// The configured cities, in corridor order. One HTTP/2 connection per city,
+/// opened lazily and re-opened after failures; the server must prove it is
+/// that city's node.
+#[derive(Clone)]
+pub struct Cities {
+    by_slug: BTreeMap<&'static str, CityClient>,
+    order: Vec<&'static str>,
+}
+
+impl Cities {
+    pub fn connect(config: &GatewayConfig, creds: &Credentials) -> Result<Self, CertError> {
+        let mut by_slug = BTreeMap::new();
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        for n in &config.nodes {
+            let city = city_by_slug(&n.city).expect("validated config");
+            let channel = client_channel(
+                &n.endpoint,
+                creds,
+                Some(Identity::Node(n.city.clone())),
+                connect_timeout,
+            )?;
+            let client = NodeClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            by_slug.insert(
+                city.slug,
+                CityClient {
+                    city,
+                    endpoint: n.endpoint.clone(),
+                    client,
+                },
+            );
+        }
+        let order = corridor_proto::cities::CITIES
+            .iter()
+            .map(|c| c.slug)
+            .filter(|s| by_slug.contains_key(s))
+            .collect();
+        Ok(Cities { by_slug, order })
+    }
+
+    pub fn get(&self, slug: &str) -> Option<&CityClient> {
+        self.by_slug.get(slug)
+    }
+
+    /// Every configured city, in corridor order.
+    pub fn all(&self) -> impl Iterator<Item = &CityClient> {
+        self.order.iter().map(|s| &self.by_slug[s])
+    }
+}
+
+/// The budget a client gave us in `grpc-timeout`, if any.
+pub fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The budget for node calls: the client's deadline (bounded), minus a margin
+/// so that the merged answer still reaches the client in time.
+pub fn node_budget(client: Option<Duration>, default: Duration, max: Duration) -> Duration {
+    let total = client.unwrap_or(default).min(max);
+    let margin = (total / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    total.saturating_sub(margin)
+}
+
+/// How a failed node call is reported.
+pub fn classify(status: &Status) -> NodeState {
+    match status.code() {
+        Code::Unavailable => NodeState::Unavailable,
+        // tonic answers Cancelled when a server-side deadline expires.
+        Code::DeadlineExceeded | Code::Cancelled => NodeState::Timeout,
+        _ => NodeState::Error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_is_parsed() {
+        let mut md = tonic::metadata::MetadataMap::new();
+        assert_eq!(client_deadline(&md), None);
+        md.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(client_deadline(&md), Some(Duration::from_millis(250)));
+        md.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(client_deadline(&md), Some(Duration::from_secs(2)));
+        md.insert("grpc-timeout", "xS".parse().unwrap());
+        assert_eq!(client_deadline(&md), None);
+    }
+
+    #[test]
+    fn budget_leaves_a_margin_and_respects_the_cap() {
+        let d = Duration::from_millis;
+        assert_eq!(node_budget(Some(d(1000)), d(1500), d(30_000)), d(950));
+        assert_eq!(node_budget(None, d(1500), d(30_000)), d(1450));
+        assert_eq!(node_budget(Some(d(60_000)), d(1500), d(30_000)), d(29_950));
+    }
+}

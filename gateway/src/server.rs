@@ -1,0 +1,53 @@
+//! Running the gateway on an already-bound listener.
+
+use std::future::Future;
+
+use corridor_certs::{CertError, Credentials, TlsAcceptOptions, tls_incoming};
+use corridor_proto::gateway_server::GatewayServer;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+use crate::{Cities, GatewayConfig, GatewayService};
+
+/// Largest gRPC message the gateway accepts or sends, in both directions.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("tls: {0}")]
+    Tls(#[from] CertError),
+    #[error("serving failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Serves the gateway until `shutdown` resolves, then drains in-flight calls.
+pub async fn run(
+    config: GatewayConfig,
+    creds: Credentials,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    config
+        .validate()
+        .map_err(|e| CertError::BadIdentity(e.to_string()))?;
+    let cities = Cities::connect(&config, &creds)?;
+    let tls = creds.server_config()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<GatewayServer<GatewayService>>().await;
+    let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
+    let service = GatewayServer::new(GatewayService::new(cities, &config))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tracing::info!(cities = config.nodes.len(), "gateway serving");
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tls_incoming(listener, tls, TlsAcceptOptions::default()),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}

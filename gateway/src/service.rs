@@ -1,0 +1,278 @@
+//! The public gRPC service. The only place in this crate that builds a
+//! `tonic::Status`.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use corridor_certs::caller_identity;
+use corridor_proto::{self as pb, NodeState, cities::split_instrument_id, gateway_server};
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use tonic::{Code, Request, Response, Status};
+
+use crate::{
+    Cities, GatewayConfig,
+    fanout::{CityClient, classify, client_deadline, node_budget},
+};
+
+const MAX_LIMIT: u32 = 200;
+const DEFAULT_LIMIT: u32 = 20;
+
+pub struct GatewayService {
+    cities: Cities,
+    default_deadline: Duration,
+    max_deadline: Duration,
+}
+
+impl GatewayService {
+    pub fn new(cities: Cities, config: &GatewayConfig) -> Self {
+        GatewayService {
+            cities,
+            default_deadline: config.default_deadline(),
+            max_deadline: config.max_deadline(),
+        }
+    }
+
+    fn budget<T>(&self, req: &Request<T>) -> Duration {
+        node_budget(
+            client_deadline(req.metadata()),
+            self.default_deadline,
+            self.max_deadline,
+        )
+    }
+
+    /// Any identity the corridor CA issued may use the gateway; the TLS layer
+    /// has already refused everyone else. This reads it for the logs.
+    fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        caller_identity(req)
+            .map(|id| id.to_string())
+            .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    /// The cities a search must ask: those the filter allows.
+    fn targets(&self, filter: &pb::SearchFilter) -> Result<Vec<&CityClient>, Status> {
+        for c in &filter.cities {
+            if corridor_proto::cities::city_by_slug(c).is_none() {
+                return Err(Status::invalid_argument(format!(
+                    "{c:?} is not a corridor city; cities are {}",
+                    corridor_proto::cities::CITIES.map(|c| c.slug).join(", ")
+                )));
+            }
+        }
+        for p in &filter.provinces {
+            if !corridor_proto::cities::PROVINCES
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(p))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "{p:?} is not a corridor province; provinces are {}",
+                    corridor_proto::cities::PROVINCES.join(", ")
+                )));
+            }
+        }
+        let cities: HashSet<&str> = filter.cities.iter().map(String::as_str).collect();
+        Ok(self
+            .cities
+            .all()
+            .filter(|c| cities.is_empty() || cities.contains(c.city.slug))
+            .filter(|c| {
+                filter.provinces.is_empty()
+                    || filter
+                        .provinces
+                        .iter()
+                        .any(|p| p.eq_ignore_ascii_case(c.city.province))
+            })
+            .collect())
+    }
+}
+
+fn node_status(c: &CityClient, state: NodeState, took: Duration, detail: String) -> pb::NodeStatus {
+    pb::NodeStatus {
+        city: c.city.slug.into(),
+        province: c.city.province.into(),
+        state: state as i32,
+        took_ms: took.as_millis().min(u32::MAX as u128) as u32,
+        detail,
+        instruments: 0,
+        endpoint: c.endpoint.clone(),
+    }
+}
+
+/// Calls one node under `budget`, sending the budget on as `grpc-timeout`.
+async fn call<Req, Resp, F, Fut>(
+    c: &CityClient,
+    budget: Duration,
+    msg: Req,
+    f: F,
+) -> (Result<Resp, (NodeState, String)>, Duration)
+where
+    F: FnOnce(
+        corridor_proto::node_client::NodeClient<tonic::transport::Channel>,
+        Request<Req>,
+    ) -> Fut,
+    Fut: Future<Output = Result<Response<Resp>, Status>>,
+{
+    let started = Instant::now();
+    let mut req = Request::new(msg);
+    req.set_timeout(budget);
+    let result = match tokio::time::timeout(budget, f(c.client.clone(), req)).await {
+        Ok(Ok(resp)) => Ok(resp.into_inner()),
+        Ok(Err(status)) => Err((classify(&status), status.message().to_string())),
+        Err(_) => Err((
+            NodeState::Timeout,
+            format!("no answer within {} ms", budget.as_millis()),
+        )),
+    };
+    (result, started.elapsed())
+}
+
+/// Orders merged hits: best score first, then by id, so that equal scores
+/// come out the same way every time.
+fn rank(a: &pb::SearchHit, b: &pb::SearchHit) -> std::cmp::Ordering {
+    let id = |h: &pb::SearchHit| {
+        h.instrument
+            .as_ref()
+            .map(|i| i.id.clone())
+            .unwrap_or_default()
+    };
+    b.score.total_cmp(&a.score).then_with(|| id(a).cmp(&id(b)))
+}
+
+#[tonic::async_trait]
+impl gateway_server::Gateway for GatewayService {
+    #[tracing::instrument(name = "gateway.search", skip_all, fields(query = %req.get_ref().query))]
+    async fn search(
+        &self,
+        req: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        self.caller(&req)?;
+        let budget = self.budget(&req);
+        let mut msg = req.into_inner();
+        msg.limit = match msg.limit {
+            0 => DEFAULT_LIMIT,
+            n => n.min(MAX_LIMIT),
+        };
+        let allow_partial = msg.allow_partial.unwrap_or(true);
+        let filter = msg.filter.clone().unwrap_or_default();
+        let targets = self.targets(&filter)?;
+
+        let mut calls: FuturesUnordered<_> = targets
+            .iter()
+            .map(|c| {
+                let msg = msg.clone();
+                async move {
+                    let r = call(
+                        c,
+                        budget,
+                        msg,
+                        |mut cl, r| async move { cl.search(r).await },
+                    )
+                    .await;
+                    (*c, r)
+                }
+            })
+            .collect();
+
+        let mut hits: Vec<pb::SearchHit> = Vec::new();
+        let mut nodes = Vec::with_capacity(targets.len());
+        let mut total = 0;
+        let mut partial = false;
+        // Merge as answers arrive; keep only what can still make the top.
+        while let Some((c, (result, took))) = calls.next().await {
+            match result {
+                Ok(resp) => {
+                    total += resp.total;
+                    hits.extend(resp.hits);
+                    hits.sort_by(rank);
+                    hits.truncate(msg.limit as usize);
+                    nodes.push(node_status(c, NodeState::Ok, took, String::new()));
+                }
+                Err((state, detail)) => {
+                    tracing::warn!(city = c.city.slug, ?state, %detail, "city failed during search");
+                    if !allow_partial {
+                        return Err(Status::unavailable(format!(
+                            "city {} did not answer ({}): {detail}; retry, or allow partial results",
+                            c.city.slug,
+                            state.as_str_name()
+                        )));
+                    }
+                    partial = true;
+                    nodes.push(node_status(c, state, took, detail));
+                }
+            }
+        }
+        // Report cities in corridor order, whatever order they answered in.
+        let order: Vec<&str> = corridor_proto::cities::CITIES
+            .iter()
+            .map(|c| c.slug)
+            .collect();
+        nodes.sort_by_key(|n| order.iter().position(|s| *s == n.city));
+        Ok(Response::new(pb::SearchResponse {
+            hits,
+            nodes,
+            partial,
+            total,
+        }))
+    }
+
+    async fn get_instrument(
+        &self,
+        req: Request<pb::GetInstrumentRequest>,
+    ) -> Result<Response<pb::Instrument>, Status> {
+        self.caller(&req)?;
+        let budget = self.budget(&req);
+        let id = req.get_ref().id.clone();
+        let (city, _) = split_instrument_id(&id).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "{id:?} is not an instrument id \"<city>/<local-id>\" of a corridor city"
+            ))
+        })?;
+        let c = self.cities.get(city.slug).ok_or_else(|| {
+            Status::unavailable(format!(
+                "city {} is not configured on this gateway",
+                city.slug
+            ))
+        })?;
+        let (result, _) = call(c, budget, req.into_inner(), |mut cl, r| async move {
+            cl.get_instrument(r).await
+        })
+        .await;
+        result
+            .map(Response::new)
+            .map_err(|(state, detail)| match state {
+                NodeState::Timeout => Status::deadline_exceeded(format!(
+                    "city {} did not answer in time: {detail}",
+                    city.slug
+                )),
+                NodeState::Unavailable => {
+                    Status::unavailable(format!("city {} is unavailable: {detail}", city.slug))
+                }
+                _ => Status::new(Code::NotFound, detail),
+            })
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.caller(&req)?;
+        let budget = self.budget(&req);
+        let calls = self.cities.all().map(|c| async move {
+            let (result, took) = call(c, budget, pb::NodeInfoRequest {}, |mut cl, r| async move {
+                cl.info(r).await
+            })
+            .await;
+            match result {
+                Ok(info) => {
+                    let mut s = node_status(c, NodeState::Ok, took, String::new());
+                    s.instruments = info.instruments;
+                    s
+                }
+                Err((state, detail)) => node_status(c, state, took, detail),
+            }
+        });
+        let nodes = futures_util::future::join_all(calls).await;
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+}

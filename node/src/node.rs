@@ -1,0 +1,170 @@
+//! The node's core: one city's store and its search catalog, with the rules
+//! for writing. No gRPC here; `service` adapts it.
+
+use std::sync::Arc;
+
+use corridor_proto::cities::City;
+
+use crate::{
+    catalog::{Catalog, Entry, Query},
+    demo::{self, Scale},
+    import::{Row, RowError, check_rows},
+    store::{Store, StoreError, UpsertSummary},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("import rejected, nothing stored: {0}")]
+    Rejected(#[from] RowError),
+    #[error("tls: {0}")]
+    Tls(#[from] corridor_certs::CertError),
+    #[error("serving failed: {0}")]
+    Serve(String),
+}
+
+/// One city's inventory: the store is the truth, the catalog is derived.
+pub struct Node {
+    city: &'static City,
+    store: Arc<dyn Store>,
+    catalog: Catalog,
+    /// One writer at a time, so that the catalog sees writes in store order.
+    write: tokio::sync::Mutex<()>,
+}
+
+/// Now, in Asia/Shanghai, as RFC 3339.
+pub fn now_rfc3339() -> String {
+    let offset = time::macros::offset!(+8);
+    time::OffsetDateTime::now_utc()
+        .to_offset(offset)
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("a current time always formats")
+}
+
+impl Node {
+    /// Opens the node over `store`, rebuilding the catalog from it.
+    pub fn open(city: &'static City, store: Arc<dyn Store>) -> Result<Self, NodeError> {
+        let catalog = Catalog::new(store.all()?);
+        Ok(Node {
+            city,
+            store,
+            catalog,
+            write: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn city(&self) -> &'static City {
+        self.city
+    }
+
+    pub fn len(&self) -> usize {
+        self.catalog.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.catalog.is_empty()
+    }
+
+    /// Seeds the demo inventory when the store is empty; returns how many
+    /// instruments were written.
+    pub async fn seed_if_empty(&self, scale: Scale) -> Result<u64, NodeError> {
+        if !self.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<Row> = demo::city_inventory(scale, self.city.slug)
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (i as u64 + 1, r))
+            .collect();
+        Ok(self.import(rows).await?.inserted)
+    }
+
+    /// Validates every row, then writes them all in one atomic, durable step.
+    /// One bad row rejects everything; rows equal to the stored ones change
+    /// nothing.
+    pub async fn import(&self, rows: Vec<Row>) -> Result<UpsertSummary, NodeError> {
+        check_rows(self.city.slug, &rows)?;
+        let records: Vec<_> = rows
+            .into_iter()
+            .map(|(_, mut r)| {
+                r.city = self.city.slug.to_string();
+                r
+            })
+            .collect();
+        let _guard = self.write.lock().await;
+        let store = self.store.clone();
+        let (summary, written) =
+            tokio::task::spawn_blocking(move || store.upsert(&records, &now_rfc3339()))
+                .await
+                .map_err(|e| StoreError::Backend(format!("write task failed: {e}")))??;
+        self.catalog.apply(written);
+        Ok(summary)
+    }
+
+    pub fn get(&self, local_id: &str) -> Option<Arc<Entry>> {
+        self.catalog.get(local_id)
+    }
+
+    pub fn search(&self, q: &Query) -> (Vec<(Arc<Entry>, f64)>, u64) {
+        self.catalog.search(q, self.city.slug, self.city.province)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::tests::sample, store::MemStore};
+    use corridor_proto::cities::city_by_slug;
+
+    fn node() -> Node {
+        Node::open(
+            city_by_slug("hefei").unwrap(),
+            Arc::new(MemStore::default()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_bad_row_rejects_the_whole_import() {
+        let n = node();
+        let mut bad = sample("b");
+        bad.institution_uscc = "nope".into();
+        let err = n
+            .import(vec![(1, sample("a")), (2, bad)])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("line 2: institution_uscc"),
+            "{err}"
+        );
+        assert!(n.is_empty(), "nothing from a rejected file is stored");
+    }
+
+    #[tokio::test]
+    async fn reimport_is_a_no_op_and_search_sees_writes() {
+        let n = node();
+        let s = n.import(vec![(1, sample("a"))]).await.unwrap();
+        assert_eq!(s.inserted, 1);
+        let before = n.get("a").unwrap().stored.updated_at.clone();
+        let s = n.import(vec![(1, sample("a"))]).await.unwrap();
+        assert_eq!((s.inserted, s.updated, s.unchanged), (0, 0, 1));
+        assert_eq!(n.get("a").unwrap().stored.updated_at, before);
+        let q = Query {
+            text: "核磁".into(),
+            limit: 5,
+            ..Default::default()
+        };
+        assert_eq!(n.search(&q).1, 1);
+        assert_eq!(n.get("a").unwrap().stored.record.city, "hefei");
+    }
+
+    #[tokio::test]
+    async fn seeding_fills_an_empty_node_once() {
+        let n = node();
+        let first = n.seed_if_empty(Scale::G60).await.unwrap();
+        assert!(first > 0);
+        assert_eq!(n.len() as u64, first);
+        assert_eq!(n.seed_if_empty(Scale::G60).await.unwrap(), 0);
+    }
+}

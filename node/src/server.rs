@@ -1,0 +1,70 @@
+//! Running a node: open the store, seed it if asked, serve until shutdown.
+
+use std::{future::Future, path::PathBuf, sync::Arc};
+
+use corridor_certs::{Credentials, TlsAcceptOptions, tls_incoming};
+use corridor_proto::{cities::City, node_server::NodeServer};
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+use crate::{
+    NodeService,
+    demo::Scale,
+    node::{Node, NodeError},
+    store::SledStore,
+};
+
+/// Largest gRPC message a node accepts or sends. Imports stream in chunks well
+/// below this.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub city: &'static City,
+    pub data_dir: PathBuf,
+    /// Seed this demo inventory when the store is empty.
+    pub seed: Option<Scale>,
+}
+
+/// Serves one city node on an already-bound listener until `shutdown`
+/// resolves, then drains in-flight calls and flushes the store.
+pub async fn run(
+    config: NodeConfig,
+    creds: Credentials,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), NodeError> {
+    let store = Arc::new(SledStore::open(&config.data_dir)?);
+    let node = Arc::new(Node::open(config.city, store.clone())?);
+    if let Some(scale) = config.seed {
+        let n = node.seed_if_empty(scale).await?;
+        if n > 0 {
+            tracing::info!(
+                city = config.city.slug,
+                instruments = n,
+                "seeded demo inventory"
+            );
+        }
+    }
+    let tls = creds.server_config()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<NodeServer<NodeService>>().await;
+    let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
+
+    let service = NodeServer::new(NodeService::new(node))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = tls_incoming(listener, tls, TlsAcceptOptions::default());
+    tracing::info!(city = config.city.slug, "node serving");
+    let served = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    // Flush even if serving failed: nothing acknowledged may be lost.
+    store.flush()?;
+    served.map_err(|e| NodeError::Serve(e.to_string()))
+}
