@@ -1,1 +1,337 @@
-fn main() {}
+//! The `corridor` command: start the nine-city mesh, run a node or the
+//! gateway, issue certificates, import inventories, and search.
+
+mod client;
+mod up;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use corridor_certs::Credentials;
+use corridor_proto::cities::{CITIES, city_by_slug};
+
+#[derive(Parser)]
+#[command(
+    name = "corridor",
+    version,
+    about = "Share large research instruments across the G60 corridor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How a client reaches the gateway. Defaults point at `corridor up`.
+#[derive(Args, Clone, Debug)]
+pub struct ClientOpts {
+    /// Gateway endpoint.
+    #[arg(
+        long,
+        env = "CORRIDOR_GATEWAY",
+        default_value = "https://127.0.0.1:7443",
+        global = true
+    )]
+    gateway: String,
+    /// Directory holding ca.pem and the identity's NAME.pem / NAME.key.
+    #[arg(
+        long,
+        env = "CORRIDOR_CERTS",
+        default_value = ".corridor/certs",
+        global = true
+    )]
+    certs: PathBuf,
+    /// Identity to present (file stem under --certs).
+    #[arg(long, env = "CORRIDOR_IDENTITY", global = true)]
+    identity: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl ClientOpts {
+    fn credentials(&self, default_identity: &str) -> Result<Credentials> {
+        let name = self.identity.as_deref().unwrap_or(default_identity);
+        Credentials::load(&self.certs, name).with_context(|| {
+            format!(
+                "loading identity {name:?} from {} (start the demo with `corridor up`, or pass --certs/--identity)",
+                self.certs.display()
+            )
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the whole corridor on this machine: a CA, nine city nodes and a gateway.
+    Up(up::UpArgs),
+    /// Run one city node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Run the gateway.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
+    /// Manage certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Import a city's instruments from JSON Lines or CSV (as that city's admin).
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        city: String,
+        /// The city node's endpoint; defaults to the demo's port for the city.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Search instruments in every city.
+    Search {
+        /// Words to look for, in Chinese or English.
+        query: Vec<String>,
+        /// Only these cities (repeatable).
+        #[arg(long = "city")]
+        cities: Vec<String>,
+        /// Only these provinces (repeatable): Shanghai, Zhejiang, Jiangsu, Anhui.
+        #[arg(long = "province")]
+        provinces: Vec<String>,
+        /// Only these taxonomy codes or their children (repeatable), e.g. 01.01.
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Deadline for the whole search, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        deadline_ms: u64,
+        /// Fail instead of returning partial results when a city does not answer.
+        #[arg(long)]
+        no_partial: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show one instrument by id (`<city>/<local-id>`).
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show every city node and whether it answers.
+    Nodes {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Serve one city's node until SIGTERM or Ctrl-C.
+    Run {
+        #[arg(long)]
+        city: String,
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The node's sled directory.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = ".corridor/certs")]
+        certs: PathBuf,
+        /// Identity to serve as; defaults to node-<city>.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Seed this demo inventory (g60 or yrd) when the store is empty.
+        #[arg(long)]
+        seed: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Serve the gateway until SIGTERM or Ctrl-C.
+    Run {
+        /// TOML file mapping cities to node endpoints.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = ".corridor/certs")]
+        certs: PathBuf,
+        #[arg(long, default_value = "gateway")]
+        identity: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a development CA and every corridor identity.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// Cities to issue node and admin identities for (comma-separated); all nine by default.
+        #[arg(long, value_delimiter = ',')]
+        cities: Vec<String>,
+        /// Replace an existing CA and every identity.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn city(slug: &str) -> Result<&'static corridor_proto::cities::City> {
+    city_by_slug(slug).with_context(|| {
+        format!(
+            "{slug:?} is not a corridor city; cities are {}",
+            CITIES.map(|c| c.slug).join(", ")
+        )
+    })
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(
+        cli.command,
+        Command::Up(_) | Command::Node { .. } | Command::Gateway { .. }
+    );
+    init_tracing(if server { "info" } else { "warn" });
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match command {
+        Command::Up(args) => up::up(args).await?,
+        Command::Node {
+            command:
+                NodeCommand::Run {
+                    city: slug,
+                    listen,
+                    data,
+                    certs,
+                    identity,
+                    seed,
+                },
+        } => {
+            let city = city(&slug)?;
+            let seed = match seed.as_deref() {
+                None => None,
+                Some(s) => Some(
+                    corridor_node::demo::Scale::parse(s)
+                        .with_context(|| format!("--seed {s:?}: use g60 or yrd"))?,
+                ),
+            };
+            let identity = identity.unwrap_or_else(|| format!("node-{slug}"));
+            let creds = Credentials::load(&certs, &identity)?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let config = corridor_node::NodeConfig {
+                city,
+                data_dir: data,
+                seed,
+            };
+            corridor_node::run(config, creds, listener, shutdown_signal()).await?;
+        }
+        Command::Gateway {
+            command:
+                GatewayCommand::Run {
+                    config,
+                    listen,
+                    certs,
+                    identity,
+                },
+        } => {
+            let config = corridor_gateway::GatewayConfig::load(&config)?;
+            let creds = Credentials::load(&certs, &identity)?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            corridor_gateway::run(config, creds, listener, shutdown_signal()).await?;
+        }
+        Command::Certs {
+            command: CertsCommand::Init { out, cities, force },
+        } => {
+            let cities: Vec<String> = if cities.is_empty() {
+                CITIES.iter().map(|c| c.slug.to_string()).collect()
+            } else {
+                cities
+            };
+            for c in &cities {
+                city(c)?;
+            }
+            let refs: Vec<&str> = cities.iter().map(String::as_str).collect();
+            let names = corridor_certs::init_dir(&out, &refs, force)?;
+            println!(
+                "wrote ca.pem and {} identities to {}",
+                names.len(),
+                out.display()
+            );
+        }
+        Command::Import {
+            file,
+            city: slug,
+            node,
+            client,
+        } => {
+            let city = city(&slug)?;
+            return client::import(&file, city, node, &client).await;
+        }
+        Command::Search {
+            query,
+            cities,
+            provinces,
+            categories,
+            limit,
+            deadline_ms,
+            no_partial,
+            client,
+        } => {
+            if limit == 0 {
+                bail!("--limit must be at least 1");
+            }
+            let req = corridor_proto::SearchRequest {
+                query: query.join(" "),
+                filter: Some(corridor_proto::SearchFilter {
+                    cities,
+                    provinces,
+                    categories,
+                }),
+                limit,
+                allow_partial: Some(!no_partial),
+            };
+            return client::search(req, deadline_ms, &client).await;
+        }
+        Command::Get { id, client } => return client::get(&id, &client).await,
+        Command::Nodes { client } => return client::nodes(&client).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -52,9 +52,10 @@ pub struct Query {
     pub limit: usize,
 }
 
-/// `true` when `term` occurs in `hay` where a word may start: anywhere for
-/// CJK text, which has no spaces, but only at a word boundary for Latin
-/// script, so that "tem" finds "(TEM)" and not "system".
+/// `true` when `term` occurs in `hay`: anywhere for CJK text, which has no
+/// spaces; for Latin script only at a word start, and short terms (most are
+/// abbreviations: TEM, BET, NMR) only as whole words, so that "tem" finds
+/// "(TEM)" but neither "system" nor "temperature".
 fn occurs(hay: &str, term: &str) -> bool {
     let latin = term
         .chars()
@@ -63,11 +64,17 @@ fn occurs(hay: &str, term: &str) -> bool {
     if !latin {
         return hay.contains(term);
     }
+    let whole_word = term.chars().count() < 5;
     hay.match_indices(term).any(|(i, _)| {
-        hay[..i]
+        let starts = hay[..i]
             .chars()
             .next_back()
-            .is_none_or(|c| !c.is_alphanumeric())
+            .is_none_or(|c| !c.is_alphanumeric());
+        let ends = hay[i + term.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_alphanumeric());
+        starts && (ends || !whole_word)
     })
 }
 

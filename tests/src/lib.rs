@@ -1,1 +1,223 @@
-//! placeholder
+//! An in-process corridor for tests: nine city nodes and a gateway on
+//! pre-bound `127.0.0.1:0` listeners, over real mutual TLS from a freshly
+//! generated CA, each node on real sled in a temporary directory.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use corridor_certs::{Ca, Credentials, Identity, IssueOptions, client_channel, write_identity};
+use corridor_gateway::{GatewayConfig, NodeEndpoint};
+use corridor_node::{NodeConfig, demo::Scale};
+use corridor_proto::{
+    cities::{CITIES, city_by_slug},
+    gateway_client::GatewayClient,
+    node_client::NodeClient,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub use corridor_proto as pb;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// A running corridor. Dropping it stops everything.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub certs: PathBuf,
+    pub gateway_addr: SocketAddr,
+    pub node_addrs: BTreeMap<&'static str, SocketAddr>,
+    nodes: BTreeMap<&'static str, Running>,
+    gateway: Option<Running>,
+}
+
+fn shutdown_pair() -> (
+    oneshot::Sender<()>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+impl Mesh {
+    /// Starts all nine cities, each seeded with its share of `seed`.
+    pub async fn start(seed: Option<Scale>) -> Mesh {
+        Self::start_with(seed, |_| None).await
+    }
+
+    /// Like [`Mesh::start`], but `replace(city)` may hand in a listener that
+    /// the gateway should use for that city instead of a real node: a
+    /// listener nobody serves is a black hole.
+    pub async fn start_with(
+        seed: Option<Scale>,
+        replace: impl Fn(&str) -> Option<TcpListener>,
+    ) -> Mesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        let slugs: Vec<&str> = CITIES.iter().map(|c| c.slug).collect();
+        corridor_certs::init_dir(&certs, &slugs, false).expect("certs");
+
+        let mut nodes = BTreeMap::new();
+        let mut node_addrs = BTreeMap::new();
+        let mut endpoints = Vec::new();
+        for city in CITIES.iter() {
+            if let Some(listener) = replace(city.slug) {
+                let addr = listener.local_addr().unwrap();
+                // Keep the listener open, and never accept from it.
+                let (stop, wait) = shutdown_pair();
+                let task = tokio::spawn(async move {
+                    wait.await;
+                    drop(listener);
+                });
+                nodes.insert(city.slug, Running { stop, task });
+                node_addrs.insert(city.slug, addr);
+                endpoints.push(NodeEndpoint {
+                    city: city.slug.into(),
+                    endpoint: format!("https://{addr}"),
+                });
+                continue;
+            }
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().unwrap();
+            let creds =
+                Credentials::load(&certs, &format!("node-{}", city.slug)).expect("node creds");
+            let config = NodeConfig {
+                city,
+                data_dir: dir.path().join("nodes").join(city.slug),
+                seed,
+            };
+            let (stop, wait) = shutdown_pair();
+            let task = tokio::spawn(async move {
+                corridor_node::run(config, creds, listener, wait)
+                    .await
+                    .expect("node runs");
+            });
+            nodes.insert(city.slug, Running { stop, task });
+            node_addrs.insert(city.slug, addr);
+            endpoints.push(NodeEndpoint {
+                city: city.slug.into(),
+                endpoint: format!("https://{addr}"),
+            });
+        }
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let gateway_addr = listener.local_addr().unwrap();
+        let creds = Credentials::load(&certs, "gateway").expect("gateway creds");
+        let config = GatewayConfig::new(endpoints);
+        let (stop, wait) = shutdown_pair();
+        let task = tokio::spawn(async move {
+            corridor_gateway::run(config, creds, listener, wait)
+                .await
+                .expect("gateway runs");
+        });
+        let mesh = Mesh {
+            dir,
+            certs,
+            gateway_addr,
+            node_addrs,
+            nodes,
+            gateway: Some(Running { stop, task }),
+        };
+        mesh.wait_until_seeded(seed).await;
+        mesh
+    }
+
+    /// Nodes seed before they serve, and a bound listener queues connections,
+    /// so the first call through the gateway waits for readiness by itself.
+    /// This asks every real node once, through the gateway, to make sure.
+    async fn wait_until_seeded(&self, seed: Option<Scale>) {
+        if seed.is_none() {
+            return;
+        }
+        let mut gw = self.gateway("org-demo");
+        let mut req = tonic::Request::new(pb::ListNodesRequest {});
+        req.set_timeout(Duration::from_secs(30));
+        gw.list_nodes(req).await.expect("list nodes");
+    }
+
+    pub fn creds(&self, name: &str) -> Credentials {
+        Credentials::load(&self.certs, name).expect("creds")
+    }
+
+    /// The corridor CA, to issue further (or deliberately bad) identities.
+    pub fn ca(&self) -> Ca {
+        Ca::load(&self.certs).expect("ca")
+    }
+
+    /// Issues `id` with `opts` from the corridor CA into the certs directory
+    /// under `name`, and loads it.
+    pub fn issue(&self, name: &str, id: &Identity, opts: &IssueOptions) -> Credentials {
+        let cert = self.ca().issue(id, opts).expect("issue");
+        write_identity(&self.certs, name, &cert).expect("write");
+        self.creds(name)
+    }
+
+    pub fn gateway_url(&self) -> String {
+        format!("https://{}", self.gateway_addr)
+    }
+
+    pub fn node_url(&self, city: &str) -> String {
+        format!("https://{}", self.node_addrs[city])
+    }
+
+    /// A gateway client presenting identity `name`.
+    pub fn gateway(&self, name: &str) -> GatewayClient<Channel> {
+        self.gateway_as(&self.creds(name))
+    }
+
+    pub fn gateway_as(&self, creds: &Credentials) -> GatewayClient<Channel> {
+        let ch = client_channel(
+            &self.gateway_url(),
+            creds,
+            Some(Identity::Gateway),
+            CONNECT_TIMEOUT,
+        )
+        .unwrap();
+        GatewayClient::new(ch)
+    }
+
+    /// A direct client of `city`'s node presenting identity `name`.
+    pub fn node(&self, city: &str, name: &str) -> NodeClient<Channel> {
+        self.node_as(city, &self.creds(name))
+    }
+
+    pub fn node_as(&self, city: &str, creds: &Credentials) -> NodeClient<Channel> {
+        let ch = client_channel(
+            &self.node_url(city),
+            creds,
+            Some(Identity::Node(city.into())),
+            CONNECT_TIMEOUT,
+        )
+        .unwrap();
+        NodeClient::new(ch)
+    }
+
+    /// Stops one city's node and waits until it has shut down.
+    pub async fn stop_node(&mut self, city: &str) {
+        let running = self.nodes.remove(city).expect("running node");
+        let _ = running.stop.send(());
+        running.task.await.expect("node task");
+    }
+
+    pub fn city(slug: &str) -> &'static corridor_proto::cities::City {
+        city_by_slug(slug).expect("city")
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for (_, r) in std::mem::take(&mut self.nodes) {
+            let _ = r.stop.send(());
+            r.task.abort();
+        }
+        if let Some(r) = self.gateway.take() {
+            let _ = r.stop.send(());
+            r.task.abort();
+        }
+    }
+}
