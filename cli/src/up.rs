@@ -1,7 +1,8 @@
 //! `corridor up`: the whole corridor on one machine. Each city node and the
 //! gateway run as separate OS processes of this same binary, each node with
 //! its own sled directory, so that killing one behaves as it would in
-//! production.
+//! production. Layout under `--data`: `certs/`, `nodes/<city>/` (sled),
+//! `logs/<name>.log`, `run/<name>.pid` and `gateway.toml`.
 
 use std::{
     path::{Path, PathBuf},
@@ -73,6 +74,12 @@ fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
         });
     }
     let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    // Operators (and tests) find a process by name: DATA/run/NAME.pid.
+    if let (Some(pid), Some(data)) = (child.id(), log.parent().and_then(Path::parent)) {
+        let run = data.join("run");
+        std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
+        std::fs::write(run.join(format!("{name}.pid")), format!("{pid}\n"))?;
+    }
     Ok(Proc {
         name: name.into(),
         child,

@@ -311,9 +311,10 @@ impl InstrumentRecord {
         if self.price_internal_fen < 0 || self.price_external_fen < 0 {
             return Err(invalid("price", "prices must not be negative"));
         }
-        if !self.photo_url.is_empty()
-            && !(self.photo_url.starts_with("https://") || self.photo_url.starts_with("http://"))
-        {
+        let url_ok = self.photo_url.is_empty()
+            || self.photo_url.starts_with("https://")
+            || self.photo_url.starts_with("http://");
+        if !url_ok {
             return Err(invalid(
                 "photo_url",
                 format!("{:?} is not an http(s) URL", self.photo_url),

@@ -44,7 +44,7 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, local_id: &str) -> Result<Option<StoredInstrument>, StoreError>;
     /// Every record, ordered by local id.
     fn all(&self) -> Result<Vec<StoredInstrument>, StoreError>;
-    fn len(&self) -> Result<usize, StoreError>;
+    fn count(&self) -> Result<usize, StoreError>;
     /// Writes, in one atomic step, every record that differs from what is
     /// stored, stamping each with `now`. Records equal to the stored ones are
     /// left alone, so applying the same batch twice changes nothing the second
@@ -107,7 +107,7 @@ impl Store for MemStore {
             .collect())
     }
 
-    fn len(&self) -> Result<usize, StoreError> {
+    fn count(&self) -> Result<usize, StoreError> {
         Ok(self.map.lock().expect("poisoned").len())
     }
 
@@ -187,7 +187,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn len(&self) -> Result<usize, StoreError> {
+    fn count(&self) -> Result<usize, StoreError> {
         Ok(self.instruments.len())
     }
 
@@ -220,7 +220,7 @@ mod tests {
 
     /// The contract every backend keeps.
     fn suite(store: &dyn Store) {
-        assert_eq!(store.len().unwrap(), 0);
+        assert_eq!(store.count().unwrap(), 0);
         assert!(store.get("a").unwrap().is_none());
 
         let (s, written) = store.upsert(&[sample("b"), sample("a")], "t1").unwrap();
@@ -233,7 +233,7 @@ mod tests {
             }
         );
         assert_eq!(written.len(), 2);
-        assert_eq!(store.len().unwrap(), 2);
+        assert_eq!(store.count().unwrap(), 2);
 
         // The same batch again is a no-op, timestamps included.
         let (s, written) = store.upsert(&[sample("b"), sample("a")], "t2").unwrap();

@@ -1,0 +1,246 @@
+//! The `corridor` binary as a user runs it: against an in-process mesh, and
+//! `corridor up` as real processes.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use corridor_node::demo::{Scale, city_inventory};
+use corridor_tests::{Mesh, pb};
+
+fn corridor(certs: &Path, gateway: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corridor"));
+    cmd.env("CORRIDOR_CERTS", certs)
+        .env("CORRIDOR_GATEWAY", gateway)
+        .env_remove("CORRIDOR_IDENTITY");
+    cmd
+}
+
+async fn run(mut cmd: Command) -> (bool, String, String) {
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run corridor"))
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn jsonl(records: &[corridor_node::model::InstrumentRecord]) -> String {
+    records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect()
+}
+
+async fn hefei_count(mesh: &Mesh) -> u64 {
+    mesh.node("hefei", "gateway")
+        .info(pb::NodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .instruments
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_is_all_or_nothing_and_idempotent() {
+    let mesh = Mesh::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = city_inventory(Scale::G60, "hefei");
+    records.truncate(50);
+
+    // Line 3 is bad: nothing of the file may be stored.
+    let mut bad = records.clone();
+    bad[2].institution_uscc = "91340100XXXX".into();
+    let bad_file = dir.path().join("bad.jsonl");
+    std::fs::write(&bad_file, jsonl(&bad)).unwrap();
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args([
+        "import",
+        bad_file.to_str().unwrap(),
+        "--city",
+        "hefei",
+        "--node",
+        &mesh.node_url("hefei"),
+    ]);
+    let (ok, _, err) = run(cmd).await;
+    assert!(!ok);
+    assert!(err.contains("line 3: institution_uscc"), "{err}");
+    assert!(err.contains("nothing imported"), "{err}");
+    assert_eq!(hefei_count(&mesh).await, 0);
+
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(&good, jsonl(&records)).unwrap();
+    let import = |file: &Path| {
+        let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+        cmd.args([
+            "import",
+            file.to_str().unwrap(),
+            "--city",
+            "hefei",
+            "--node",
+            &mesh.node_url("hefei"),
+            "--json",
+        ]);
+        cmd
+    };
+    let (ok, out, err) = run(import(&good)).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["inserted"], 50);
+    assert_eq!(hefei_count(&mesh).await, 50);
+
+    // The same file again changes nothing.
+    let (ok, out, _) = run(import(&good)).await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            v["inserted"].as_u64(),
+            v["updated"].as_u64(),
+            v["unchanged"].as_u64()
+        ),
+        (Some(0), Some(0), Some(50))
+    );
+
+    // Another city's admin is refused by the node, with the reason.
+    let mut cmd = import(&good);
+    cmd.args(["--identity", "admin-wuhu"]);
+    let (ok, _, err) = run(cmd).await;
+    assert!(!ok);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("may not write hefei"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_json_has_hits_nodes_and_partial() {
+    let mesh = Mesh::start(Some(Scale::G60)).await;
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["search", "显微镜", "--json"]);
+    let (ok, out, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["partial"], false);
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 9);
+    let hits = v["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 20);
+    for h in hits {
+        assert!(
+            h["id"]
+                .as_str()
+                .unwrap()
+                .starts_with(h["city"].as_str().unwrap())
+        );
+        assert!(h["name"].as_str().unwrap().contains("显微镜"));
+    }
+}
+
+/// Ten consecutive free ports, checked by binding them all.
+fn free_port_base() -> u16 {
+    for _ in 0..50 {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        if base > u16::MAX - 10 {
+            continue;
+        }
+        let rest: Vec<_> = (1..10)
+            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if rest.len() == 9 {
+            return base;
+        }
+    }
+    panic!("no ten consecutive free ports");
+}
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SIGTERM lets `up` stop its children; they also die with it.
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_the_mesh_as_processes_and_survives_a_killed_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let data = dir.path().join("corridor");
+    let gateway = format!("https://127.0.0.1:{base}");
+    let certs = data.join("certs");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_corridor"));
+    up.args([
+        "up",
+        "--data",
+        data.to_str().unwrap(),
+        "--port-base",
+        &base.to_string(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut child = up.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let up = Up(child);
+    // Wait for the one ready line (or for `up` to give up and exit).
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(line.starts_with("corridor ready"), "{line:?}");
+    assert!(
+        line.contains("9 cities") && line.contains("1746 instruments"),
+        "{line}"
+    );
+
+    let mut cmd = corridor(&certs, &gateway);
+    cmd.args(["nodes", "--json"]);
+    let (ok, out, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 9);
+    assert!(nodes.iter().all(|n| n["status"] == "ok"), "{out}");
+
+    // kill -9 one node process: the search still answers, marking it.
+    let pid: i32 = std::fs::read_to_string(data.join("run/node-suzhou.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signalling a grandchild whose pid `up` just wrote.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let mut cmd = corridor(&certs, &gateway);
+    cmd.args(["search", "显微镜", "--json", "--deadline-ms", "1500"]);
+    let started = std::time::Instant::now();
+    let (ok, out, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["partial"], true, "{out}");
+    let suzhou = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["city"] == "suzhou")
+        .unwrap()
+        .clone();
+    assert_ne!(suzhou["status"], "ok");
+    assert!(!v["hits"].as_array().unwrap().is_empty());
+    drop(up);
+}
