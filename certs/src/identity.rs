@@ -25,8 +25,7 @@ pub enum Identity {
 fn valid_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
 }
 
@@ -98,9 +97,7 @@ impl Identity {
     fn check(&self) -> Result<(), CertError> {
         match self {
             Identity::Node(s) | Identity::Admin(s) | Identity::Org(s) if !valid_segment(s) => {
-                Err(CertError::BadIdentity(format!(
-                    "{s:?}: names are lowercase letters, digits and '-'"
-                )))
+                Err(CertError::BadIdentity(format!("{s:?}: names are lowercase letters, digits and '-'")))
             }
             _ => Ok(()),
         }
@@ -109,12 +106,9 @@ impl Identity {
     /// Reads the identity of a leaf certificate. The leaf must not be a CA and
     /// must carry exactly one URI SAN; chain validity is the TLS layer's job.
     pub fn from_cert_der(der: &[u8]) -> Result<Self, CertError> {
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|e| CertError::BadCertificate(e.to_string()))?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::BadCertificate(e.to_string()))?;
         if cert.is_ca() {
-            return Err(CertError::BadCertificate(
-                "a CA certificate cannot be used as a peer identity".into(),
-            ));
+            return Err(CertError::BadCertificate("a CA certificate cannot be used as a peer identity".into()));
         }
         let mut uris = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -126,9 +120,7 @@ impl Identity {
         }
         match uris.as_slice() {
             [one] => Identity::from_uri(one),
-            [] => Err(CertError::BadCertificate(
-                "no URI SAN: the certificate names no identity".into(),
-            )),
+            [] => Err(CertError::BadCertificate("no URI SAN: the certificate names no identity".into())),
             _ => Err(CertError::BadCertificate(format!(
                 "{} URI SANs: an identity certificate carries exactly one",
                 uris.len()
@@ -167,10 +159,7 @@ mod tests {
             assert_eq!(Identity::from_name(&id.name()).unwrap(), id);
             assert_eq!(Identity::from_uri(&id.uri()).unwrap(), id);
         }
-        assert_eq!(
-            Identity::Node("hefei".into()).uri(),
-            "spiffe://corridor/city/hefei/node"
-        );
+        assert_eq!(Identity::Node("hefei".into()).uri(), "spiffe://corridor/city/hefei/node");
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, string::Ia5String,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, string::Ia5String,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -47,10 +47,7 @@ impl IssueOptions {
         let now = OffsetDateTime::now_utc();
         IssueOptions {
             dns_names: vec!["localhost".into(), id.name()],
-            ips: vec![
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ],
+            ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
             // A minute of slack for clocks that disagree a little.
             not_before: now - Duration::minutes(1),
             not_after: now + Duration::days(365),
@@ -73,34 +70,24 @@ impl Ca {
         dn.push(DnType::OrganizationName, "Corridor");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::minutes(1);
         params.not_after = now + Duration::days(3650);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        Ok(Ca {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
+        Ok(Ca { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
     }
 
     /// Loads `ca.pem` and `ca.key` from a certs directory.
     pub fn load(dir: &Path) -> Result<Self, CertError> {
         let cert_pem = read(&dir.join("ca.pem"))?;
         let key_path = dir.join("ca.key");
-        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|_| CertError::NoPem {
-            path: key_path,
-            what: "private key",
-        })?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|_| CertError::NoPem {
-            path: dir.join("ca.pem"),
-            what: "CA certificate",
-        })?;
+        let key = KeyPair::from_pem(&read(&key_path)?)
+            .map_err(|_| CertError::NoPem { path: key_path, what: "private key" })?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+            .map_err(|_| CertError::NoPem { path: dir.join("ca.pem"), what: "CA certificate" })?;
         Ok(Ca { cert_pem, issuer })
     }
 
@@ -131,10 +118,7 @@ impl Ca {
         }
         // Nodes are servers to the gateway and clients of each other, so every
         // identity may do both.
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if opts.is_ca {
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -144,27 +128,18 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
 fn read(path: &Path) -> Result<String, CertError> {
-    fs::read_to_string(path).map_err(|source| CertError::Read {
-        path: path.into(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| CertError::Read { path: path.into(), source })
 }
 
 /// Writes `contents` to `path`; with `private`, the file is created mode 0600
 /// so that no other user can ever read it, not even briefly.
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
-    let err = |source| CertError::Write {
-        path: path.into(),
-        source,
-    };
+    let err = |source| CertError::Write { path: path.into(), source };
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     if private {
@@ -174,8 +149,7 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertErro
     if private {
         // An existing file keeps its old mode on open; tighten it explicitly.
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(err)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(err)?;
     }
     file.write_all(contents.as_bytes()).map_err(err)?;
     file.sync_all().map_err(err)
@@ -196,18 +170,11 @@ pub fn init_dir(out: &Path, cities: &[&str], force: bool) -> Result<Vec<String>,
     if ca_path.exists() && !force {
         return Err(CertError::Exists { path: ca_path });
     }
-    fs::create_dir_all(out).map_err(|source| CertError::Write {
-        path: out.into(),
-        source,
-    })?;
+    fs::create_dir_all(out).map_err(|source| CertError::Write { path: out.into(), source })?;
     let ca = Ca::generate("Corridor Development CA")?;
     write_file(&out.join("ca.key"), &ca.key_pem(), true)?;
     write_file(&ca_path, ca.cert_pem(), false)?;
-    let mut ids = vec![
-        Identity::Gateway,
-        Identity::Reconciler,
-        Identity::Org("demo".into()),
-    ];
+    let mut ids = vec![Identity::Gateway, Identity::Reconciler, Identity::Org("demo".into())];
     for c in cities {
         ids.push(Identity::Node((*c).into()));
         ids.push(Identity::Admin((*c).into()));
@@ -216,11 +183,7 @@ pub fn init_dir(out: &Path, cities: &[&str], force: bool) -> Result<Vec<String>,
     for id in &ids {
         // Round-trip through the name so that a malformed city is refused here.
         let id = Identity::from_name(&id.name())?;
-        write_identity(
-            out,
-            &id.name(),
-            &ca.issue(&id, &IssueOptions::for_identity(&id))?,
-        )?;
+        write_identity(out, &id.name(), &ca.issue(&id, &IssueOptions::for_identity(&id))?)?;
         names.push(id.name());
     }
     Ok(names)
@@ -245,10 +208,7 @@ mod tests {
             assert!(dir.path().join(format!("{name}.pem")).exists());
         }
         // A second init must not silently replace the CA.
-        assert!(matches!(
-            init_dir(dir.path(), &["hefei"], false),
-            Err(CertError::Exists { .. })
-        ));
+        assert!(matches!(init_dir(dir.path(), &["hefei"], false), Err(CertError::Exists { .. })));
     }
 
     #[test]
@@ -269,27 +229,14 @@ mod tests {
         let mut two = IssueOptions::for_identity(&id);
         two.extra_uris.push("spiffe://corridor/gateway".into());
         let der = rustls_pemfile_der(&ca.issue(&id, &two).unwrap().cert_pem);
-        assert!(
-            Identity::from_cert_der(&der)
-                .unwrap_err()
-                .to_string()
-                .contains("2 URI SANs")
-        );
+        assert!(Identity::from_cert_der(&der).unwrap_err().to_string().contains("2 URI SANs"));
         let mut ca_leaf = IssueOptions::for_identity(&id);
         ca_leaf.is_ca = true;
         let der = rustls_pemfile_der(&ca.issue(&id, &ca_leaf).unwrap().cert_pem);
-        assert!(
-            Identity::from_cert_der(&der)
-                .unwrap_err()
-                .to_string()
-                .contains("CA certificate")
-        );
+        assert!(Identity::from_cert_der(&der).unwrap_err().to_string().contains("CA certificate"));
     }
 
     fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
-        crate::tls::certs_from_pem(pem.as_bytes())
-            .unwrap()
-            .remove(0)
-            .to_vec()
+        crate::tls::certs_from_pem(pem.as_bytes()).unwrap().remove(0).to_vec()
     }
 }

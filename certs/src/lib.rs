@@ -10,9 +10,7 @@ mod tls;
 pub use error::CertError;
 pub use identity::Identity;
 pub use issue::{Ca, IssueOptions, IssuedCert, init_dir, write_identity};
-pub use tls::{
-    Credentials, TlsAcceptOptions, TlsConnector, caller_identity, client_channel, tls_incoming,
-};
+pub use tls::{Credentials, TlsAcceptOptions, TlsConnector, caller_identity, client_channel, tls_incoming};
 
 /// The trust domain every corridor identity lives in.
 pub const TRUST_DOMAIN: &str = "corridor";

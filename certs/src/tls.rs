@@ -9,8 +9,7 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme,
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
     client::{
         WebPkiServerVerifier,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -54,9 +53,7 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("identity", &self.identity)
-            .finish_non_exhaustive()
+        f.debug_struct("Credentials").field("identity", &self.identity).finish_non_exhaustive()
     }
 }
 
@@ -72,10 +69,7 @@ impl Clone for Credentials {
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>, CertError> {
-    fs::read(path).map_err(|source| CertError::Read {
-        path: path.into(),
-        source,
-    })
+    fs::read(path).map_err(|source| CertError::Read { path: path.into(), source })
 }
 
 impl Credentials {
@@ -84,20 +78,13 @@ impl Credentials {
         let ca = dir.join("ca.pem");
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}.key"));
-        let creds = Self::from_pem(&read_bytes(&ca)?, &read_bytes(&cert)?, &read_bytes(&key)?)
-            .map_err(|e| match e {
-                CertError::NoPem { what, .. } if what == "CA certificate" => CertError::NoPem {
-                    path: ca.clone(),
-                    what,
-                },
-                CertError::NoPem { what, .. } if what == "certificate" => CertError::NoPem {
-                    path: cert.clone(),
-                    what,
-                },
-                CertError::NoPem { what, .. } => CertError::NoPem {
-                    path: key.clone(),
-                    what,
-                },
+        let creds =
+            Self::from_pem(&read_bytes(&ca)?, &read_bytes(&cert)?, &read_bytes(&key)?).map_err(|e| match e {
+                CertError::NoPem { what, .. } if what == "CA certificate" => {
+                    CertError::NoPem { path: ca.clone(), what }
+                }
+                CertError::NoPem { what, .. } if what == "certificate" => CertError::NoPem { path: cert.clone(), what },
+                CertError::NoPem { what, .. } => CertError::NoPem { path: key.clone(), what },
                 other => other,
             })?;
         Ok(creds)
@@ -106,10 +93,7 @@ impl Credentials {
     /// Builds credentials from PEM text: the CA certificate(s), this process's
     /// certificate chain (leaf first) and its private key.
     pub fn from_pem(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, CertError> {
-        let no_pem = |what| CertError::NoPem {
-            path: "<memory>".into(),
-            what,
-        };
+        let no_pem = |what| CertError::NoPem { path: "<memory>".into(), what };
         let cas = certs_from_pem(ca_pem).map_err(|_| no_pem("CA certificate"))?;
         if cas.is_empty() {
             return Err(no_pem("CA certificate"));
@@ -122,12 +106,7 @@ impl Credentials {
         let leaf = chain.first().ok_or_else(|| no_pem("certificate"))?;
         let identity = Identity::from_cert_der(leaf)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| no_pem("private key"))?;
-        Ok(Credentials {
-            identity,
-            roots: Arc::new(roots),
-            chain,
-            key,
-        })
+        Ok(Credentials { identity, roots: Arc::new(roots), chain, key })
     }
 
     pub fn identity(&self) -> &Identity {
@@ -137,8 +116,7 @@ impl Credentials {
     /// A server config that demands a client certificate from the corridor CA
     /// whose leaf names exactly one corridor identity, and speaks HTTP/2.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, CertError> {
-        let inner =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(Arc::new(IdentityClientVerifier { inner }))
@@ -185,9 +163,7 @@ impl ClientCertVerifier for IdentityClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         Identity::from_cert_der(end_entity).map_err(identity_error)?;
         Ok(verified)
     }
@@ -230,16 +206,12 @@ impl ServerCertVerifier for IdentityServerVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified =
-            self.inner
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
         let found = Identity::from_cert_der(end_entity).map_err(identity_error)?;
         if let Some(expect) = &self.expect
             && *expect != found
         {
-            return Err(rustls::Error::General(format!(
-                "server is {found}, expected {expect}"
-            )));
+            return Err(rustls::Error::General(format!("server is {found}, expected {expect}")));
         }
         Ok(verified)
     }
@@ -280,10 +252,7 @@ pub struct TlsAcceptOptions {
 
 impl Default for TlsAcceptOptions {
     fn default() -> Self {
-        TlsAcceptOptions {
-            handshake_timeout: Duration::from_secs(10),
-            max_handshakes: 256,
-        }
+        TlsAcceptOptions { handshake_timeout: Duration::from_secs(10), max_handshakes: 256 }
     }
 }
 
@@ -325,8 +294,7 @@ pub fn tls_incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let result =
-                    tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await;
+                let result = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await;
                 drop(permit);
                 match result {
                     Ok(Ok(stream)) => {
@@ -343,12 +311,11 @@ pub fn tls_incoming(
 
 /// The verified identity of the peer that sent `request`.
 pub fn caller_identity<T>(request: &tonic::Request<T>) -> Result<Identity, CertError> {
-    let certs = request.peer_certs().ok_or_else(|| {
-        CertError::BadCertificate("the connection presented no certificate".into())
-    })?;
-    let leaf = certs.first().ok_or_else(|| {
-        CertError::BadCertificate("the connection presented no certificate".into())
-    })?;
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| CertError::BadCertificate("the connection presented no certificate".into()))?;
+    let leaf =
+        certs.first().ok_or_else(|| CertError::BadCertificate("the connection presented no certificate".into()))?;
     Identity::from_cert_der(leaf)
 }
 
@@ -381,16 +348,10 @@ impl tower::Service<Uri> for TlsConnector {
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         Box::pin(async move {
             let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
-            let host = uri
-                .host()
-                .ok_or_else(|| invalid(format!("{uri}: no host")))?;
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
+            let host = uri.host().ok_or_else(|| invalid(format!("{uri}: no host")))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
             let port = uri.port_u16().unwrap_or(443);
-            let name =
-                ServerName::try_from(host.clone()).map_err(|e| invalid(format!("{host}: {e}")))?;
+            let name = ServerName::try_from(host.clone()).map_err(|e| invalid(format!("{host}: {e}")))?;
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let tls = connector.connect(name, tcp).await?;
@@ -407,9 +368,9 @@ pub fn client_channel(
     expect: Option<Identity>,
     connect_timeout: Duration,
 ) -> Result<Channel, CertError> {
-    let rest = url.strip_prefix("https://").ok_or_else(|| {
-        CertError::BadIdentity(format!("{url:?}: corridor endpoints are https://host:port"))
-    })?;
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| CertError::BadIdentity(format!("{url:?}: corridor endpoints are https://host:port")))?;
     // Our connector does the TLS; tonic must see a plain URI or it would try
     // TLS of its own.
     let endpoint = Endpoint::from_shared(format!("http://{rest}"))

@@ -10,9 +10,7 @@ use corridor_node::{
     import::{Format, check_rows, parse},
     store::StoredInstrument,
 };
-use corridor_proto::{
-    self as pb, NodeState, cities::City, gateway_client::GatewayClient, node_client::NodeClient,
-};
+use corridor_proto::{self as pb, NodeState, cities::City, gateway_client::GatewayClient, node_client::NodeClient};
 use serde_json::json;
 use tonic::{Request, transport::Channel};
 
@@ -24,12 +22,7 @@ const IMPORT_CHUNK_ROWS: usize = 500;
 
 fn gateway(opts: &ClientOpts) -> Result<GatewayClient<Channel>> {
     let creds = opts.credentials("org-demo")?;
-    let channel = client_channel(
-        &opts.gateway,
-        &creds,
-        Some(Identity::Gateway),
-        CONNECT_TIMEOUT,
-    )?;
+    let channel = client_channel(&opts.gateway, &creds, Some(Identity::Gateway), CONNECT_TIMEOUT)?;
     Ok(GatewayClient::new(channel))
 }
 
@@ -51,30 +44,18 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 
-pub async fn import(
-    file: &Path,
-    city: &City,
-    node: Option<String>,
-    opts: &ClientOpts,
-) -> Result<ExitCode> {
-    let format = Format::from_path(file)
-        .with_context(|| format!("{}: name the file .jsonl or .csv", file.display()))?;
+pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &ClientOpts) -> Result<ExitCode> {
+    let format =
+        Format::from_path(file).with_context(|| format!("{}: name the file .jsonl or .csv", file.display()))?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     // Check locally first, so that a bad file never leaves this machine; the
     // node checks again, as the authority.
-    let rows = parse(format, &bytes)
-        .map_err(|e| anyhow::anyhow!("{}: {e}; nothing imported", file.display()))?;
-    check_rows(city.slug, &rows)
-        .map_err(|e| anyhow::anyhow!("{}: {e}; nothing imported", file.display()))?;
+    let rows = parse(format, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}; nothing imported", file.display()))?;
+    check_rows(city.slug, &rows).map_err(|e| anyhow::anyhow!("{}: {e}; nothing imported", file.display()))?;
 
     let creds = opts.credentials(&format!("admin-{}", city.slug))?;
     let endpoint = node.unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, city));
-    let channel = client_channel(
-        &endpoint,
-        &creds,
-        Some(Identity::Node(city.slug.into())),
-        CONNECT_TIMEOUT,
-    )?;
+    let channel = client_channel(&endpoint, &creds, Some(Identity::Node(city.slug.into())), CONNECT_TIMEOUT)?;
     let mut client = NodeClient::new(channel);
     let chunks: Vec<pb::ImportChunk> = rows
         .chunks(IMPORT_CHUNK_ROWS)
@@ -84,21 +65,15 @@ pub async fn import(
                 .map(|(line, record)| pb::ImportRow {
                     line: *line,
                     instrument: Some(to_proto(
-                        &StoredInstrument {
-                            record: record.clone(),
-                            updated_at: String::new(),
-                        },
+                        &StoredInstrument { record: record.clone(), updated_at: String::new() },
                         city,
                     )),
                 })
                 .collect(),
         })
         .collect();
-    let summary = client
-        .import_instruments(Request::new(tokio_stream::iter(chunks)))
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let summary =
+        client.import_instruments(Request::new(tokio_stream::iter(chunks))).await.map_err(status_error)?.into_inner();
     if opts.json {
         println!(
             "{}",
@@ -136,19 +111,11 @@ fn node_json(n: &pb::NodeStatus) -> serde_json::Value {
            "instruments": n.instruments, "endpoint": n.endpoint, "detail": n.detail})
 }
 
-pub async fn search(
-    req: pb::SearchRequest,
-    deadline_ms: u64,
-    opts: &ClientOpts,
-) -> Result<ExitCode> {
+pub async fn search(req: pb::SearchRequest, deadline_ms: u64, opts: &ClientOpts) -> Result<ExitCode> {
     let mut client = gateway(opts)?;
     let mut request = Request::new(req);
     request.set_timeout(Duration::from_millis(deadline_ms));
-    let resp = client
-        .search(request)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let resp = client.search(request).await.map_err(status_error)?.into_inner();
     if opts.json {
         let out = json!({
             "hits": resp.hits.iter().map(hit_json).collect::<Vec<_>>(),
@@ -164,30 +131,10 @@ pub async fn search(
         let inst = i.institution.unwrap_or_default();
         println!("{:<22} {}  {}  [{}]", i.id, i.name_zh, i.name_en, inst.name);
     }
-    let answered = resp
-        .nodes
-        .iter()
-        .filter(|n| n.state == NodeState::Ok as i32)
-        .count();
-    println!(
-        "{} shown of {} matches; {}/{} cities answered",
-        resp.hits.len(),
-        resp.total,
-        answered,
-        resp.nodes.len()
-    );
-    for n in resp
-        .nodes
-        .iter()
-        .filter(|n| n.state != NodeState::Ok as i32)
-    {
-        println!(
-            "  {}: {} after {} ms: {}",
-            n.city,
-            state_name(n.state),
-            n.took_ms,
-            n.detail
-        );
+    let answered = resp.nodes.iter().filter(|n| n.state == NodeState::Ok as i32).count();
+    println!("{} shown of {} matches; {}/{} cities answered", resp.hits.len(), resp.total, answered, resp.nodes.len());
+    for n in resp.nodes.iter().filter(|n| n.state != NodeState::Ok as i32) {
+        println!("  {}: {} after {} ms: {}", n.city, state_name(n.state), n.took_ms, n.detail);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -204,62 +151,33 @@ pub async fn get(id: &str, opts: &ClientOpts) -> Result<ExitCode> {
     let contact = i.contact.clone().unwrap_or_default();
     let price = i.price.unwrap_or_default();
     if opts.json {
-        let mut v = hit_json(&pb::SearchHit {
-            instrument: Some(i.clone()),
-            score: 0.0,
-        });
+        let mut v = hit_json(&pb::SearchHit { instrument: Some(i.clone()), score: 0.0 });
         let o = v.as_object_mut().expect("object");
         o.remove("score");
         o.insert("description".into(), json!(i.description));
         o.insert("techniques".into(), json!(i.techniques));
         o.insert("institution_uscc".into(), json!(inst.uscc));
         o.insert("department".into(), json!(inst.department));
-        o.insert(
-            "location".into(),
-            json!(format!("{} {} {}", loc.site, loc.building, loc.room)),
-        );
-        o.insert(
-            "contact".into(),
-            json!({"name": contact.name, "phone": contact.phone, "email": contact.email}),
-        );
-        o.insert(
-            "price_internal_yuan".into(),
-            json!(fen_to_yuan(price.internal_fen)),
-        );
-        o.insert(
-            "original_value_yuan".into(),
-            json!(fen_to_yuan(i.original_value_fen)),
-        );
+        o.insert("location".into(), json!(format!("{} {} {}", loc.site, loc.building, loc.room)));
+        o.insert("contact".into(), json!({"name": contact.name, "phone": contact.phone, "email": contact.email}));
+        o.insert("price_internal_yuan".into(), json!(fen_to_yuan(price.internal_fen)));
+        o.insert("original_value_yuan".into(), json!(fen_to_yuan(i.original_value_fen)));
         o.insert("accreditations".into(), json!(i.accreditations));
         o.insert("updated_at".into(), json!(i.updated_at));
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}  {} / {}", i.id, i.name_zh, i.name_en);
-    println!(
-        "  {} {} · category {} · commissioned {}",
-        i.manufacturer, i.model, i.category, i.commissioned_on
-    );
+    println!("  {} {} · category {} · commissioned {}", i.manufacturer, i.model, i.category, i.commissioned_on);
     println!("  {} ({}) · {}", inst.name, inst.uscc, inst.department);
     println!("  {} {} {}", loc.site, loc.building, loc.room);
-    println!(
-        "  contact: {} · {} · {}",
-        contact.name, contact.phone, contact.email
-    );
-    let unit = if price.unit == pb::PriceUnit::Sample as i32 {
-        "sample"
-    } else {
-        "hour"
-    };
+    println!("  contact: {} · {} · {}", contact.name, contact.phone, contact.email);
+    let unit = if price.unit == pb::PriceUnit::Sample as i32 { "sample" } else { "hour" };
     println!(
         "  price per {unit}: {} yuan internal, {} yuan external · vouchers {}",
         fen_to_yuan(price.internal_fen),
         fen_to_yuan(price.external_fen),
-        if i.accepts_vouchers {
-            "accepted"
-        } else {
-            "not accepted"
-        }
+        if i.accepts_vouchers { "accepted" } else { "not accepted" }
     );
     if !i.description.is_empty() {
         println!("  {}", i.description);
@@ -270,16 +188,9 @@ pub async fn get(id: &str, opts: &ClientOpts) -> Result<ExitCode> {
 
 pub async fn nodes(opts: &ClientOpts) -> Result<ExitCode> {
     let mut client = gateway(opts)?;
-    let resp = client
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let resp = client.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner();
     if opts.json {
-        println!(
-            "{}",
-            json!({"nodes": resp.nodes.iter().map(node_json).collect::<Vec<_>>()})
-        );
+        println!("{}", json!({"nodes": resp.nodes.iter().map(node_json).collect::<Vec<_>>()}));
     } else {
         for n in &resp.nodes {
             println!(
@@ -305,25 +216,11 @@ pub async fn nodes(opts: &ClientOpts) -> Result<ExitCode> {
 /// Whether every configured city answers through the gateway: used by `up`
 /// to decide that the mesh is ready.
 pub async fn all_nodes_ok(client: &mut GatewayClient<Channel>) -> Option<(usize, u64)> {
-    let resp = client
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .ok()?
-        .into_inner();
+    let resp = client.list_nodes(pb::ListNodesRequest {}).await.ok()?.into_inner();
     let ok = !resp.nodes.is_empty() && resp.nodes.iter().all(|n| n.state == NodeState::Ok as i32);
-    ok.then(|| {
-        (
-            resp.nodes.len(),
-            resp.nodes.iter().map(|n| n.instruments).sum(),
-        )
-    })
+    ok.then(|| (resp.nodes.len(), resp.nodes.iter().map(|n| n.instruments).sum()))
 }
 
 pub fn gateway_for(url: &str, creds: &Credentials) -> Result<GatewayClient<Channel>> {
-    Ok(GatewayClient::new(client_channel(
-        url,
-        creds,
-        Some(Identity::Gateway),
-        CONNECT_TIMEOUT,
-    )?))
+    Ok(GatewayClient::new(client_channel(url, creds, Some(Identity::Gateway), CONNECT_TIMEOUT)?))
 }

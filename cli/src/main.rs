@@ -12,11 +12,7 @@ use corridor_certs::Credentials;
 use corridor_proto::cities::{CITIES, city_by_slug};
 
 #[derive(Parser)]
-#[command(
-    name = "corridor",
-    version,
-    about = "Share large research instruments across the G60 corridor"
-)]
+#[command(name = "corridor", version, about = "Share large research instruments across the G60 corridor")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,20 +22,10 @@ struct Cli {
 #[derive(Args, Clone, Debug)]
 pub struct ClientOpts {
     /// Gateway endpoint.
-    #[arg(
-        long,
-        env = "CORRIDOR_GATEWAY",
-        default_value = "https://127.0.0.1:7443",
-        global = true
-    )]
+    #[arg(long, env = "CORRIDOR_GATEWAY", default_value = "https://127.0.0.1:7443", global = true)]
     gateway: String,
     /// Directory holding ca.pem and the identity's NAME.pem / NAME.key.
-    #[arg(
-        long,
-        env = "CORRIDOR_CERTS",
-        default_value = ".corridor/certs",
-        global = true
-    )]
+    #[arg(long, env = "CORRIDOR_CERTS", default_value = ".corridor/certs", global = true)]
     certs: PathBuf,
     /// Identity to present (file stem under --certs).
     #[arg(long, env = "CORRIDOR_IDENTITY", global = true)]
@@ -184,10 +170,7 @@ enum CertsCommand {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -201,21 +184,14 @@ pub async fn shutdown_signal() {
 }
 
 fn city(slug: &str) -> Result<&'static corridor_proto::cities::City> {
-    city_by_slug(slug).with_context(|| {
-        format!(
-            "{slug:?} is not a corridor city; cities are {}",
-            CITIES.map(|c| c.slug).join(", ")
-        )
-    })
+    city_by_slug(slug)
+        .with_context(|| format!("{slug:?} is not a corridor city; cities are {}", CITIES.map(|c| c.slug).join(", ")))
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let server = matches!(
-        cli.command,
-        Command::Up(_) | Command::Node { .. } | Command::Gateway { .. }
-    );
+    let server = matches!(cli.command, Command::Up(_) | Command::Node { .. } | Command::Gateway { .. });
     init_tracing(if server { "info" } else { "warn" });
     match run(cli.command).await {
         Ok(code) => code,
@@ -230,101 +206,47 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
     match command {
         Command::Up(args) => up::up(args).await?,
-        Command::Node {
-            command:
-                NodeCommand::Run {
-                    city: slug,
-                    listen,
-                    data,
-                    certs,
-                    identity,
-                    seed,
-                },
-        } => {
+        Command::Node { command: NodeCommand::Run { city: slug, listen, data, certs, identity, seed } } => {
             let city = city(&slug)?;
             let seed = match seed.as_deref() {
                 None => None,
                 Some(s) => Some(
-                    corridor_node::demo::Scale::parse(s)
-                        .with_context(|| format!("--seed {s:?}: use g60 or yrd"))?,
+                    corridor_node::demo::Scale::parse(s).with_context(|| format!("--seed {s:?}: use g60 or yrd"))?,
                 ),
             };
             let identity = identity.unwrap_or_else(|| format!("node-{slug}"));
             let creds = Credentials::load(&certs, &identity)?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
-            let config = corridor_node::NodeConfig {
-                city,
-                data_dir: data,
-                seed,
-            };
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            let config = corridor_node::NodeConfig { city, data_dir: data, seed };
             corridor_node::run(config, creds, listener, shutdown_signal()).await?;
         }
-        Command::Gateway {
-            command:
-                GatewayCommand::Run {
-                    config,
-                    listen,
-                    certs,
-                    identity,
-                },
-        } => {
+        Command::Gateway { command: GatewayCommand::Run { config, listen, certs, identity } } => {
             let config = corridor_gateway::GatewayConfig::load(&config)?;
             let creds = Credentials::load(&certs, &identity)?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             corridor_gateway::run(config, creds, listener, shutdown_signal()).await?;
         }
-        Command::Certs {
-            command: CertsCommand::Init { out, cities, force },
-        } => {
-            let cities: Vec<String> = if cities.is_empty() {
-                CITIES.iter().map(|c| c.slug.to_string()).collect()
-            } else {
-                cities
-            };
+        Command::Certs { command: CertsCommand::Init { out, cities, force } } => {
+            let cities: Vec<String> =
+                if cities.is_empty() { CITIES.iter().map(|c| c.slug.to_string()).collect() } else { cities };
             for c in &cities {
                 city(c)?;
             }
             let refs: Vec<&str> = cities.iter().map(String::as_str).collect();
             let names = corridor_certs::init_dir(&out, &refs, force)?;
-            println!(
-                "wrote ca.pem and {} identities to {}",
-                names.len(),
-                out.display()
-            );
+            println!("wrote ca.pem and {} identities to {}", names.len(), out.display());
         }
-        Command::Import {
-            file,
-            city: slug,
-            node,
-            client,
-        } => {
+        Command::Import { file, city: slug, node, client } => {
             let city = city(&slug)?;
             return client::import(&file, city, node, &client).await;
         }
-        Command::Search {
-            query,
-            cities,
-            provinces,
-            categories,
-            limit,
-            deadline_ms,
-            no_partial,
-            client,
-        } => {
+        Command::Search { query, cities, provinces, categories, limit, deadline_ms, no_partial, client } => {
             if limit == 0 {
                 bail!("--limit must be at least 1");
             }
             let req = corridor_proto::SearchRequest {
                 query: query.join(" "),
-                filter: Some(corridor_proto::SearchFilter {
-                    cities,
-                    provinces,
-                    categories,
-                }),
+                filter: Some(corridor_proto::SearchFilter { cities, provinces, categories }),
                 limit,
                 allow_partial: Some(!no_partial),
             };

@@ -40,10 +40,7 @@ pub struct UpArgs {
 
 /// The demo's endpoint for a city node.
 pub fn demo_node_endpoint(port_base: u16, city: &City) -> String {
-    let i = CITIES
-        .iter()
-        .position(|c| c.slug == city.slug)
-        .expect("a corridor city");
+    let i = CITIES.iter().position(|c| c.slug == city.slug).expect("a corridor city");
     format!("https://127.0.0.1:{}", port_base as usize + 1 + i)
 }
 
@@ -58,11 +55,7 @@ fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
     // If `up` itself dies, even by SIGKILL, its children must not linger.
     // SAFETY: prctl is async-signal-safe and touches only this child.
     unsafe {
@@ -80,11 +73,7 @@ fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
         std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
         std::fs::write(run.join(format!("{name}.pid")), format!("{pid}\n"))?;
     }
-    Ok(Proc {
-        name: name.into(),
-        child,
-        log: log.into(),
-    })
+    Ok(Proc { name: name.into(), child, log: log.into() })
 }
 
 fn tail(log: &Path) -> String {
@@ -94,9 +83,7 @@ fn tail(log: &Path) -> String {
 }
 
 fn gateway_config(port_base: u16) -> String {
-    let mut out = String::from(
-        "# Written by `corridor up`: the demo's nine city nodes.\ndefault_deadline_ms = 1500\n",
-    );
+    let mut out = String::from("# Written by `corridor up`: the demo's nine city nodes.\ndefault_deadline_ms = 1500\n");
     for c in CITIES.iter() {
         out.push_str(&format!(
             "\n[[nodes]]\ncity = \"{}\"\nendpoint = \"{}\"\n",
@@ -117,10 +104,7 @@ fn exited(procs: &mut [Proc]) -> Option<(String, ExitStatus, PathBuf)> {
 pub async fn up(args: UpArgs) -> Result<()> {
     let started = Instant::now();
     if args.port_base > u16::MAX - 10 {
-        bail!(
-            "--port-base {} leaves no room for nine node ports above it",
-            args.port_base
-        );
+        bail!("--port-base {} leaves no room for nine node ports above it", args.port_base);
     }
     let data = args.data.clone();
     let certs = data.join("certs");
@@ -129,10 +113,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     if !certs.join("ca.pem").exists() {
         let cities: Vec<&str> = CITIES.iter().map(|c| c.slug).collect();
         corridor_certs::init_dir(&certs, &cities, false)?;
-        eprintln!(
-            "created a development CA and identities in {}",
-            certs.display()
-        );
+        eprintln!("created a development CA and identities in {}", certs.display());
     }
     let config_path = data.join("gateway.toml");
     std::fs::write(&config_path, gateway_config(args.port_base))
@@ -141,8 +122,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let s = |p: &Path| p.display().to_string();
     let mut procs = Vec::new();
     for c in CITIES.iter() {
-        let port =
-            args.port_base as usize + 1 + CITIES.iter().position(|x| x.slug == c.slug).unwrap_or(0);
+        let port = args.port_base as usize + 1 + CITIES.iter().position(|x| x.slug == c.slug).unwrap_or(0);
         let node_args = [
             "node",
             "run",
@@ -158,11 +138,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
             &args.scale,
         ]
         .map(String::from);
-        procs.push(spawn(
-            &format!("node-{}", c.slug),
-            &node_args,
-            &logs.join(format!("node-{}.log", c.slug)),
-        )?);
+        procs.push(spawn(&format!("node-{}", c.slug), &node_args, &logs.join(format!("node-{}.log", c.slug)))?);
     }
     let gw_args = [
         "gateway",
@@ -186,22 +162,14 @@ pub async fn up(args: UpArgs) -> Result<()> {
         tick.tick().await;
         if let Some((name, status, log)) = exited(&mut procs) {
             stop(&mut procs).await;
-            bail!(
-                "{name} exited during start ({status}); last lines of {}:\n{}",
-                log.display(),
-                tail(&log)
-            );
+            bail!("{name} exited during start ({status}); last lines of {}:\n{}", log.display(), tail(&log));
         }
         if let Some(ready) = client::all_nodes_ok(&mut client).await {
             break ready;
         }
         if started.elapsed() > READY_TIMEOUT {
             stop(&mut procs).await;
-            bail!(
-                "the mesh was not ready within {} s; see the logs in {}",
-                READY_TIMEOUT.as_secs(),
-                logs.display()
-            );
+            bail!("the mesh was not ready within {} s; see the logs in {}", READY_TIMEOUT.as_secs(), logs.display());
         }
     };
     println!(
@@ -251,11 +219,7 @@ async fn stop(procs: &mut [Proc]) {
         match tokio::time::timeout(STOP_TIMEOUT, p.child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                eprintln!(
-                    "{} did not stop within {} s; killing it",
-                    p.name,
-                    STOP_TIMEOUT.as_secs()
-                );
+                eprintln!("{} did not stop within {} s; killing it", p.name, STOP_TIMEOUT.as_secs());
                 let _ = p.child.kill().await;
             }
         }

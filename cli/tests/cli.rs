@@ -13,37 +13,21 @@ use corridor_tests::{Mesh, pb};
 
 fn corridor(certs: &Path, gateway: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_corridor"));
-    cmd.env("CORRIDOR_CERTS", certs)
-        .env("CORRIDOR_GATEWAY", gateway)
-        .env_remove("CORRIDOR_IDENTITY");
+    cmd.env("CORRIDOR_CERTS", certs).env("CORRIDOR_GATEWAY", gateway).env_remove("CORRIDOR_IDENTITY");
     cmd
 }
 
 async fn run(mut cmd: Command) -> (bool, String, String) {
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run corridor"))
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run corridor")).await.unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 fn jsonl(records: &[corridor_node::model::InstrumentRecord]) -> String {
-    records
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap() + "\n")
-        .collect()
+    records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect()
 }
 
 async fn hefei_count(mesh: &Mesh) -> u64 {
-    mesh.node("hefei", "gateway")
-        .info(pb::NodeInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .instruments
+    mesh.node("hefei", "gateway").info(pb::NodeInfoRequest {}).await.unwrap().into_inner().instruments
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,14 +43,7 @@ async fn import_is_all_or_nothing_and_idempotent() {
     let bad_file = dir.path().join("bad.jsonl");
     std::fs::write(&bad_file, jsonl(&bad)).unwrap();
     let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
-    cmd.args([
-        "import",
-        bad_file.to_str().unwrap(),
-        "--city",
-        "hefei",
-        "--node",
-        &mesh.node_url("hefei"),
-    ]);
+    cmd.args(["import", bad_file.to_str().unwrap(), "--city", "hefei", "--node", &mesh.node_url("hefei")]);
     let (ok, _, err) = run(cmd).await;
     assert!(!ok);
     assert!(err.contains("line 3: institution_uscc"), "{err}");
@@ -77,15 +54,7 @@ async fn import_is_all_or_nothing_and_idempotent() {
     std::fs::write(&good, jsonl(&records)).unwrap();
     let import = |file: &Path| {
         let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
-        cmd.args([
-            "import",
-            file.to_str().unwrap(),
-            "--city",
-            "hefei",
-            "--node",
-            &mesh.node_url("hefei"),
-            "--json",
-        ]);
+        cmd.args(["import", file.to_str().unwrap(), "--city", "hefei", "--node", &mesh.node_url("hefei"), "--json"]);
         cmd
     };
     let (ok, out, err) = run(import(&good)).await;
@@ -98,24 +67,14 @@ async fn import_is_all_or_nothing_and_idempotent() {
     let (ok, out, _) = run(import(&good)).await;
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        (
-            v["inserted"].as_u64(),
-            v["updated"].as_u64(),
-            v["unchanged"].as_u64()
-        ),
-        (Some(0), Some(0), Some(50))
-    );
+    assert_eq!((v["inserted"].as_u64(), v["updated"].as_u64(), v["unchanged"].as_u64()), (Some(0), Some(0), Some(50)));
 
     // Another city's admin is refused by the node, with the reason.
     let mut cmd = import(&good);
     cmd.args(["--identity", "admin-wuhu"]);
     let (ok, _, err) = run(cmd).await;
     assert!(!ok);
-    assert!(
-        err.contains("PermissionDenied") && err.contains("may not write hefei"),
-        "{err}"
-    );
+    assert!(err.contains("PermissionDenied") && err.contains("may not write hefei"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,12 +90,7 @@ async fn search_json_has_hits_nodes_and_partial() {
     let hits = v["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 20);
     for h in hits {
-        assert!(
-            h["id"]
-                .as_str()
-                .unwrap()
-                .starts_with(h["city"].as_str().unwrap())
-        );
+        assert!(h["id"].as_str().unwrap().starts_with(h["city"].as_str().unwrap()));
         assert!(h["name"].as_str().unwrap().contains("显微镜"));
     }
 }
@@ -149,9 +103,7 @@ fn free_port_base() -> u16 {
         if base > u16::MAX - 10 {
             continue;
         }
-        let rest: Vec<_> = (1..10)
-            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
+        let rest: Vec<_> = (1..10).map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
         if rest.len() == 9 {
             return base;
         }
@@ -180,15 +132,9 @@ async fn up_runs_the_mesh_as_processes_and_survives_a_killed_node() {
     let gateway = format!("https://127.0.0.1:{base}");
     let certs = data.join("certs");
     let mut up = Command::new(env!("CARGO_BIN_EXE_corridor"));
-    up.args([
-        "up",
-        "--data",
-        data.to_str().unwrap(),
-        "--port-base",
-        &base.to_string(),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
+    up.args(["up", "--data", data.to_str().unwrap(), "--port-base", &base.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut child = up.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let up = Up(child);
@@ -201,10 +147,7 @@ async fn up_runs_the_mesh_as_processes_and_survives_a_killed_node() {
     .await
     .unwrap();
     assert!(line.starts_with("corridor ready"), "{line:?}");
-    assert!(
-        line.contains("9 cities") && line.contains("1746 instruments"),
-        "{line}"
-    );
+    assert!(line.contains("9 cities") && line.contains("1746 instruments"), "{line}");
 
     let mut cmd = corridor(&certs, &gateway);
     cmd.args(["nodes", "--json"]);
@@ -216,11 +159,7 @@ async fn up_runs_the_mesh_as_processes_and_survives_a_killed_node() {
     assert!(nodes.iter().all(|n| n["status"] == "ok"), "{out}");
 
     // kill -9 one node process: the search still answers, marking it.
-    let pid: i32 = std::fs::read_to_string(data.join("run/node-suzhou.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = std::fs::read_to_string(data.join("run/node-suzhou.pid")).unwrap().trim().parse().unwrap();
     // SAFETY: signalling a grandchild whose pid `up` just wrote.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
@@ -233,13 +172,7 @@ async fn up_runs_the_mesh_as_processes_and_survives_a_killed_node() {
     assert!(started.elapsed() < Duration::from_secs(10));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["partial"], true, "{out}");
-    let suzhou = v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["city"] == "suzhou")
-        .unwrap()
-        .clone();
+    let suzhou = v["nodes"].as_array().unwrap().iter().find(|n| n["city"] == "suzhou").unwrap().clone();
     assert_ne!(suzhou["status"], "ok");
     assert!(!v["hits"].as_array().unwrap().is_empty());
     drop(up);

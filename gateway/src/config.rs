@@ -6,10 +6,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("gateway config: {0}")]
@@ -70,10 +67,7 @@ impl GatewayConfig {
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: p.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
         Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: p, message },
             other => other,
@@ -81,10 +75,8 @@ impl GatewayConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: GatewayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: "<config>".into(),
-            message: e.to_string(),
-        })?;
+        let config: GatewayConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "<config>".into(), message: e.to_string() })?;
         config.validate()?;
         Ok(config)
     }
@@ -93,22 +85,14 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut seen = HashSet::new();
         if self.nodes.is_empty() {
-            return Err(ConfigError::Invalid(
-                "no [[nodes]]: the gateway needs at least one city".into(),
-            ));
+            return Err(ConfigError::Invalid("no [[nodes]]: the gateway needs at least one city".into()));
         }
         for n in &self.nodes {
             if city_by_slug(&n.city).is_none() {
-                return Err(ConfigError::Invalid(format!(
-                    "{:?} is not a corridor city",
-                    n.city
-                )));
+                return Err(ConfigError::Invalid(format!("{:?} is not a corridor city", n.city)));
             }
             if !seen.insert(&n.city) {
-                return Err(ConfigError::Invalid(format!(
-                    "city {:?} is listed twice",
-                    n.city
-                )));
+                return Err(ConfigError::Invalid(format!("city {:?} is listed twice", n.city)));
             }
             if !n.endpoint.starts_with("https://") {
                 return Err(ConfigError::Invalid(format!(
@@ -118,9 +102,7 @@ impl GatewayConfig {
             }
         }
         if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
-            return Err(ConfigError::Invalid(
-                "default_deadline_ms must be between 1 and max_deadline_ms".into(),
-            ));
+            return Err(ConfigError::Invalid("default_deadline_ms must be between 1 and max_deadline_ms".into()));
         }
         Ok(())
     }
@@ -140,22 +122,13 @@ mod tests {
 
     #[test]
     fn parses_and_validates() {
-        let c = GatewayConfig::parse(
-            "[[nodes]]\ncity = \"hefei\"\nendpoint = \"https://127.0.0.1:7450\"\n",
-        )
-        .unwrap();
+        let c = GatewayConfig::parse("[[nodes]]\ncity = \"hefei\"\nendpoint = \"https://127.0.0.1:7450\"\n").unwrap();
         assert_eq!(c.nodes.len(), 1);
         assert_eq!(c.default_deadline_ms, 1_500);
         for (text, expect) in [
             ("nodes = []", "no [[nodes]]"),
-            (
-                "[[nodes]]\ncity = \"atlantis\"\nendpoint = \"https://x:1\"",
-                "not a corridor city",
-            ),
-            (
-                "[[nodes]]\ncity = \"hefei\"\nendpoint = \"http://x:1\"",
-                "must be https",
-            ),
+            ("[[nodes]]\ncity = \"atlantis\"\nendpoint = \"https://x:1\"", "not a corridor city"),
+            ("[[nodes]]\ncity = \"hefei\"\nendpoint = \"http://x:1\"", "must be https"),
             (
                 "[[nodes]]\ncity = \"hefei\"\nendpoint = \"https://x:1\"\n[[nodes]]\ncity = \"hefei\"\nendpoint = \"https://x:2\"",
                 "listed twice",

@@ -35,29 +35,13 @@ impl Cities {
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
         for n in &config.nodes {
             let city = city_by_slug(&n.city).expect("validated config");
-            let channel = client_channel(
-                &n.endpoint,
-                creds,
-                Some(Identity::Node(n.city.clone())),
-                connect_timeout,
-            )?;
+            let channel = client_channel(&n.endpoint, creds, Some(Identity::Node(n.city.clone())), connect_timeout)?;
             let client = NodeClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            by_slug.insert(
-                city.slug,
-                CityClient {
-                    city,
-                    endpoint: n.endpoint.clone(),
-                    client,
-                },
-            );
+            by_slug.insert(city.slug, CityClient { city, endpoint: n.endpoint.clone(), client });
         }
-        let order = corridor_proto::cities::CITIES
-            .iter()
-            .map(|c| c.slug)
-            .filter(|s| by_slug.contains_key(s))
-            .collect();
+        let order = corridor_proto::cities::CITIES.iter().map(|c| c.slug).filter(|s| by_slug.contains_key(s)).collect();
         Ok(Cities { by_slug, order })
     }
 

@@ -27,9 +27,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    config
-        .validate()
-        .map_err(|e| CertError::BadIdentity(e.to_string()))?;
+    config.validate().map_err(|e| CertError::BadIdentity(e.to_string()))?;
     let cities = Cities::connect(&config, &creds)?;
     let tls = creds.server_config()?;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -44,10 +42,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tls_incoming(listener, tls, TlsAcceptOptions::default()),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(tls_incoming(listener, tls, TlsAcceptOptions::default()), shutdown)
         .await?;
     Ok(())
 }

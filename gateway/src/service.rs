@@ -27,27 +27,17 @@ pub struct GatewayService {
 
 impl GatewayService {
     pub fn new(cities: Cities, config: &GatewayConfig) -> Self {
-        GatewayService {
-            cities,
-            default_deadline: config.default_deadline(),
-            max_deadline: config.max_deadline(),
-        }
+        GatewayService { cities, default_deadline: config.default_deadline(), max_deadline: config.max_deadline() }
     }
 
     fn budget<T>(&self, req: &Request<T>) -> Duration {
-        node_budget(
-            client_deadline(req.metadata()),
-            self.default_deadline,
-            self.max_deadline,
-        )
+        node_budget(client_deadline(req.metadata()), self.default_deadline, self.max_deadline)
     }
 
     /// Any identity the corridor CA issued may use the gateway; the TLS layer
     /// has already refused everyone else. This reads it for the logs.
     fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        caller_identity(req)
-            .map(|id| id.to_string())
-            .map_err(|e| Status::unauthenticated(e.to_string()))
+        caller_identity(req).map(|id| id.to_string()).map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
     /// The cities a search must ask: those the filter allows.
@@ -61,10 +51,7 @@ impl GatewayService {
             }
         }
         for p in &filter.provinces {
-            if !corridor_proto::cities::PROVINCES
-                .iter()
-                .any(|k| k.eq_ignore_ascii_case(p))
-            {
+            if !corridor_proto::cities::PROVINCES.iter().any(|k| k.eq_ignore_ascii_case(p)) {
                 return Err(Status::invalid_argument(format!(
                     "{p:?} is not a corridor province; provinces are {}",
                     corridor_proto::cities::PROVINCES.join(", ")
@@ -77,11 +64,7 @@ impl GatewayService {
             .all()
             .filter(|c| cities.is_empty() || cities.contains(c.city.slug))
             .filter(|c| {
-                filter.provinces.is_empty()
-                    || filter
-                        .provinces
-                        .iter()
-                        .any(|p| p.eq_ignore_ascii_case(c.city.province))
+                filter.provinces.is_empty() || filter.provinces.iter().any(|p| p.eq_ignore_ascii_case(c.city.province))
             })
             .collect())
     }
@@ -107,10 +90,7 @@ async fn call<Req, Resp, F, Fut>(
     f: F,
 ) -> (Result<Resp, (NodeState, String)>, Duration)
 where
-    F: FnOnce(
-        corridor_proto::node_client::NodeClient<tonic::transport::Channel>,
-        Request<Req>,
-    ) -> Fut,
+    F: FnOnce(corridor_proto::node_client::NodeClient<tonic::transport::Channel>, Request<Req>) -> Fut,
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
     let started = Instant::now();
@@ -119,10 +99,7 @@ where
     let result = match tokio::time::timeout(budget, f(c.client.clone(), req)).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => Err((classify(&status), status.message().to_string())),
-        Err(_) => Err((
-            NodeState::Timeout,
-            format!("no answer within {} ms", budget.as_millis()),
-        )),
+        Err(_) => Err((NodeState::Timeout, format!("no answer within {} ms", budget.as_millis()))),
     };
     (result, started.elapsed())
 }
@@ -130,22 +107,14 @@ where
 /// Orders merged hits: best score first, then by id, so that equal scores
 /// come out the same way every time.
 fn rank(a: &pb::SearchHit, b: &pb::SearchHit) -> std::cmp::Ordering {
-    let id = |h: &pb::SearchHit| {
-        h.instrument
-            .as_ref()
-            .map(|i| i.id.clone())
-            .unwrap_or_default()
-    };
+    let id = |h: &pb::SearchHit| h.instrument.as_ref().map(|i| i.id.clone()).unwrap_or_default();
     b.score.total_cmp(&a.score).then_with(|| id(a).cmp(&id(b)))
 }
 
 #[tonic::async_trait]
 impl gateway_server::Gateway for GatewayService {
     #[tracing::instrument(name = "gateway.search", skip_all, fields(query = %req.get_ref().query))]
-    async fn search(
-        &self,
-        req: Request<pb::SearchRequest>,
-    ) -> Result<Response<pb::SearchResponse>, Status> {
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
         self.caller(&req)?;
         let budget = self.budget(&req);
         let mut msg = req.into_inner();
@@ -162,13 +131,7 @@ impl gateway_server::Gateway for GatewayService {
             .map(|c| {
                 let msg = msg.clone();
                 async move {
-                    let r = call(
-                        c,
-                        budget,
-                        msg,
-                        |mut cl, r| async move { cl.search(r).await },
-                    )
-                    .await;
+                    let r = call(c, budget, msg, |mut cl, r| async move { cl.search(r).await }).await;
                     (*c, r)
                 }
             })
@@ -203,66 +166,39 @@ impl gateway_server::Gateway for GatewayService {
             }
         }
         // Report cities in corridor order, whatever order they answered in.
-        let order: Vec<&str> = corridor_proto::cities::CITIES
-            .iter()
-            .map(|c| c.slug)
-            .collect();
+        let order: Vec<&str> = corridor_proto::cities::CITIES.iter().map(|c| c.slug).collect();
         nodes.sort_by_key(|n| order.iter().position(|s| *s == n.city));
-        Ok(Response::new(pb::SearchResponse {
-            hits,
-            nodes,
-            partial,
-            total,
-        }))
+        Ok(Response::new(pb::SearchResponse { hits, nodes, partial, total }))
     }
 
-    async fn get_instrument(
-        &self,
-        req: Request<pb::GetInstrumentRequest>,
-    ) -> Result<Response<pb::Instrument>, Status> {
+    async fn get_instrument(&self, req: Request<pb::GetInstrumentRequest>) -> Result<Response<pb::Instrument>, Status> {
         self.caller(&req)?;
         let budget = self.budget(&req);
         let id = req.get_ref().id.clone();
         let (city, _) = split_instrument_id(&id).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "{id:?} is not an instrument id \"<city>/<local-id>\" of a corridor city"
-            ))
+            Status::invalid_argument(format!("{id:?} is not an instrument id \"<city>/<local-id>\" of a corridor city"))
         })?;
-        let c = self.cities.get(city.slug).ok_or_else(|| {
-            Status::unavailable(format!(
-                "city {} is not configured on this gateway",
-                city.slug
-            ))
-        })?;
-        let (result, _) = call(c, budget, req.into_inner(), |mut cl, r| async move {
-            cl.get_instrument(r).await
+        let c = self
+            .cities
+            .get(city.slug)
+            .ok_or_else(|| Status::unavailable(format!("city {} is not configured on this gateway", city.slug)))?;
+        let (result, _) =
+            call(c, budget, req.into_inner(), |mut cl, r| async move { cl.get_instrument(r).await }).await;
+        result.map(Response::new).map_err(|(state, detail)| match state {
+            NodeState::Timeout => {
+                Status::deadline_exceeded(format!("city {} did not answer in time: {detail}", city.slug))
+            }
+            NodeState::Unavailable => Status::unavailable(format!("city {} is unavailable: {detail}", city.slug)),
+            _ => Status::new(Code::NotFound, detail),
         })
-        .await;
-        result
-            .map(Response::new)
-            .map_err(|(state, detail)| match state {
-                NodeState::Timeout => Status::deadline_exceeded(format!(
-                    "city {} did not answer in time: {detail}",
-                    city.slug
-                )),
-                NodeState::Unavailable => {
-                    Status::unavailable(format!("city {} is unavailable: {detail}", city.slug))
-                }
-                _ => Status::new(Code::NotFound, detail),
-            })
     }
 
-    async fn list_nodes(
-        &self,
-        req: Request<pb::ListNodesRequest>,
-    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+    async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         self.caller(&req)?;
         let budget = self.budget(&req);
         let calls = self.cities.all().map(|c| async move {
-            let (result, took) = call(c, budget, pb::NodeInfoRequest {}, |mut cl, r| async move {
-                cl.info(r).await
-            })
-            .await;
+            let (result, took) =
+                call(c, budget, pb::NodeInfoRequest {}, |mut cl, r| async move { cl.info(r).await }).await;
             match result {
                 Ok(info) => {
                     let mut s = node_status(c, NodeState::Ok, took, String::new());

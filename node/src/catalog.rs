@@ -34,11 +34,7 @@ impl Entry {
         ]
         .join("\n")
         .to_lowercase();
-        Entry {
-            stored,
-            names,
-            rest,
-        }
+        Entry { stored, names, rest }
     }
 }
 
@@ -57,23 +53,14 @@ pub struct Query {
 /// abbreviations: TEM, BET, NMR) only as whole words, so that "tem" finds
 /// "(TEM)" but neither "system" nor "temperature".
 fn occurs(hay: &str, term: &str) -> bool {
-    let latin = term
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let latin = term.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     if !latin {
         return hay.contains(term);
     }
     let whole_word = term.chars().count() < 5;
     hay.match_indices(term).any(|(i, _)| {
-        let starts = hay[..i]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !c.is_alphanumeric());
-        let ends = hay[i + term.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !c.is_alphanumeric());
+        let starts = hay[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric());
+        let ends = hay[i + term.len()..].chars().next().is_none_or(|c| !c.is_alphanumeric());
         starts && (ends || !whole_word)
     })
 }
@@ -90,13 +77,8 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(all: Vec<StoredInstrument>) -> Self {
-        let map = all
-            .into_iter()
-            .map(|s| (s.record.local_id.clone(), Arc::new(Entry::new(s))))
-            .collect();
-        Catalog {
-            entries: RwLock::new(Arc::new(map)),
-        }
+        let map = all.into_iter().map(|s| (s.record.local_id.clone(), Arc::new(Entry::new(s)))).collect();
+        Catalog { entries: RwLock::new(Arc::new(map)) }
     }
 
     fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Entry>>> {
@@ -132,8 +114,7 @@ impl Catalog {
     /// by score, ties by local id, plus the number of all matches.
     pub fn search(&self, q: &Query, city: &str, province: &str) -> (Vec<(Arc<Entry>, f64)>, u64) {
         if (!q.cities.is_empty() && !q.cities.iter().any(|c| c == city))
-            || (!q.provinces.is_empty()
-                && !q.provinces.iter().any(|p| p.eq_ignore_ascii_case(province)))
+            || (!q.provinces.is_empty() && !q.provinces.iter().any(|p| p.eq_ignore_ascii_case(province)))
         {
             return (Vec::new(), 0);
         }
@@ -180,10 +161,7 @@ mod tests {
         r.category = cat.into();
         r.description = String::new();
         r.techniques.clear();
-        StoredInstrument {
-            record: r,
-            updated_at: "t".into(),
-        }
+        StoredInstrument { record: r, updated_at: "t".into() }
     }
 
     fn catalog() -> Catalog {
@@ -194,46 +172,23 @@ mod tests {
                 "Field Emission Transmission Electron Microscope (TEM)",
                 "01.01.01",
             ),
-            stored(
-                "sem-1",
-                "扫描电子显微镜",
-                "Scanning Electron Microscope (SEM)",
-                "01.01.02",
-            ),
-            stored(
-                "ppms-1",
-                "综合物性测量系统",
-                "Physical Property Measurement System (PPMS)",
-                "02.03.01",
-            ),
+            stored("sem-1", "扫描电子显微镜", "Scanning Electron Microscope (SEM)", "01.01.02"),
+            stored("ppms-1", "综合物性测量系统", "Physical Property Measurement System (PPMS)", "02.03.01"),
         ])
     }
 
     fn ids(q: &Query) -> Vec<String> {
-        catalog()
-            .search(q, "hefei", "Anhui")
-            .0
-            .iter()
-            .map(|(e, _)| e.stored.record.local_id.clone())
-            .collect()
+        catalog().search(q, "hefei", "Anhui").0.iter().map(|(e, _)| e.stored.record.local_id.clone()).collect()
     }
 
     fn text(t: &str) -> Query {
-        Query {
-            text: t.into(),
-            limit: 10,
-            ..Default::default()
-        }
+        Query { text: t.into(), limit: 10, ..Default::default() }
     }
 
     #[test]
     fn chinese_substrings_and_latin_words_match() {
         assert_eq!(ids(&text("电子显微镜")), vec!["sem-1", "tem-1"]);
-        assert_eq!(
-            ids(&text("TEM")),
-            vec!["tem-1"],
-            "TEM must not match 'system'"
-        );
+        assert_eq!(ids(&text("TEM")), vec!["tem-1"], "TEM must not match 'system'");
         assert_eq!(ids(&text("microscope electron")), vec!["sem-1", "tem-1"]);
         assert!(ids(&text("NMR")).is_empty());
     }
@@ -244,10 +199,7 @@ mod tests {
         q.categories = vec!["01.01".into()];
         assert_eq!(ids(&q), vec!["sem-1", "tem-1"]);
         q.categories = vec!["01.0".into()];
-        assert!(
-            ids(&q).is_empty(),
-            "a code prefix must end at a level boundary"
-        );
+        assert!(ids(&q).is_empty(), "a code prefix must end at a level boundary");
         q.categories.clear();
         q.cities = vec!["wuhu".into()];
         assert!(ids(&q).is_empty());

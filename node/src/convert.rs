@@ -30,11 +30,7 @@ pub fn to_proto(s: &StoredInstrument, city: &City) -> pb::Instrument {
             uscc: r.institution_uscc.clone(),
             department: r.department.clone(),
         }),
-        location: Some(pb::Location {
-            site: r.site.clone(),
-            building: r.building.clone(),
-            room: r.room.clone(),
-        }),
+        location: Some(pb::Location { site: r.site.clone(), building: r.building.clone(), room: r.room.clone() }),
         contact: Some(pb::Contact {
             name: r.contact_name.clone(),
             phone: r.contact_phone.clone(),
@@ -85,10 +81,7 @@ fn enum_err(field: &str, v: i32) -> String {
 /// must agree with `city` and `local_id`.
 pub fn from_proto(p: pb::Instrument) -> Result<InstrumentRecord, String> {
     if !p.id.is_empty() && p.id != format!("{}/{}", p.city, p.local_id) {
-        return Err(format!(
-            "id: {:?} does not match city {:?} and local_id {:?}",
-            p.id, p.city, p.local_id
-        ));
+        return Err(format!("id: {:?} does not match city {:?} and local_id {:?}", p.id, p.city, p.local_id));
     }
     let access_level = match pb::AccessLevel::try_from(p.access_level) {
         Ok(pb::AccessLevel::Unspecified | pb::AccessLevel::Open) => AccessLevel::Open,
@@ -97,9 +90,7 @@ pub fn from_proto(p: pb::Instrument) -> Result<InstrumentRecord, String> {
         Err(_) => return Err(enum_err("access_level", p.access_level)),
     };
     let status = match pb::InstrumentStatus::try_from(p.status) {
-        Ok(pb::InstrumentStatus::Unspecified | pb::InstrumentStatus::Available) => {
-            Status::Available
-        }
+        Ok(pb::InstrumentStatus::Unspecified | pb::InstrumentStatus::Available) => Status::Available,
         Ok(pb::InstrumentStatus::Maintenance) => Status::Maintenance,
         Ok(pb::InstrumentStatus::Retired) => Status::Retired,
         Err(_) => return Err(enum_err("status", p.status)),
@@ -170,10 +161,7 @@ mod tests {
         r.city = "hefei".into();
         r.service_modes = vec![ServiceMode::MailIn, ServiceMode::SelfOperated];
         r.status = Status::Retired;
-        let s = StoredInstrument {
-            record: r.clone(),
-            updated_at: "t".into(),
-        };
+        let s = StoredInstrument { record: r.clone(), updated_at: "t".into() };
         let p = to_proto(&s, city_by_slug("hefei").unwrap());
         assert_eq!(p.id, "hefei/a");
         assert_eq!(from_proto(p).unwrap(), r);
@@ -181,10 +169,7 @@ mod tests {
 
     #[test]
     fn unknown_enum_values_and_mismatched_ids_are_refused() {
-        let s = StoredInstrument {
-            record: sample("a"),
-            updated_at: "t".into(),
-        };
+        let s = StoredInstrument { record: sample("a"), updated_at: "t".into() };
         let mut p = to_proto(&s, city_by_slug("hefei").unwrap());
         p.status = 99;
         assert!(from_proto(p.clone()).unwrap_err().contains("status"));

@@ -5,9 +5,7 @@
 
 use corridor_proto::cities::{CITIES, City};
 
-use crate::model::{
-    AccessLevel, InstrumentRecord, PriceUnit, ServiceMode, Status, uscc_with_check,
-};
+use crate::model::{AccessLevel, InstrumentRecord, PriceUnit, ServiceMode, Status, uscc_with_check};
 
 /// How much demo data to seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,18 +63,7 @@ const fn k(
     unit: PriceUnit,
     notes: &'static str,
 ) -> Kind {
-    Kind {
-        abbr,
-        zh,
-        en,
-        category,
-        techniques,
-        makers,
-        value,
-        price,
-        unit,
-        notes,
-    }
+    Kind { abbr, zh, en, category, techniques, makers, value, price, unit, notes }
 }
 
 use PriceUnit::{Hour as H, Sample as S};
@@ -88,11 +75,7 @@ const KINDS: &[Kind] = &[
         "200 kV Field Emission Transmission Electron Microscope (TEM)",
         "01.01.01",
         &["HRTEM", "STEM", "EDS", "electron diffraction"],
-        &[
-            ("JEOL", "JEM-F200"),
-            ("Thermo Fisher Scientific", "Talos F200X"),
-            ("Hitachi", "HF5000"),
-        ],
+        &[("JEOL", "JEM-F200"), ("Thermo Fisher Scientific", "Talos F200X"), ("Hitachi", "HF5000")],
         (8_000_000, 25_000_000),
         (600, 1_200),
         H,
@@ -104,11 +87,7 @@ const KINDS: &[Kind] = &[
         "Field Emission Scanning Electron Microscope (SEM)",
         "01.01.02",
         &["SE imaging", "BSE", "EDS", "EBSD"],
-        &[
-            ("ZEISS", "Sigma 300"),
-            ("Hitachi", "SU8010"),
-            ("JEOL", "JSM-IT800"),
-        ],
+        &[("ZEISS", "Sigma 300"), ("Hitachi", "SU8010"), ("JEOL", "JSM-IT800")],
         (2_000_000, 6_000_000),
         (300, 600),
         H,
@@ -120,10 +99,7 @@ const KINDS: &[Kind] = &[
         "Focused Ion Beam Scanning Electron Microscope (FIB-SEM)",
         "01.01.03",
         &["TEM lamella preparation", "3D tomography"],
-        &[
-            ("Thermo Fisher Scientific", "Helios 5 UX"),
-            ("ZEISS", "Crossbeam 550"),
-        ],
+        &[("Thermo Fisher Scientific", "Helios 5 UX"), ("ZEISS", "Crossbeam 550")],
         (9_000_000, 18_000_000),
         (900, 1_500),
         H,
@@ -135,11 +111,7 @@ const KINDS: &[Kind] = &[
         "Nuclear Magnetic Resonance Spectrometer (NMR)",
         "01.06.01",
         &["1H", "13C", "2D NMR", "solid-state NMR"],
-        &[
-            ("Bruker", "AVANCE NEO 400"),
-            ("Bruker", "AVANCE NEO 600"),
-            ("JEOL", "JNM-ECZ500R"),
-        ],
+        &[("Bruker", "AVANCE NEO 400"), ("Bruker", "AVANCE NEO 600"), ("JEOL", "JNM-ECZ500R")],
         (3_000_000, 12_000_000),
         (150, 500),
         S,
@@ -163,11 +135,7 @@ const KINDS: &[Kind] = &[
         "X-ray Diffractometer (XRD)",
         "01.03.01",
         &["powder diffraction", "phase analysis", "crystallinity"],
-        &[
-            ("Bruker", "D8 Advance"),
-            ("Rigaku", "SmartLab"),
-            ("Malvern Panalytical", "Empyrean"),
-        ],
+        &[("Bruker", "D8 Advance"), ("Rigaku", "SmartLab"), ("Malvern Panalytical", "Empyrean")],
         (1_200_000, 3_500_000),
         (100, 300),
         S,
@@ -191,10 +159,7 @@ const KINDS: &[Kind] = &[
         "X-ray Photoelectron Spectrometer (XPS)",
         "01.03.02",
         &["surface chemistry", "depth profiling"],
-        &[
-            ("Thermo Fisher Scientific", "ESCALAB Xi+"),
-            ("Kratos", "AXIS Supra+"),
-        ],
+        &[("Thermo Fisher Scientific", "ESCALAB Xi+"), ("Kratos", "AXIS Supra+")],
         (4_000_000, 8_000_000),
         (500, 900),
         S,
@@ -206,10 +171,7 @@ const KINDS: &[Kind] = &[
         "X-ray Fluorescence Spectrometer (XRF)",
         "01.03.03",
         &["elemental analysis"],
-        &[
-            ("Malvern Panalytical", "Zetium"),
-            ("Rigaku", "ZSX Primus IV"),
-        ],
+        &[("Malvern Panalytical", "Zetium"), ("Rigaku", "ZSX Primus IV")],
         (800_000, 2_000_000),
         (100, 250),
         S,
@@ -261,10 +223,7 @@ const KINDS: &[Kind] = &[
         "Fourier Transform Infrared Spectrometer (FTIR)",
         "01.04.01",
         &["ATR", "functional groups"],
-        &[
-            ("Thermo Fisher Scientific", "Nicolet iS50"),
-            ("Bruker", "INVENIO R"),
-        ],
+        &[("Thermo Fisher Scientific", "Nicolet iS50"), ("Bruker", "INVENIO R")],
         (400_000, 1_000_000),
         (80, 200),
         S,
@@ -276,10 +235,7 @@ const KINDS: &[Kind] = &[
         "Confocal Raman Microscope (Raman)",
         "01.04.02",
         &["Raman mapping", "PL"],
-        &[
-            ("HORIBA", "LabRAM HR Evolution"),
-            ("Renishaw", "inVia Qontor"),
-        ],
+        &[("HORIBA", "LabRAM HR Evolution"), ("Renishaw", "inVia Qontor")],
         (1_000_000, 2_500_000),
         (200, 400),
         H,
@@ -291,10 +247,7 @@ const KINDS: &[Kind] = &[
         "UV-Vis-NIR Spectrophotometer",
         "01.04.03",
         &["absorbance", "reflectance"],
-        &[
-            ("PerkinElmer", "Lambda 1050+"),
-            ("Shimadzu", "UV-3600i Plus"),
-        ],
+        &[("PerkinElmer", "Lambda 1050+"), ("Shimadzu", "UV-3600i Plus")],
         (350_000, 800_000),
         (60, 150),
         S,
@@ -306,10 +259,7 @@ const KINDS: &[Kind] = &[
         "Inductively Coupled Plasma Optical Emission Spectrometer (ICP-OES)",
         "01.04.04",
         &["major elements"],
-        &[
-            ("Agilent", "5110"),
-            ("Thermo Fisher Scientific", "iCAP PRO"),
-        ],
+        &[("Agilent", "5110"), ("Thermo Fisher Scientific", "iCAP PRO")],
         (600_000, 1_200_000),
         (100, 250),
         S,
@@ -333,11 +283,7 @@ const KINDS: &[Kind] = &[
         "Confocal Laser Scanning Microscope (confocal)",
         "01.08.01",
         &["live-cell imaging", "fluorescence"],
-        &[
-            ("ZEISS", "LSM 980"),
-            ("Leica", "STELLARIS 8"),
-            ("Nikon", "AX R"),
-        ],
+        &[("ZEISS", "LSM 980"), ("Leica", "STELLARIS 8"), ("Nikon", "AX R")],
         (2_000_000, 6_000_000),
         (200, 500),
         H,
@@ -349,11 +295,7 @@ const KINDS: &[Kind] = &[
         "Scanning Probe Microscope (AFM/SPM)",
         "01.08.02",
         &["atomic force microscopy", "KPFM", "MFM"],
-        &[
-            ("Bruker", "Dimension Icon"),
-            ("Oxford Instruments Asylum", "Cypher ES"),
-            ("Park Systems", "NX20"),
-        ],
+        &[("Bruker", "Dimension Icon"), ("Oxford Instruments Asylum", "Cypher ES"), ("Park Systems", "NX20")],
         (1_500_000, 4_000_000),
         (300, 600),
         H,
@@ -388,15 +330,8 @@ const KINDS: &[Kind] = &[
         "全自动比表面及孔隙度分析仪",
         "Automatic Specific Surface Area and Porosity Analyzer (BET)",
         "02.02.01",
-        &[
-            "BET surface area",
-            "pore size distribution",
-            "N2 adsorption",
-        ],
-        &[
-            ("Micromeritics", "ASAP 2460"),
-            ("Anton Paar Quantachrome", "Autosorb-iQ"),
-        ],
+        &["BET surface area", "pore size distribution", "N2 adsorption"],
+        &[("Micromeritics", "ASAP 2460"), ("Anton Paar Quantachrome", "Autosorb-iQ")],
         (400_000, 900_000),
         (150, 300),
         S,
@@ -408,10 +343,7 @@ const KINDS: &[Kind] = &[
         "Laser Particle Size Analyzer",
         "02.02.02",
         &["particle size distribution", "laser diffraction"],
-        &[
-            ("Malvern Panalytical", "Mastersizer 3000"),
-            ("HORIBA", "LA-960V2"),
-        ],
+        &[("Malvern Panalytical", "Mastersizer 3000"), ("HORIBA", "LA-960V2")],
         (350_000, 700_000),
         (80, 150),
         S,
@@ -495,10 +427,7 @@ const KINDS: &[Kind] = &[
         "Flow Cytometer",
         "11.01.01",
         &["cell sorting", "immunophenotyping"],
-        &[
-            ("BD Biosciences", "FACSCelesta"),
-            ("Beckman Coulter", "CytoFLEX S"),
-        ],
+        &[("BD Biosciences", "FACSCelesta"), ("Beckman Coulter", "CytoFLEX S")],
         (800_000, 3_000_000),
         (150, 400),
         H,
@@ -508,22 +437,10 @@ const KINDS: &[Kind] = &[
 
 /// Institutions the corridor's own directory names, with their cities.
 const REAL: &[(&str, &str, &str)] = &[
-    (
-        "hefei",
-        "中国科学技术大学",
-        "University of Science and Technology of China",
-    ),
-    (
-        "hefei",
-        "中国科学院合肥物质科学研究院",
-        "Hefei Institutes of Physical Science, CAS",
-    ),
+    ("hefei", "中国科学技术大学", "University of Science and Technology of China"),
+    ("hefei", "中国科学院合肥物质科学研究院", "Hefei Institutes of Physical Science, CAS"),
     ("shanghai", "东华大学", "Donghua University"),
-    (
-        "shanghai",
-        "上海工程技术大学",
-        "Shanghai University of Engineering Science",
-    ),
+    ("shanghai", "上海工程技术大学", "Shanghai University of Engineering Science"),
 ];
 
 /// Generic kinds of institution around the real ones.
@@ -536,10 +453,7 @@ const INSTITUTE_KINDS: &[(&str, &str)] = &[
     ("生物医药创新中心", "Biomedicine Innovation Center"),
     ("集成电路创新中心", "Integrated Circuit Innovation Center"),
     ("计量测试研究所", "Institute of Metrology and Testing"),
-    (
-        "高新区公共技术服务平台",
-        "High-tech Zone Public Technology Platform",
-    ),
+    ("高新区公共技术服务平台", "High-tech Zone Public Technology Platform"),
     ("科技园公共实验室", "Science Park Shared Laboratory"),
 ];
 
@@ -547,12 +461,8 @@ const INSTITUTE_KINDS: &[(&str, &str)] = &[
 const CITY_WEIGHTS: [u64; 9] = [16, 8, 18, 6, 6, 16, 18, 7, 5];
 
 /// Administrative division codes, for plausible credit codes.
-const DIVISIONS: [&str; 9] = [
-    "310117", "330400", "330100", "330700", "330500", "320500", "340100", "340200", "341800",
-];
-const PHONE_AREA: [&str; 9] = [
-    "021", "0573", "0571", "0579", "0572", "0512", "0551", "0553", "0563",
-];
+const DIVISIONS: [&str; 9] = ["310117", "330400", "330100", "330700", "330500", "320500", "340100", "340200", "341800"];
+const PHONE_AREA: [&str; 9] = ["021", "0573", "0571", "0579", "0572", "0512", "0551", "0553", "0563"];
 
 /// splitmix64: small, fast and the same everywhere.
 struct Rng(u64);
@@ -590,10 +500,7 @@ fn institutions(n: usize, rng: &mut Rng) -> Vec<Inst> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let (city, zh, en) = if let Some((slug, zh, en)) = REAL.get(i) {
-            let city = CITIES
-                .iter()
-                .position(|c| c.slug == *slug)
-                .expect("real city");
+            let city = CITIES.iter().position(|c| c.slug == *slug).expect("real city");
             (city, zh.to_string(), en.to_string())
         } else {
             let mut roll = rng.below(total);
@@ -610,10 +517,7 @@ fn institutions(n: usize, rng: &mut Rng) -> Vec<Inst> {
             let (kzh, ken) = INSTITUTE_KINDS[per_city_count[city] % INSTITUTE_KINDS.len()];
             let round = per_city_count[city] / INSTITUTE_KINDS.len();
             let (zh, en) = if round == 0 {
-                (
-                    format!("{}{}", c.name_zh, kzh),
-                    format!("{} {}", c.name_en, ken),
-                )
+                (format!("{}{}", c.name_zh, kzh), format!("{} {}", c.name_en, ken))
             } else {
                 (
                     format!("{}{}（第{}分部）", c.name_zh, kzh, round + 1),
@@ -623,17 +527,9 @@ fn institutions(n: usize, rng: &mut Rng) -> Vec<Inst> {
             (city, zh, en)
         };
         per_city_count[city] += 1;
-        let org: String = (0..9)
-            .map(|_| *rng.pick(&b"0123456789ABCDEFGHJKLMNPQRTUWXY"[..]) as char)
-            .collect();
+        let org: String = (0..9).map(|_| *rng.pick(&b"0123456789ABCDEFGHJKLMNPQRTUWXY"[..]) as char).collect();
         let uscc = uscc_with_check(&format!("12{}{org}", DIVISIONS[city])).expect("valid charset");
-        out.push(Inst {
-            city,
-            zh,
-            en,
-            uscc,
-            email_domain: format!("inst{i:04}.demo.corridor.example"),
-        });
+        out.push(Inst { city, zh, en, uscc, email_domain: format!("inst{i:04}.demo.corridor.example") });
     }
     out
 }
@@ -646,11 +542,7 @@ pub fn corridor_inventory(scale: Scale) -> Vec<(&'static City, InstrumentRecord)
     let mut out = Vec::with_capacity(n);
     for seq in 0..n {
         // Every institution owns at least one instrument.
-        let inst = if seq < m {
-            &insts[seq]
-        } else {
-            rng.pick(&insts)
-        };
+        let inst = if seq < m { &insts[seq] } else { rng.pick(&insts) };
         let kind = rng.pick(KINDS);
         let &(maker, model) = rng.pick(kind.makers);
         let city = &CITIES[inst.city];
@@ -673,25 +565,14 @@ pub fn corridor_inventory(scale: Scale) -> Vec<(&'static City, InstrumentRecord)
             city: city.slug.to_string(),
             name_zh: kind.zh.into(),
             name_en: kind.en.into(),
-            description: format!(
-                "{} {} {}，{}。{}",
-                maker,
-                model,
-                kind.zh,
-                kind.techniques.join("、"),
-                kind.notes
-            )
-            .trim_end()
-            .to_string(),
+            description: format!("{} {} {}，{}。{}", maker, model, kind.zh, kind.techniques.join("、"), kind.notes)
+                .trim_end()
+                .to_string(),
             category: kind.category.into(),
             techniques: kind.techniques.iter().map(|t| t.to_string()).collect(),
             manufacturer: maker.into(),
             model: model.into(),
-            asset_number: format!(
-                "{}-{year}-{:04}",
-                kind.abbr.to_uppercase(),
-                rng.below(10_000)
-            ),
+            asset_number: format!("{}-{year}-{:04}", kind.abbr.to_uppercase(), rng.below(10_000)),
             commissioned_on: format!("{year}-{:02}-{:02}", rng.range(1, 12), rng.range(1, 28)),
             original_value_fen: rng.range(kind.value.0, kind.value.1) * 100,
             institution_name: inst.zh.clone(),
@@ -701,11 +582,7 @@ pub fn corridor_inventory(scale: Scale) -> Vec<(&'static City, InstrumentRecord)
             building: format!("分析测试楼 {}", ["A", "B", "C", "D"][rng.below(4) as usize]),
             room: format!("{}{:02}", rng.range(1, 5), rng.range(1, 30)),
             contact_name: "仪器平台办公室 Instrument Office".into(),
-            contact_phone: format!(
-                "{}-{:08}",
-                PHONE_AREA[inst.city],
-                60_000_000 + rng.below(30_000_000)
-            ),
+            contact_phone: format!("{}-{:08}", PHONE_AREA[inst.city], 60_000_000 + rng.below(30_000_000)),
             contact_email: format!("instruments@{}", inst.email_domain),
             access_level: match rng.below(10) {
                 0 => AccessLevel::Restricted,
@@ -719,11 +596,7 @@ pub fn corridor_inventory(scale: Scale) -> Vec<(&'static City, InstrumentRecord)
             price_internal_fen: internal,
             price_external_fen: internal * 3 / 2,
             booking_notes: kind.notes.into(),
-            status: if rng.below(25) == 0 {
-                Status::Maintenance
-            } else {
-                Status::Available
-            },
+            status: if rng.below(25) == 0 { Status::Maintenance } else { Status::Available },
             photo_url: String::new(),
             accepts_vouchers: rng.below(10) != 0,
         };
@@ -734,11 +607,7 @@ pub fn corridor_inventory(scale: Scale) -> Vec<(&'static City, InstrumentRecord)
 
 /// One city's share of the demo inventory.
 pub fn city_inventory(scale: Scale, city: &str) -> Vec<InstrumentRecord> {
-    corridor_inventory(scale)
-        .into_iter()
-        .filter(|(c, _)| c.slug == city)
-        .map(|(_, r)| r)
-        .collect()
+    corridor_inventory(scale).into_iter().filter(|(c, _)| c.slug == city).map(|(_, r)| r).collect()
 }
 
 #[cfg(test)]
@@ -750,35 +619,21 @@ mod tests {
     fn g60_matches_the_directory_and_every_record_is_valid() {
         let all = corridor_inventory(Scale::G60);
         assert_eq!(all.len(), 1_746);
-        let insts: HashSet<&str> = all
-            .iter()
-            .map(|(_, r)| r.institution_uscc.as_str())
-            .collect();
+        let insts: HashSet<&str> = all.iter().map(|(_, r)| r.institution_uscc.as_str()).collect();
         assert_eq!(insts.len(), 83);
         let ids: HashSet<&str> = all.iter().map(|(_, r)| r.local_id.as_str()).collect();
         assert_eq!(ids.len(), all.len(), "local ids are unique");
         for (city, r) in &all {
-            r.validate(city.slug)
-                .unwrap_or_else(|e| panic!("{}: {e}", r.local_id));
+            r.validate(city.slug).unwrap_or_else(|e| panic!("{}: {e}", r.local_id));
         }
         for c in CITIES {
-            assert!(
-                all.iter().any(|(city, _)| city.slug == c.slug),
-                "{} has instruments",
-                c.slug
-            );
+            assert!(all.iter().any(|(city, _)| city.slug == c.slug), "{} has instruments", c.slug);
         }
-        assert!(
-            all.iter()
-                .any(|(c, r)| c.slug == "hefei" && r.institution_name == "中国科学技术大学")
-        );
+        assert!(all.iter().any(|(c, r)| c.slug == "hefei" && r.institution_name == "中国科学技术大学"));
     }
 
     #[test]
     fn generation_is_deterministic() {
-        assert_eq!(
-            city_inventory(Scale::G60, "wuhu"),
-            city_inventory(Scale::G60, "wuhu")
-        );
+        assert_eq!(city_inventory(Scale::G60, "wuhu"), city_inventory(Scale::G60, "wuhu"));
     }
 }

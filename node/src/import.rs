@@ -31,21 +31,14 @@ pub struct RowError {
 
 impl fmt::Display for RowError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            f.write_str(&self.reason)
-        } else {
-            write!(f, "line {}: {}", self.line, self.reason)
-        }
+        if self.line == 0 { f.write_str(&self.reason) } else { write!(f, "line {}: {}", self.line, self.reason) }
     }
 }
 
 impl std::error::Error for RowError {}
 
 fn row_err(line: u64, reason: impl Into<String>) -> RowError {
-    RowError {
-        line,
-        reason: reason.into(),
-    }
+    RowError { line, reason: reason.into() }
 }
 
 /// A record with the line of the file it came from.
@@ -54,11 +47,7 @@ pub type Row = (u64, InstrumentRecord);
 /// Parses a whole file. Fails on the first row that does not parse.
 pub fn parse(format: Format, bytes: &[u8]) -> Result<Vec<Row>, RowError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count() as u64
-            + 1;
+        let line = bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() as u64 + 1;
         row_err(line, "not UTF-8 text; save the file as UTF-8")
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -82,11 +71,7 @@ fn parse_jsonl(text: &str) -> Result<Vec<Row>, RowError> {
         let record: InstrumentRecord = serde_json::from_str(line).map_err(|e| {
             // serde_json counts within the one line; the column is still useful.
             let msg = e.to_string();
-            let msg = msg
-                .split(" at line 1 column ")
-                .next()
-                .unwrap_or(&msg)
-                .to_string();
+            let msg = msg.split(" at line 1 column ").next().unwrap_or(&msg).to_string();
             row_err(n, format!("{msg} (column {})", e.column()))
         })?;
         rows.push((n, record));
@@ -95,14 +80,8 @@ fn parse_jsonl(text: &str) -> Result<Vec<Row>, RowError> {
 }
 
 fn parse_csv(text: &str) -> Result<Vec<Row>, RowError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(false)
-        .from_reader(text.as_bytes());
-    let headers = reader
-        .headers()
-        .map_err(|e| row_err(1, format!("header: {e}")))?
-        .clone();
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_reader(text.as_bytes());
+    let headers = reader.headers().map_err(|e| row_err(1, format!("header: {e}")))?.clone();
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
@@ -113,11 +92,7 @@ fn parse_csv(text: &str) -> Result<Vec<Row>, RowError> {
         let parsed: InstrumentRecord = record.deserialize(Some(&headers)).map_err(|e| {
             let msg = match e.kind() {
                 csv::ErrorKind::Deserialize { err, .. } => match err.field() {
-                    Some(i) => format!(
-                        "column {:?}: {}",
-                        headers.get(i as usize).unwrap_or("?"),
-                        err.kind()
-                    ),
+                    Some(i) => format!("column {:?}: {}", headers.get(i as usize).unwrap_or("?"), err.kind()),
                     None => err.kind().to_string(),
                 },
                 _ => e.to_string(),
@@ -133,17 +108,9 @@ fn parse_csv(text: &str) -> Result<Vec<Row>, RowError> {
 pub fn check_rows(city: &str, rows: &[Row]) -> Result<(), RowError> {
     let mut seen: HashMap<&str, u64> = HashMap::with_capacity(rows.len());
     for (line, record) in rows {
-        record
-            .validate(city)
-            .map_err(|e| row_err(*line, e.to_string()))?;
+        record.validate(city).map_err(|e| row_err(*line, e.to_string()))?;
         if let Some(first) = seen.insert(&record.local_id, *line) {
-            return Err(row_err(
-                *line,
-                format!(
-                    "local_id {:?} already appears on line {first}",
-                    record.local_id
-                ),
-            ));
+            return Err(row_err(*line, format!("local_id {:?} already appears on line {first}", record.local_id)));
         }
     }
     Ok(())
@@ -155,10 +122,7 @@ mod tests {
     use crate::model::tests::sample;
 
     fn jsonl(records: &[InstrumentRecord]) -> String {
-        records
-            .iter()
-            .map(|r| serde_json::to_string(r).unwrap() + "\n")
-            .collect()
+        records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect()
     }
 
     #[test]
@@ -187,12 +151,7 @@ mod tests {
         assert!(err.reason.contains("unknown field `colour`"), "{err}");
         let err = parse(Format::JsonLines, b"\n{not json\n").unwrap_err();
         assert_eq!(err.line, 2);
-        assert!(
-            parse(Format::JsonLines, b"\n\n")
-                .unwrap_err()
-                .reason
-                .contains("no instrument rows")
-        );
+        assert!(parse(Format::JsonLines, b"\n\n").unwrap_err().reason.contains("no instrument rows"));
         assert_eq!(parse(Format::JsonLines, b"{}\n\xff\n").unwrap_err().line, 2);
     }
 
@@ -222,10 +181,7 @@ mod tests {
         assert!(got.accepts_vouchers, "defaults to accepting vouchers");
         check_rows("hefei", &rows).unwrap();
 
-        let bad = format!(
-            "{header}\n{row}\n{}\n",
-            row.replace("staff_operated", "teleported")
-        );
+        let bad = format!("{header}\n{row}\n{}\n", row.replace("staff_operated", "teleported"));
         let err = parse(Format::Csv, bad.as_bytes()).unwrap_err();
         assert_eq!(err.line, 3);
         assert!(err.reason.contains("service_modes"), "{err}");

@@ -172,16 +172,11 @@ impl fmt::Display for Invalid {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid {
-    Invalid {
-        field,
-        reason: reason.into(),
-    }
+    Invalid { field, reason: reason.into() }
 }
 
 const USCC_CHARS: &str = "0123456789ABCDEFGHJKLMNPQRTUWXY";
-const USCC_WEIGHTS: [u32; 17] = [
-    1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
-];
+const USCC_WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
 
 /// The check character (GB 32100-2015) for the first 17 characters of a
 /// Unified Social Credit Code, or `None` if one of them is not allowed.
@@ -202,22 +197,15 @@ pub fn uscc_with_check(first17: &str) -> Option<String> {
 /// Checks an 18-character Unified Social Credit Code, including its check character.
 pub fn check_uscc(code: &str) -> Result<(), String> {
     if code.chars().count() != 18 {
-        return Err(format!(
-            "{code:?} has {} characters; a code has 18",
-            code.chars().count()
-        ));
+        return Err(format!("{code:?} has {} characters; a code has 18", code.chars().count()));
     }
     if let Some(bad) = code.chars().find(|c| !USCC_CHARS.contains(*c)) {
-        return Err(format!(
-            "{code:?} contains {bad:?}; codes use 0-9 and A-Y without I, O, S, V, Z"
-        ));
+        return Err(format!("{code:?} contains {bad:?}; codes use 0-9 and A-Y without I, O, S, V, Z"));
     }
     let expected = uscc_check_char(&code[..17]).expect("charset checked above");
     let got = code.chars().nth(17).expect("length checked above");
     if got != expected {
-        return Err(format!(
-            "{code:?} fails its check character: ends in {got}, expected {expected}"
-        ));
+        return Err(format!("{code:?} fails its check character: ends in {got}, expected {expected}"));
     }
     Ok(())
 }
@@ -225,37 +213,21 @@ pub fn check_uscc(code: &str) -> Result<(), String> {
 /// A taxonomy code: one to three levels of two digits, joined by '.'.
 pub fn check_category(code: &str) -> Result<(), String> {
     let parts: Vec<&str> = code.split('.').collect();
-    let ok = (1..=3).contains(&parts.len())
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit()));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{code:?} is not a taxonomy code like \"01.02.03\""))
-    }
+    let ok =
+        (1..=3).contains(&parts.len()) && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit()));
+    if ok { Ok(()) } else { Err(format!("{code:?} is not a taxonomy code like \"01.02.03\"")) }
 }
 
 fn check_local_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{id:?}: use 1 to 64 of A-Z, a-z, 0-9, '-', '_' and '.'"
-        ))
-    }
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok { Ok(()) } else { Err(format!("{id:?}: use 1 to 64 of A-Z, a-z, 0-9, '-', '_' and '.'")) }
 }
 
 fn check_date(s: &str) -> Result<(), String> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    time::Date::parse(s, &fmt)
-        .map(|_| ())
-        .map_err(|_| format!("{s:?} is not a date YYYY-MM-DD"))
+    time::Date::parse(s, &fmt).map(|_| ()).map_err(|_| format!("{s:?} is not a date YYYY-MM-DD"))
 }
 
 impl InstrumentRecord {
@@ -263,13 +235,7 @@ impl InstrumentRecord {
     pub fn validate(&self, city: &str) -> Result<(), Invalid> {
         check_local_id(&self.local_id).map_err(|r| invalid("local_id", r))?;
         if !self.city.is_empty() && self.city != city {
-            return Err(invalid(
-                "city",
-                format!(
-                    "{:?} belongs to another node; this node is {city:?}",
-                    self.city
-                ),
-            ));
+            return Err(invalid("city", format!("{:?} belongs to another node; this node is {city:?}", self.city)));
         }
         if self.name_zh.trim().is_empty() {
             return Err(invalid("name_zh", "is required"));
@@ -294,18 +260,12 @@ impl InstrumentRecord {
                 .split_once('@')
                 .is_some_and(|(u, d)| !u.is_empty() && d.contains('.') && !d.contains('@'));
             if !ok {
-                return Err(invalid(
-                    "contact_email",
-                    format!("{:?} is not an e-mail address", self.contact_email),
-                ));
+                return Err(invalid("contact_email", format!("{:?} is not an e-mail address", self.contact_email)));
             }
         }
         for a in &self.accreditations {
             if a != "CMA" && a != "CNAS" {
-                return Err(invalid(
-                    "accreditations",
-                    format!("{a:?}: known accreditations are CMA and CNAS"),
-                ));
+                return Err(invalid("accreditations", format!("{a:?}: known accreditations are CMA and CNAS")));
             }
         }
         if self.price_internal_fen < 0 || self.price_external_fen < 0 {
@@ -315,10 +275,7 @@ impl InstrumentRecord {
             || self.photo_url.starts_with("https://")
             || self.photo_url.starts_with("http://");
         if !url_ok {
-            return Err(invalid(
-                "photo_url",
-                format!("{:?} is not an http(s) URL", self.photo_url),
-            ));
+            return Err(invalid("photo_url", format!("{:?} is not an http(s) URL", self.photo_url)));
         }
         Ok(())
     }
@@ -372,46 +329,26 @@ pub(crate) mod tests {
         let c = uscc_check_char(first17).unwrap();
         assert!(check_uscc(&format!("{first17}{c}")).is_ok());
         let wrong = if c == '0' { '1' } else { '0' };
-        assert!(
-            check_uscc(&format!("{first17}{wrong}"))
-                .unwrap_err()
-                .contains("check character")
-        );
+        assert!(check_uscc(&format!("{first17}{wrong}")).unwrap_err().contains("check character"));
         assert!(check_uscc("9131").unwrap_err().contains("18"));
-        assert!(
-            check_uscc("91310000MA1FL4TQIX")
-                .unwrap_err()
-                .contains("'I'")
-        );
+        assert!(check_uscc("91310000MA1FL4TQIX").unwrap_err().contains("'I'"));
     }
 
     #[test]
     fn sample_is_valid_and_each_rule_bites() {
         let r = sample("nmr-1");
         assert_eq!(r.validate("hefei"), Ok(()));
-        let cases: Vec<(&str, Box<dyn Fn(&mut InstrumentRecord)>)> = vec![
-            ("local_id", Box::new(|r| r.local_id = "a b".into())),
-            ("city", Box::new(|r| r.city = "wuhu".into())),
-            ("name_zh", Box::new(|r| r.name_zh = " ".into())),
-            ("category", Box::new(|r| r.category = "1.2".into())),
-            (
-                "commissioned_on",
-                Box::new(|r| r.commissioned_on = "2021-13-01".into()),
-            ),
-            (
-                "institution_uscc",
-                Box::new(|r| r.institution_uscc = "123".into()),
-            ),
-            (
-                "contact_email",
-                Box::new(|r| r.contact_email = "nobody".into()),
-            ),
-            (
-                "accreditations",
-                Box::new(|r| r.accreditations = vec!["ISO".into()]),
-            ),
-            ("price", Box::new(|r| r.price_external_fen = -1)),
-            ("photo_url", Box::new(|r| r.photo_url = "ftp://x".into())),
+        let cases: Vec<(&str, fn(&mut InstrumentRecord))> = vec![
+            ("local_id", |r| r.local_id = "a b".into()),
+            ("city", |r| r.city = "wuhu".into()),
+            ("name_zh", |r| r.name_zh = " ".into()),
+            ("category", |r| r.category = "1.2".into()),
+            ("commissioned_on", |r| r.commissioned_on = "2021-13-01".into()),
+            ("institution_uscc", |r| r.institution_uscc = "123".into()),
+            ("contact_email", |r| r.contact_email = "nobody".into()),
+            ("accreditations", Box::new(|r| r.accreditations = vec!["ISO".into()])),
+            ("price", |r| r.price_external_fen = -1),
+            ("photo_url", |r| r.photo_url = "ftp://x".into()),
         ];
         for (field, break_it) in cases {
             let mut bad = r.clone();

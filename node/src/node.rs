@@ -46,12 +46,7 @@ impl Node {
     /// Opens the node over `store`, rebuilding the catalog from it.
     pub fn open(city: &'static City, store: Arc<dyn Store>) -> Result<Self, NodeError> {
         let catalog = Catalog::new(store.all()?);
-        Ok(Node {
-            city,
-            store,
-            catalog,
-            write: tokio::sync::Mutex::new(()),
-        })
+        Ok(Node { city, store, catalog, write: tokio::sync::Mutex::new(()) })
     }
 
     pub fn city(&self) -> &'static City {
@@ -94,10 +89,9 @@ impl Node {
             .collect();
         let _guard = self.write.lock().await;
         let store = self.store.clone();
-        let (summary, written) =
-            tokio::task::spawn_blocking(move || store.upsert(&records, &now_rfc3339()))
-                .await
-                .map_err(|e| StoreError::Backend(format!("write task failed: {e}")))??;
+        let (summary, written) = tokio::task::spawn_blocking(move || store.upsert(&records, &now_rfc3339()))
+            .await
+            .map_err(|e| StoreError::Backend(format!("write task failed: {e}")))??;
         self.catalog.apply(written);
         Ok(summary)
     }
@@ -118,11 +112,7 @@ mod tests {
     use corridor_proto::cities::city_by_slug;
 
     fn node() -> Node {
-        Node::open(
-            city_by_slug("hefei").unwrap(),
-            Arc::new(MemStore::default()),
-        )
-        .unwrap()
+        Node::open(city_by_slug("hefei").unwrap(), Arc::new(MemStore::default())).unwrap()
     }
 
     #[tokio::test]
@@ -130,14 +120,8 @@ mod tests {
         let n = node();
         let mut bad = sample("b");
         bad.institution_uscc = "nope".into();
-        let err = n
-            .import(vec![(1, sample("a")), (2, bad)])
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("line 2: institution_uscc"),
-            "{err}"
-        );
+        let err = n.import(vec![(1, sample("a")), (2, bad)]).await.unwrap_err();
+        assert!(err.to_string().contains("line 2: institution_uscc"), "{err}");
         assert!(n.is_empty(), "nothing from a rejected file is stored");
     }
 
@@ -150,11 +134,7 @@ mod tests {
         let s = n.import(vec![(1, sample("a"))]).await.unwrap();
         assert_eq!((s.inserted, s.updated, s.unchanged), (0, 0, 1));
         assert_eq!(n.get("a").unwrap().stored.updated_at, before);
-        let q = Query {
-            text: "核磁".into(),
-            limit: 5,
-            ..Default::default()
-        };
+        let q = Query { text: "核磁".into(), limit: 5, ..Default::default() };
         assert_eq!(n.search(&q).1, 1);
         assert_eq!(n.get("a").unwrap().stored.record.city, "hefei");
     }

@@ -39,11 +39,7 @@ pub async fn run(
     if let Some(scale) = config.seed {
         let n = node.seed_if_empty(scale).await?;
         if n > 0 {
-            tracing::info!(
-                city = config.city.slug,
-                instruments = n,
-                "seeded demo inventory"
-            );
+            tracing::info!(city = config.city.slug, instruments = n, "seeded demo inventory");
         }
     }
     let tls = creds.server_config()?;

@@ -64,9 +64,7 @@ impl NodeService {
 
 fn status(e: NodeError) -> Status {
     match e {
-        NodeError::Rejected(e) => {
-            Status::invalid_argument(format!("import rejected, nothing stored: {e}"))
-        }
+        NodeError::Rejected(e) => Status::invalid_argument(format!("import rejected, nothing stored: {e}")),
         NodeError::Store(e @ StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
         NodeError::Store(e) => Status::unavailable(e.to_string()),
         e @ (NodeError::Tls(_) | NodeError::Serve(_)) => Status::internal(e.to_string()),
@@ -91,10 +89,7 @@ pub fn query_from(req: &pb::SearchRequest) -> Query {
 
 #[tonic::async_trait]
 impl node_server::Node for NodeService {
-    async fn info(
-        &self,
-        req: Request<pb::NodeInfoRequest>,
-    ) -> Result<Response<pb::NodeInfo>, Status> {
+    async fn info(&self, req: Request<pb::NodeInfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {
         self.authorize_read(&req)?;
         let city = self.node.city();
         Ok(Response::new(pb::NodeInfo {
@@ -106,44 +101,26 @@ impl node_server::Node for NodeService {
     }
 
     #[tracing::instrument(name = "node.search", skip_all, fields(city = self.node.city().slug))]
-    async fn search(
-        &self,
-        req: Request<pb::SearchRequest>,
-    ) -> Result<Response<pb::NodeSearchResponse>, Status> {
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::NodeSearchResponse>, Status> {
         self.authorize_read(&req)?;
         let q = query_from(req.get_ref());
         let (hits, total) = self.node.search(&q);
         let city = self.node.city();
         let hits = hits
             .into_iter()
-            .map(|(e, score)| pb::SearchHit {
-                instrument: Some(to_proto(&e.stored, city)),
-                score,
-            })
+            .map(|(e, score)| pb::SearchHit { instrument: Some(to_proto(&e.stored, city)), score })
             .collect();
         Ok(Response::new(pb::NodeSearchResponse { hits, total }))
     }
 
-    async fn get_instrument(
-        &self,
-        req: Request<pb::GetInstrumentRequest>,
-    ) -> Result<Response<pb::Instrument>, Status> {
+    async fn get_instrument(&self, req: Request<pb::GetInstrumentRequest>) -> Result<Response<pb::Instrument>, Status> {
         self.authorize_read(&req)?;
         let city = self.node.city();
         let id = &req.get_ref().id;
-        let local = id
-            .strip_prefix(city.slug)
-            .and_then(|r| r.strip_prefix('/'))
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "{id:?} is not an id of {} (\"{}/<local-id>\")",
-                    city.slug, city.slug
-                ))
-            })?;
-        let entry = self
-            .node
-            .get(local)
-            .ok_or_else(|| Status::not_found(format!("no instrument {id:?}")))?;
+        let local = id.strip_prefix(city.slug).and_then(|r| r.strip_prefix('/')).ok_or_else(|| {
+            Status::invalid_argument(format!("{id:?} is not an id of {} (\"{}/<local-id>\")", city.slug, city.slug))
+        })?;
+        let entry = self.node.get(local).ok_or_else(|| Status::not_found(format!("no instrument {id:?}")))?;
         Ok(Response::new(to_proto(&entry.stored, city)))
     }
 
@@ -165,13 +142,10 @@ impl node_server::Node for NodeService {
                 }
                 let line = row.line;
                 let inst = row.instrument.ok_or_else(|| {
-                    status(NodeError::Rejected(RowError {
-                        line,
-                        reason: "row carries no instrument".into(),
-                    }))
+                    status(NodeError::Rejected(RowError { line, reason: "row carries no instrument".into() }))
                 })?;
-                let record = from_proto(inst)
-                    .map_err(|reason| status(NodeError::Rejected(RowError { line, reason })))?;
+                let record =
+                    from_proto(inst).map_err(|reason| status(NodeError::Rejected(RowError { line, reason })))?;
                 rows.push((line, record));
             }
         }
@@ -191,17 +165,11 @@ impl node_server::Node for NodeService {
         req: Request<pb::UpsertInstrumentRequest>,
     ) -> Result<Response<pb::UpsertInstrumentResponse>, Status> {
         self.authorize_write(&req)?;
-        let inst = req
-            .into_inner()
-            .instrument
-            .ok_or_else(|| Status::invalid_argument("instrument is required"))?;
+        let inst = req.into_inner().instrument.ok_or_else(|| Status::invalid_argument("instrument is required"))?;
         let record = from_proto(inst).map_err(Status::invalid_argument)?;
         let local_id = record.local_id.clone();
         let s = self.node.import(vec![(0, record)]).await.map_err(status)?;
-        let entry = self
-            .node
-            .get(&local_id)
-            .ok_or_else(|| Status::internal("the record just written is missing"))?;
+        let entry = self.node.get(&local_id).ok_or_else(|| Status::internal("the record just written is missing"))?;
         Ok(Response::new(pb::UpsertInstrumentResponse {
             instrument: Some(to_proto(&entry.stored, self.node.city())),
             changed: s.unchanged == 0,

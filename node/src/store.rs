@@ -69,17 +69,11 @@ fn plan_upsert(
             Some(old) if old.record == *record => summary.unchanged += 1,
             Some(_) => {
                 summary.updated += 1;
-                writes.push(StoredInstrument {
-                    record: record.clone(),
-                    updated_at: now.into(),
-                });
+                writes.push(StoredInstrument { record: record.clone(), updated_at: now.into() });
             }
             None => {
                 summary.inserted += 1;
-                writes.push(StoredInstrument {
-                    record: record.clone(),
-                    updated_at: now.into(),
-                });
+                writes.push(StoredInstrument { record: record.clone(), updated_at: now.into() });
             }
         }
     }
@@ -98,13 +92,7 @@ impl Store for MemStore {
     }
 
     fn all(&self) -> Result<Vec<StoredInstrument>, StoreError> {
-        Ok(self
-            .map
-            .lock()
-            .expect("poisoned")
-            .values()
-            .cloned()
-            .collect())
+        Ok(self.map.lock().expect("poisoned").values().cloned().collect())
     }
 
     fn count(&self) -> Result<usize, StoreError> {
@@ -139,10 +127,8 @@ fn backend(e: sled::Error) -> StoreError {
 }
 
 fn decode(key: &[u8], bytes: &[u8]) -> Result<StoredInstrument, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
 }
 
 impl SledStore {
@@ -150,17 +136,11 @@ impl SledStore {
     /// process is reported as [`StoreError::InUse`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| match &e {
-            sled::Error::Io(io) if io.to_string().contains("lock") => {
-                StoreError::InUse { path: dir.into() }
-            }
+            sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::InUse { path: dir.into() },
             _ => backend(e),
         })?;
         let instruments = db.open_tree("instruments").map_err(backend)?;
-        Ok(SledStore {
-            db,
-            instruments,
-            write: Mutex::new(()),
-        })
+        Ok(SledStore { db, instruments, write: Mutex::new(()) })
     }
 
     /// Forces everything written so far to disk.
@@ -224,51 +204,25 @@ mod tests {
         assert!(store.get("a").unwrap().is_none());
 
         let (s, written) = store.upsert(&[sample("b"), sample("a")], "t1").unwrap();
-        assert_eq!(
-            s,
-            UpsertSummary {
-                inserted: 2,
-                updated: 0,
-                unchanged: 0
-            }
-        );
+        assert_eq!(s, UpsertSummary { inserted: 2, updated: 0, unchanged: 0 });
         assert_eq!(written.len(), 2);
         assert_eq!(store.count().unwrap(), 2);
 
         // The same batch again is a no-op, timestamps included.
         let (s, written) = store.upsert(&[sample("b"), sample("a")], "t2").unwrap();
-        assert_eq!(
-            s,
-            UpsertSummary {
-                inserted: 0,
-                updated: 0,
-                unchanged: 2
-            }
-        );
+        assert_eq!(s, UpsertSummary { inserted: 0, updated: 0, unchanged: 2 });
         assert!(written.is_empty());
         assert_eq!(store.get("a").unwrap().unwrap().updated_at, "t1");
 
         let mut changed = sample("a");
         changed.room = "202".into();
         let (s, _) = store.upsert(&[changed.clone(), sample("c")], "t3").unwrap();
-        assert_eq!(
-            s,
-            UpsertSummary {
-                inserted: 1,
-                updated: 1,
-                unchanged: 0
-            }
-        );
+        assert_eq!(s, UpsertSummary { inserted: 1, updated: 1, unchanged: 0 });
         let got = store.get("a").unwrap().unwrap();
         assert_eq!(got.record, changed);
         assert_eq!(got.updated_at, "t3");
 
-        let ids: Vec<String> = store
-            .all()
-            .unwrap()
-            .into_iter()
-            .map(|s| s.record.local_id)
-            .collect();
+        let ids: Vec<String> = store.all().unwrap().into_iter().map(|s| s.record.local_id).collect();
         assert_eq!(ids, vec!["a", "b", "c"]);
     }
 
@@ -289,9 +243,7 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             store.upsert(&[sample("a")], "t1").unwrap();
-            let err = SledStore::open(dir.path())
-                .err()
-                .expect("second open must fail");
+            let err = SledStore::open(dir.path()).err().expect("second open must fail");
             assert!(matches!(err, StoreError::InUse { .. }), "{err}");
             assert!(err.to_string().contains("already in use"));
         }

@@ -18,24 +18,12 @@ const fn city(
     province: &'static str,
     province_zh: &'static str,
 ) -> City {
-    City {
-        slug,
-        name_zh,
-        name_en,
-        province,
-        province_zh,
-    }
+    City { slug, name_zh, name_en, province, province_zh }
 }
 
 /// In corridor order; node ports in the demo follow this order.
 pub const CITIES: [City; 9] = [
-    city(
-        "shanghai",
-        "上海松江",
-        "Shanghai (Songjiang)",
-        "Shanghai",
-        "上海",
-    ),
+    city("shanghai", "上海松江", "Shanghai (Songjiang)", "Shanghai", "上海"),
     city("jiaxing", "嘉兴", "Jiaxing", "Zhejiang", "浙江"),
     city("hangzhou", "杭州", "Hangzhou", "Zhejiang", "浙江"),
     city("jinhua", "金华", "Jinhua", "Zhejiang", "浙江"),

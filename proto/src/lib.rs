@@ -8,8 +8,7 @@ pub mod v1 {
     tonic::include_proto!("corridor.v1");
 
     /// Encoded `FileDescriptorSet` of corridor.v1, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/corridor_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/corridor_descriptor.bin"));
 }
 
 pub use v1::*;
@@ -17,12 +16,8 @@ pub use v1::*;
 /// gRPC server reflection, v1 and v1alpha (many clients, Python grpcio's among
 /// them, still speak only v1alpha), describing corridor.v1 and grpc.health.v1.
 pub fn reflection_services() -> (
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-    tonic_reflection::server::v1alpha::ServerReflectionServer<
-        impl tonic_reflection::server::v1alpha::ServerReflection,
-    >,
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
 ) {
     let builder = || {
         tonic_reflection::server::Builder::configure()
@@ -30,11 +25,7 @@ pub fn reflection_services() -> (
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     (
-        builder()
-            .build_v1()
-            .expect("embedded descriptors are valid"),
-        builder()
-            .build_v1alpha()
-            .expect("embedded descriptors are valid"),
+        builder().build_v1().expect("embedded descriptors are valid"),
+        builder().build_v1alpha().expect("embedded descriptors are valid"),
     )
 }

@@ -34,10 +34,7 @@ pub struct Mesh {
     gateway: Option<Running>,
 }
 
-fn shutdown_pair() -> (
-    oneshot::Sender<()>,
-    impl Future<Output = ()> + Send + 'static,
-) {
+fn shutdown_pair() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = oneshot::channel::<()>();
     (tx, async move {
         let _ = rx.await;
@@ -53,10 +50,7 @@ impl Mesh {
     /// Like [`Mesh::start`], but `replace(city)` may hand in a listener that
     /// the gateway should use for that city instead of a real node: a
     /// listener nobody serves is a black hole.
-    pub async fn start_with(
-        seed: Option<Scale>,
-        replace: impl Fn(&str) -> Option<TcpListener>,
-    ) -> Mesh {
+    pub async fn start_with(seed: Option<Scale>, replace: impl Fn(&str) -> Option<TcpListener>) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().join("certs");
         let slugs: Vec<&str> = CITIES.iter().map(|c| c.slug).collect();
@@ -76,33 +70,20 @@ impl Mesh {
                 });
                 nodes.insert(city.slug, Running { stop, task });
                 node_addrs.insert(city.slug, addr);
-                endpoints.push(NodeEndpoint {
-                    city: city.slug.into(),
-                    endpoint: format!("https://{addr}"),
-                });
+                endpoints.push(NodeEndpoint { city: city.slug.into(), endpoint: format!("https://{addr}") });
                 continue;
             }
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().unwrap();
-            let creds =
-                Credentials::load(&certs, &format!("node-{}", city.slug)).expect("node creds");
-            let config = NodeConfig {
-                city,
-                data_dir: dir.path().join("nodes").join(city.slug),
-                seed,
-            };
+            let creds = Credentials::load(&certs, &format!("node-{}", city.slug)).expect("node creds");
+            let config = NodeConfig { city, data_dir: dir.path().join("nodes").join(city.slug), seed };
             let (stop, wait) = shutdown_pair();
             let task = tokio::spawn(async move {
-                corridor_node::run(config, creds, listener, wait)
-                    .await
-                    .expect("node runs");
+                corridor_node::run(config, creds, listener, wait).await.expect("node runs");
             });
             nodes.insert(city.slug, Running { stop, task });
             node_addrs.insert(city.slug, addr);
-            endpoints.push(NodeEndpoint {
-                city: city.slug.into(),
-                endpoint: format!("https://{addr}"),
-            });
+            endpoints.push(NodeEndpoint { city: city.slug.into(), endpoint: format!("https://{addr}") });
         }
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -111,18 +92,9 @@ impl Mesh {
         let config = GatewayConfig::new(endpoints);
         let (stop, wait) = shutdown_pair();
         let task = tokio::spawn(async move {
-            corridor_gateway::run(config, creds, listener, wait)
-                .await
-                .expect("gateway runs");
+            corridor_gateway::run(config, creds, listener, wait).await.expect("gateway runs");
         });
-        let mesh = Mesh {
-            dir,
-            certs,
-            gateway_addr,
-            node_addrs,
-            nodes,
-            gateway: Some(Running { stop, task }),
-        };
+        let mesh = Mesh { dir, certs, gateway_addr, node_addrs, nodes, gateway: Some(Running { stop, task }) };
         mesh.wait_until_seeded(seed).await;
         mesh
     }
@@ -171,13 +143,7 @@ impl Mesh {
     }
 
     pub fn gateway_as(&self, creds: &Credentials) -> GatewayClient<Channel> {
-        let ch = client_channel(
-            &self.gateway_url(),
-            creds,
-            Some(Identity::Gateway),
-            CONNECT_TIMEOUT,
-        )
-        .unwrap();
+        let ch = client_channel(&self.gateway_url(), creds, Some(Identity::Gateway), CONNECT_TIMEOUT).unwrap();
         GatewayClient::new(ch)
     }
 
@@ -187,13 +153,8 @@ impl Mesh {
     }
 
     pub fn node_as(&self, city: &str, creds: &Credentials) -> NodeClient<Channel> {
-        let ch = client_channel(
-            &self.node_url(city),
-            creds,
-            Some(Identity::Node(city.into())),
-            CONNECT_TIMEOUT,
-        )
-        .unwrap();
+        let ch =
+            client_channel(&self.node_url(city), creds, Some(Identity::Node(city.into())), CONNECT_TIMEOUT).unwrap();
         NodeClient::new(ch)
     }
 
