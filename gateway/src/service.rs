@@ -6,8 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corridor_certs::caller_identity;
-use corridor_proto::{self as pb, NodeState, cities::split_instrument_id, gateway_server};
+use corridor_certs::{Identity, caller_identity};
+use corridor_proto::{
+    self as pb, NodeState, ON_BEHALF_OF, cities::split_instrument_id, gateway_server, node_client::NodeClient,
+};
+use tonic::transport::Channel;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use tonic::{Code, Request, Response, Status};
 
@@ -36,8 +39,63 @@ impl GatewayService {
 
     /// Any identity the corridor CA issued may use the gateway; the TLS layer
     /// has already refused everyone else. This reads it for the logs.
-    fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        caller_identity(req).map(|id| id.to_string()).map_err(|e| Status::unauthenticated(e.to_string()))
+    fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        caller_identity(req).map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    /// Sends a call to the city named by `id`'s prefix (an instrument or
+    /// booking id), acting for the caller. The node decides; its answer,
+    /// refusals included, passes through unchanged.
+    async fn forward<Req, Resp, F, Fut>(&self, req: Request<Req>, id: &str, f: F) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(NodeClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let caller = self.caller(&req)?;
+        let budget = self.budget(&req);
+        let (city, _) = split_instrument_id(id).ok_or_else(|| {
+            Status::invalid_argument(format!("{id:?} is not an id \"<city>/<local-id>\" of a corridor city"))
+        })?;
+        let c = self
+            .cities
+            .get(city.slug)
+            .ok_or_else(|| Status::unavailable(format!("city {} is not configured on this gateway", city.slug)))?;
+        self.forward_to(c, caller, budget, req.into_inner(), f).await
+    }
+
+    async fn forward_to<Req, Resp, F, Fut>(
+        &self,
+        c: &CityClient,
+        caller: Identity,
+        budget: Duration,
+        msg: Req,
+        f: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(NodeClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let mut r = Request::new(msg);
+        r.set_timeout(budget);
+        let uri = caller.uri().parse().map_err(|_| Status::internal("identity is not valid metadata"))?;
+        r.metadata_mut().insert(ON_BEHALF_OF, uri);
+        match tokio::time::timeout(budget, f(c.client.clone(), r)).await {
+            Ok(Ok(resp)) => Ok(Response::new(resp.into_inner())),
+            Ok(Err(s)) => Err(match classify(&s) {
+                NodeState::Unavailable => {
+                    Status::unavailable(format!("city {} is unavailable: {}", c.city.slug, s.message()))
+                }
+                NodeState::Timeout => {
+                    Status::deadline_exceeded(format!("city {} did not answer in time: {}", c.city.slug, s.message()))
+                }
+                _ => Status::new(s.code(), s.message()),
+            }),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "city {} did not answer within {} ms",
+                c.city.slug,
+                budget.as_millis()
+            ))),
+        }
     }
 
     /// The cities a search must ask: those the filter allows.
@@ -210,5 +268,117 @@ impl gateway_server::Gateway for GatewayService {
         });
         let nodes = futures_util::future::join_all(calls).await;
         Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn reserve(&self, req: Request<pb::ReserveRequest>) -> Result<Response<pb::Booking>, Status> {
+        let id = req.get_ref().instrument_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.reserve(r).await }).await
+    }
+
+    async fn confirm_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
+        let id = req.get_ref().booking_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.confirm_booking(r).await }).await
+    }
+
+    async fn cancel_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
+        let id = req.get_ref().booking_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.cancel_booking(r).await }).await
+    }
+
+    async fn approve_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
+        let id = req.get_ref().booking_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.approve_booking(r).await }).await
+    }
+
+    async fn decline_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
+        let id = req.get_ref().booking_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.decline_booking(r).await }).await
+    }
+
+    async fn complete_booking(
+        &self,
+        req: Request<pb::CompleteBookingRequest>,
+    ) -> Result<Response<pb::Booking>, Status> {
+        let id = req.get_ref().booking_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.complete_booking(r).await }).await
+    }
+
+    async fn get_booking(&self, req: Request<pb::GetBookingRequest>) -> Result<Response<pb::Booking>, Status> {
+        let id = req.get_ref().booking_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.get_booking(r).await }).await
+    }
+
+    /// One city when named (or implied by the instrument), else every city,
+    /// with partial results like search.
+    async fn list_bookings(
+        &self,
+        req: Request<pb::ListBookingsRequest>,
+    ) -> Result<Response<pb::ListBookingsResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let budget = self.budget(&req);
+        let msg = req.into_inner();
+        let city = if !msg.instrument_id.is_empty() {
+            let (c, _) = split_instrument_id(&msg.instrument_id)
+                .ok_or_else(|| Status::invalid_argument(format!("{:?} is not an instrument id", msg.instrument_id)))?;
+            Some(c.slug.to_string())
+        } else if !msg.city.is_empty() {
+            Some(msg.city.clone())
+        } else {
+            None
+        };
+        let filter = pb::SearchFilter { cities: city.into_iter().collect(), ..Default::default() };
+        let targets = self.targets(&filter)?;
+        let calls = targets.iter().map(|c| {
+            let (msg, caller) = (msg.clone(), caller.clone());
+            async move {
+                let started = Instant::now();
+                let r = self.forward_to(c, caller, budget, msg, |mut cl, r| async move { cl.list_bookings(r).await }).await;
+                (*c, r, started.elapsed())
+            }
+        });
+        let mut out = pb::ListBookingsResponse::default();
+        for (c, r, took) in futures_util::future::join_all(calls).await {
+            match r {
+                Ok(resp) => {
+                    out.bookings.extend(resp.into_inner().bookings);
+                    out.nodes.push(node_status(c, NodeState::Ok, took, String::new()));
+                }
+                Err(s) => {
+                    out.partial = true;
+                    let state = match s.code() {
+                        Code::Unavailable => NodeState::Unavailable,
+                        Code::DeadlineExceeded => NodeState::Timeout,
+                        _ => NodeState::Error,
+                    };
+                    out.nodes.push(node_status(c, state, took, s.message().to_string()));
+                }
+            }
+        }
+        out.bookings.sort_by(|a, b| (&a.start, &a.id).cmp(&(&b.start, &b.id)));
+        Ok(Response::new(out))
+    }
+
+    async fn check_availability(
+        &self,
+        req: Request<pb::AvailabilityRequest>,
+    ) -> Result<Response<pb::AvailabilityResponse>, Status> {
+        let id = req.get_ref().instrument_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.check_availability(r).await }).await
+    }
+
+    async fn set_booking_rules(
+        &self,
+        req: Request<pb::SetBookingRulesRequest>,
+    ) -> Result<Response<pb::BookingRules>, Status> {
+        let id = req.get_ref().instrument_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.set_booking_rules(r).await }).await
+    }
+
+    async fn grant_qualification(
+        &self,
+        req: Request<pb::GrantQualificationRequest>,
+    ) -> Result<Response<pb::GrantQualificationResponse>, Status> {
+        let id = req.get_ref().instrument_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.grant_qualification(r).await }).await
     }
 }

@@ -4,6 +4,11 @@
 use corridor_proto::{self as pb, cities::City};
 
 use crate::{
+    booking::{
+        Booking, State,
+        rules::{Blackout, Opening, Rules},
+        time as t,
+    },
     model::{AccessLevel, InstrumentRecord, PriceUnit, ServiceMode, Status},
     store::StoredInstrument,
 };
@@ -149,6 +154,103 @@ pub fn from_proto(p: pb::Instrument) -> Result<InstrumentRecord, String> {
     })
 }
 
+fn booking_state(s: State) -> pb::BookingState {
+    match s {
+        State::Held => pb::BookingState::Held,
+        State::Pending => pb::BookingState::Pending,
+        State::Confirmed => pb::BookingState::Confirmed,
+        State::Cancelled => pb::BookingState::Cancelled,
+        State::Declined => pb::BookingState::Declined,
+        State::Expired => pb::BookingState::Expired,
+        State::Completed => pb::BookingState::Completed,
+    }
+}
+
+/// A booking as the wire shows it, its state as of `now`.
+pub fn booking_to_proto(b: &Booking, city: &City, now: t::Instant) -> pb::Booking {
+    pb::Booking {
+        id: b.id.clone(),
+        instrument_id: format!("{}/{}", city.slug, b.instrument),
+        requester: b.requester.clone(),
+        start: t::format(b.start),
+        end: t::format(b.end),
+        occupied_start: t::format(b.start - b.setup),
+        occupied_end: t::format(b.end + b.cooldown),
+        state: booking_state(b.state_at(now)) as i32,
+        hold_expires_at: b.hold_expires.map(t::format).unwrap_or_default(),
+        created_at: t::format(b.created_at),
+        updated_at: t::format(b.updated_at),
+        purpose: b.purpose.clone(),
+        price_per_hour_fen: b.price_fen,
+        fee_fen: b.fee_fen,
+        actual_minutes: b.actual_minutes,
+        note: b.note.clone(),
+    }
+}
+
+pub fn rules_to_proto(r: &Rules) -> pb::BookingRules {
+    pb::BookingRules {
+        setup_minutes: r.setup_minutes,
+        cooldown_minutes: r.cooldown_minutes,
+        min_minutes: r.min_minutes,
+        max_minutes: r.max_minutes,
+        min_notice_minutes: r.min_notice_minutes,
+        max_advance_days: r.max_advance_days,
+        opening_hours: r
+            .opening
+            .iter()
+            .map(|o| pb::OpeningHours {
+                weekday: o.weekday as u32,
+                open: t::format_clock(o.open),
+                close: t::format_clock(o.close),
+            })
+            .collect(),
+        blackouts: r
+            .blackouts
+            .iter()
+            .map(|b| pb::TimeWindow { start: t::format(b.start), end: t::format(b.end), reason: b.reason.clone() })
+            .collect(),
+        training_required: r.training_required,
+        approval_required: r.approval_required,
+        cancel_deadline_hours: r.cancel_deadline_hours,
+        late_cancel_fee_percent: r.late_cancel_fee_percent,
+        hold_ttl_seconds: r.hold_ttl_seconds,
+    }
+}
+
+pub fn rules_from_proto(p: pb::BookingRules) -> Result<Rules, String> {
+    let mut opening = Vec::with_capacity(p.opening_hours.len());
+    for o in p.opening_hours {
+        if !(1..=7).contains(&o.weekday) {
+            return Err(format!("opening_hours weekday {} is not 1 (Monday) to 7 (Sunday)", o.weekday));
+        }
+        opening.push(Opening { weekday: o.weekday as u8, open: t::parse_clock(&o.open)?, close: t::parse_clock(&o.close)? });
+    }
+    let mut blackouts = Vec::with_capacity(p.blackouts.len());
+    for b in p.blackouts {
+        blackouts.push(Blackout {
+            start: t::parse("blackout start", &b.start)?,
+            end: t::parse("blackout end", &b.end)?,
+            reason: b.reason,
+        });
+    }
+    Ok(Rules {
+        setup_minutes: p.setup_minutes,
+        cooldown_minutes: p.cooldown_minutes,
+        min_minutes: p.min_minutes,
+        max_minutes: p.max_minutes,
+        min_notice_minutes: p.min_notice_minutes,
+        max_advance_days: p.max_advance_days,
+        opening,
+        blackouts,
+        training_required: p.training_required,
+        approval_required: p.approval_required,
+        cancel_deadline_hours: p.cancel_deadline_hours,
+        late_cancel_fee_percent: p.late_cancel_fee_percent,
+        hold_ttl_seconds: p.hold_ttl_seconds,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +267,16 @@ mod tests {
         let p = to_proto(&s, city_by_slug("hefei").unwrap());
         assert_eq!(p.id, "hefei/a");
         assert_eq!(from_proto(p).unwrap(), r);
+    }
+
+    #[test]
+    fn rules_survive_the_wire() {
+        let mut r = Rules::default_for(true);
+        r.blackouts.push(Blackout { start: 1_795_399_200, end: 1_795_402_800, reason: "service".into() });
+        assert_eq!(rules_from_proto(rules_to_proto(&r)).unwrap(), r);
+        let mut p = rules_to_proto(&r);
+        p.opening_hours[0].open = "8am".into();
+        assert!(rules_from_proto(p).unwrap_err().contains("HH:MM"));
     }
 
     #[test]

@@ -346,7 +346,7 @@ pub(crate) mod tests {
             ("commissioned_on", |r| r.commissioned_on = "2021-13-01".into()),
             ("institution_uscc", |r| r.institution_uscc = "123".into()),
             ("contact_email", |r| r.contact_email = "nobody".into()),
-            ("accreditations", Box::new(|r| r.accreditations = vec!["ISO".into()])),
+            ("accreditations", |r| r.accreditations = vec!["ISO".into()]),
             ("price", |r| r.price_external_fen = -1),
             ("photo_url", |r| r.photo_url = "ftp://x".into()),
         ];

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use corridor_proto::cities::City;
 
 use crate::{
+    booking::{Bookings, Clock, store::BookingStore},
     catalog::{Catalog, Entry, Query},
     demo::{self, Scale},
     import::{Row, RowError, check_rows},
@@ -31,6 +32,7 @@ pub struct Node {
     catalog: Catalog,
     /// One writer at a time, so that the catalog sees writes in store order.
     write: tokio::sync::Mutex<()>,
+    bookings: Bookings,
 }
 
 /// Now, in Asia/Shanghai, as RFC 3339.
@@ -43,10 +45,21 @@ pub fn now_rfc3339() -> String {
 }
 
 impl Node {
-    /// Opens the node over `store`, rebuilding the catalog from it.
-    pub fn open(city: &'static City, store: Arc<dyn Store>) -> Result<Self, NodeError> {
+    /// Opens the node over its stores, rebuilding the catalog from the
+    /// inventory store.
+    pub fn open(
+        city: &'static City,
+        store: Arc<dyn Store>,
+        bookings: Arc<dyn BookingStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, NodeError> {
         let catalog = Catalog::new(store.all()?);
-        Ok(Node { city, store, catalog, write: tokio::sync::Mutex::new(()) })
+        let bookings = Bookings::new(city.slug, bookings, clock);
+        Ok(Node { city, store, catalog, write: tokio::sync::Mutex::new(()), bookings })
+    }
+
+    pub fn bookings(&self) -> &Bookings {
+        &self.bookings
     }
 
     pub fn city(&self) -> &'static City {
@@ -108,11 +121,21 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::tests::sample, store::MemStore};
+    use crate::{
+        booking::{SystemClock, store::MemBookings},
+        model::tests::sample,
+        store::MemStore,
+    };
     use corridor_proto::cities::city_by_slug;
 
     fn node() -> Node {
-        Node::open(city_by_slug("hefei").unwrap(), Arc::new(MemStore::default())).unwrap()
+        Node::open(
+            city_by_slug("hefei").unwrap(),
+            Arc::new(MemStore::default()),
+            Arc::new(MemBookings::default()),
+            Arc::new(SystemClock),
+        )
+        .unwrap()
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ use tonic::transport::Server;
 
 use crate::{
     NodeService,
+    booking::{SystemClock, store::SledBookings},
     demo::Scale,
     node::{Node, NodeError},
     store::SledStore,
@@ -35,7 +36,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
     let store = Arc::new(SledStore::open(&config.data_dir)?);
-    let node = Arc::new(Node::open(config.city, store.clone())?);
+    let bookings = Arc::new(SledBookings::open(store.db())?);
+    let node = Arc::new(Node::open(config.city, store.clone(), bookings, Arc::new(SystemClock))?);
     if let Some(scale) = config.seed {
         let n = node.seed_if_empty(scale).await?;
         if n > 0 {
@@ -62,5 +64,6 @@ pub async fn run(
         .await;
     // Flush even if serving failed: nothing acknowledged may be lost.
     store.flush()?;
+    tracing::info!(city = config.city.slug, "node stopped");
     served.map_err(|e| NodeError::Serve(e.to_string()))
 }

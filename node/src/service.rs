@@ -8,8 +8,9 @@ use corridor_proto::{self as pb, node_server};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    catalog::Query,
-    convert::{from_proto, to_proto},
+    booking::{Actor, BookingError, Reserve},
+    catalog::{Entry, Query},
+    convert::{booking_to_proto, from_proto, rules_from_proto, rules_to_proto, to_proto},
     import::RowError,
     node::{Node, NodeError},
     store::StoreError,
@@ -49,6 +50,48 @@ impl NodeService {
         }
     }
 
+    /// Who a reservation call acts for. The gateway names the caller it acts
+    /// for in `x-corridor-on-behalf-of`; anyone else acts as itself. Only
+    /// organisations and the city's own admin deal with bookings.
+    fn actor<T>(&self, req: &Request<T>) -> Result<Actor, Status> {
+        let peer = self.caller(req)?;
+        let named = req.metadata().get(corridor_proto::ON_BEHALF_OF);
+        let acting = match (&peer, named) {
+            (Identity::Gateway, Some(v)) => {
+                let uri = v.to_str().map_err(|_| Status::invalid_argument("on-behalf-of is not text"))?;
+                Identity::from_uri(uri).map_err(|e| Status::invalid_argument(e.to_string()))?
+            }
+            (Identity::Gateway, None) => {
+                return Err(Status::permission_denied("the gateway must name the identity it acts for"));
+            }
+            (_, Some(_)) => {
+                return Err(Status::permission_denied(format!("{peer} may not act on behalf of another identity")));
+            }
+            (p, None) => p.clone(),
+        };
+        let city = self.node.city().slug;
+        let admin = matches!(&acting, Identity::Admin(c) if c == city);
+        if !admin && !matches!(acting, Identity::Org(_)) {
+            return Err(Status::permission_denied(format!(
+                "{acting} has no bookings at {city}; organisations and {city}'s admin do"
+            )));
+        }
+        Ok(Actor { uri: acting.uri(), admin, may_book: true })
+    }
+
+    /// The instrument an id names, if it is one of this city's.
+    fn instrument(&self, id: &str) -> Result<Arc<Entry>, Status> {
+        let city = self.node.city();
+        let local = id.strip_prefix(city.slug).and_then(|r| r.strip_prefix('/')).ok_or_else(|| {
+            Status::invalid_argument(format!("{id:?} is not an instrument id of {0} (\"{0}/<local-id>\")", city.slug))
+        })?;
+        self.node.get(local).ok_or_else(|| Status::not_found(format!("no instrument {id:?}")))
+    }
+
+    fn booking_reply(&self, b: &crate::booking::Booking) -> Response<pb::Booking> {
+        Response::new(booking_to_proto(b, self.node.city(), self.node.bookings().now()))
+    }
+
     /// Only `admin-<city>` writes a city's inventory.
     fn authorize_write<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         let id = self.caller(req)?;
@@ -59,6 +102,19 @@ impl NodeService {
                 "{id} may not write {city}'s inventory; only spiffe://corridor/city/{city}/admin may"
             ))),
         }
+    }
+}
+
+fn booking_status(e: BookingError) -> Status {
+    match e {
+        BookingError::Invalid(m) => Status::invalid_argument(m),
+        BookingError::Rule(v) => Status::failed_precondition(v.to_string()),
+        BookingError::NotFound(m) => Status::not_found(m),
+        BookingError::Denied(m) => Status::permission_denied(m),
+        BookingError::State(m) => Status::failed_precondition(m),
+        e @ BookingError::KeyReused(_) => Status::already_exists(e.to_string()),
+        BookingError::Store(e @ StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
+        BookingError::Store(e) => Status::unavailable(e.to_string()),
     }
 }
 
@@ -158,6 +214,164 @@ impl node_server::Node for NodeService {
             updated: s.updated,
             unchanged: s.unchanged,
         }))
+    }
+
+    #[tracing::instrument(name = "node.reserve", skip_all, fields(city = self.node.city().slug))]
+    async fn reserve(&self, req: Request<pb::ReserveRequest>) -> Result<Response<pb::Booking>, Status> {
+        let actor = self.actor(&req)?;
+        let r = req.into_inner();
+        let entry = self.instrument(&r.instrument_id)?;
+        let cmd = Reserve {
+            start: r.start,
+            end: r.end,
+            hold_only: r.hold_only,
+            purpose: r.purpose,
+            idempotency_key: r.idempotency_key,
+        };
+        let b = self.node.bookings().reserve(&actor, &entry.stored.record, cmd).await.map_err(booking_status)?;
+        Ok(self.booking_reply(&b))
+    }
+
+    async fn confirm_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
+        let actor = self.actor(&req)?;
+        let r = req.into_inner();
+        let b = self.node.bookings().confirm(&actor, &r.booking_id, &r.idempotency_key).await.map_err(booking_status)?;
+        Ok(self.booking_reply(&b))
+    }
+
+    async fn cancel_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
+        let actor = self.actor(&req)?;
+        let r = req.into_inner();
+        let b = self
+            .node
+            .bookings()
+            .cancel(&actor, &r.booking_id, &r.idempotency_key, &r.reason)
+            .await
+            .map_err(booking_status)?;
+        Ok(self.booking_reply(&b))
+    }
+
+    async fn approve_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
+        let actor = self.actor(&req)?;
+        let r = req.into_inner();
+        let b = self
+            .node
+            .bookings()
+            .decide(&actor, &r.booking_id, &r.idempotency_key, true, &r.reason)
+            .await
+            .map_err(booking_status)?;
+        Ok(self.booking_reply(&b))
+    }
+
+    async fn decline_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
+        let actor = self.actor(&req)?;
+        let r = req.into_inner();
+        let b = self
+            .node
+            .bookings()
+            .decide(&actor, &r.booking_id, &r.idempotency_key, false, &r.reason)
+            .await
+            .map_err(booking_status)?;
+        Ok(self.booking_reply(&b))
+    }
+
+    async fn complete_booking(
+        &self,
+        req: Request<pb::CompleteBookingRequest>,
+    ) -> Result<Response<pb::Booking>, Status> {
+        let actor = self.actor(&req)?;
+        let r = req.into_inner();
+        let b = self
+            .node
+            .bookings()
+            .complete(&actor, &r.booking_id, &r.idempotency_key, r.actual_minutes)
+            .await
+            .map_err(booking_status)?;
+        Ok(self.booking_reply(&b))
+    }
+
+    async fn get_booking(&self, req: Request<pb::GetBookingRequest>) -> Result<Response<pb::Booking>, Status> {
+        let actor = self.actor(&req)?;
+        let b = self.node.bookings().get(&actor, &req.get_ref().booking_id).map_err(booking_status)?;
+        Ok(self.booking_reply(&b))
+    }
+
+    async fn list_bookings(
+        &self,
+        req: Request<pb::ListBookingsRequest>,
+    ) -> Result<Response<pb::ListBookingsResponse>, Status> {
+        let actor = self.actor(&req)?;
+        let r = req.into_inner();
+        let instrument = if r.instrument_id.is_empty() {
+            None
+        } else {
+            Some(self.instrument(&r.instrument_id)?.stored.record.local_id.clone())
+        };
+        let list =
+            self.node.bookings().list(&actor, instrument.as_deref(), r.include_closed).map_err(booking_status)?;
+        let (city, now) = (self.node.city(), self.node.bookings().now());
+        Ok(Response::new(pb::ListBookingsResponse {
+            bookings: list.iter().map(|b| booking_to_proto(b, city, now)).collect(),
+            nodes: Vec::new(),
+            partial: false,
+        }))
+    }
+
+    async fn check_availability(
+        &self,
+        req: Request<pb::AvailabilityRequest>,
+    ) -> Result<Response<pb::AvailabilityResponse>, Status> {
+        // Busy times carry no names, so anyone who may read may ask.
+        if self.authorize_read(&req).is_err() {
+            self.actor(&req)?;
+        }
+        let r = req.into_inner();
+        let entry = self.instrument(&r.instrument_id)?;
+        let (free, busy, rules) =
+            self.node.bookings().availability(&entry.stored.record, &r.from, &r.to).map_err(booking_status)?;
+        use crate::booking::time::format;
+        Ok(Response::new(pb::AvailabilityResponse {
+            instrument_id: r.instrument_id,
+            free: free.into_iter().map(|(s, e)| pb::FreeWindow { start: format(s), end: format(e) }).collect(),
+            busy: busy
+                .into_iter()
+                .map(|b| pb::BusyInterval { start: format(b.start), end: format(b.end), kind: b.kind.into() })
+                .collect(),
+            rules: Some(rules_to_proto(&rules)),
+        }))
+    }
+
+    async fn set_booking_rules(
+        &self,
+        req: Request<pb::SetBookingRulesRequest>,
+    ) -> Result<Response<pb::BookingRules>, Status> {
+        let actor = self.actor(&req)?;
+        let r = req.into_inner();
+        let entry = self.instrument(&r.instrument_id)?;
+        let rules = rules_from_proto(r.rules.unwrap_or_default()).map_err(Status::invalid_argument)?;
+        let rules = self
+            .node
+            .bookings()
+            .set_rules_durably(&actor, &entry.stored.record, rules)
+            .await
+            .map_err(booking_status)?;
+        Ok(Response::new(rules_to_proto(&rules)))
+    }
+
+    async fn grant_qualification(
+        &self,
+        req: Request<pb::GrantQualificationRequest>,
+    ) -> Result<Response<pb::GrantQualificationResponse>, Status> {
+        let actor = self.actor(&req)?;
+        let r = req.into_inner();
+        let holder = Identity::from_uri(&r.holder).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let entry = self.instrument(&r.instrument_id)?;
+        self.node
+            .bookings()
+            .grant(&actor, &entry.stored.record, &holder.uri(), r.revoke)
+            .await
+            .map_err(booking_status)?;
+        Ok(Response::new(pb::GrantQualificationResponse {}))
     }
 
     async fn upsert_instrument(

@@ -143,6 +143,11 @@ impl SledStore {
         Ok(SledStore { db, instruments, write: Mutex::new(()) })
     }
 
+    /// The database, for the node's other trees.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Forces everything written so far to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(backend)

@@ -13,6 +13,10 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// Metadata the gateway sets on a node call to name the identity it acts for.
+/// Nodes honour it only when the TLS peer is the gateway itself.
+pub const ON_BEHALF_OF: &str = "x-corridor-on-behalf-of";
+
 /// gRPC server reflection, v1 and v1alpha (many clients, Python grpcio's among
 /// them, still speak only v1alpha), describing corridor.v1 and grpc.health.v1.
 pub fn reflection_services() -> (

@@ -1,0 +1,215 @@
+//! One instrument's calendar: the time its live bookings occupy, set-up and
+//! cool-down included. It is one stored value per instrument, read and
+//! rewritten in the same atomic step as the booking that changes it.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    rules::Rules,
+    time::{self as t, DAY, Instant, MINUTE},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub booking: String,
+    pub start: Instant,
+    pub end: Instant,
+    pub setup: i64,
+    pub cooldown: i64,
+    /// Set while the booking is only held; the time is free again from then.
+    pub hold_expires: Option<Instant>,
+}
+
+impl Entry {
+    pub fn occupied(&self) -> (Instant, Instant) {
+        (self.start - self.setup, self.end + self.cooldown)
+    }
+
+    pub fn live(&self, now: Instant) -> bool {
+        self.hold_expires.is_none_or(|e| e > now)
+    }
+}
+
+/// Entries that ended this long ago can no longer conflict with anything
+/// bookable, and are dropped to keep the value small.
+const KEEP_PAST: i64 = DAY;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Calendar {
+    pub entries: Vec<Entry>,
+}
+
+impl Calendar {
+    /// The first live entry whose occupied time meets [occ_start, occ_end).
+    pub fn conflict(&self, occ_start: Instant, occ_end: Instant, now: Instant) -> Option<&Entry> {
+        self.entries.iter().filter(|e| e.live(now)).find(|e| {
+            let (s, e2) = e.occupied();
+            s < occ_end && occ_start < e2
+        })
+    }
+
+    /// Drops expired holds and long-past entries; returns the ids of the
+    /// holds that expired, so their bookings can be marked.
+    pub fn prune(&mut self, now: Instant) -> Vec<String> {
+        let mut expired = Vec::new();
+        self.entries.retain(|e| {
+            if !e.live(now) {
+                expired.push(e.booking.clone());
+                return false;
+            }
+            e.occupied().1 > now - KEEP_PAST
+        });
+        expired
+    }
+
+    pub fn insert(&mut self, entry: Entry) {
+        let at = self.entries.partition_point(|e| e.start <= entry.start);
+        self.entries.insert(at, entry);
+    }
+
+    pub fn remove(&mut self, booking: &str) -> Option<Entry> {
+        let i = self.entries.iter().position(|e| e.booking == booking)?;
+        Some(self.entries.remove(i))
+    }
+
+    pub fn get_mut(&mut self, booking: &str) -> Option<&mut Entry> {
+        self.entries.iter_mut().find(|e| e.booking == booking)
+    }
+}
+
+/// A stretch of busy time, for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy {
+    pub start: Instant,
+    pub end: Instant,
+    pub kind: &'static str,
+}
+
+/// What is busy and what is free in [from, to).
+///
+/// Busy lists each live booking as its set-up, the slot itself and its
+/// cool-down, plus blackouts. A free window is a span in which a new slot may
+/// lie: inside opening hours, and far enough from every busy span that the new
+/// slot's own set-up and cool-down fit too. Windows shorter than the minimum
+/// length are left out; notice and advance limits are applied from `now`.
+pub fn availability(cal: &Calendar, rules: &Rules, from: Instant, to: Instant, now: Instant) -> (Vec<(Instant, Instant)>, Vec<Busy>) {
+    let mut busy = Vec::new();
+    for e in cal.entries.iter().filter(|e| e.live(now)) {
+        let (os, oe) = e.occupied();
+        if oe <= from || os >= to {
+            continue;
+        }
+        if e.setup > 0 {
+            busy.push(Busy { start: os, end: e.start, kind: "setup" });
+        }
+        busy.push(Busy { start: e.start, end: e.end, kind: "booking" });
+        if e.cooldown > 0 {
+            busy.push(Busy { start: e.end, end: oe, kind: "cooldown" });
+        }
+    }
+    for b in rules.blackouts.iter().filter(|b| b.end > from && b.start < to) {
+        busy.push(Busy { start: b.start, end: b.end, kind: "blackout" });
+    }
+    busy.sort_by_key(|b| (b.start, b.end));
+
+    // Where a slot may lie at all: opening hours, notice and advance.
+    let earliest = (now + rules.min_notice_minutes.max(1) as i64 * MINUTE).max(from);
+    let latest = if rules.max_advance_days == 0 { to } else { to.min(now + rules.max_advance_days as i64 * DAY) };
+    let mut open = Vec::new();
+    if rules.opening.is_empty() {
+        open.push((earliest, latest));
+    } else {
+        let mut day = t::local_midnight(earliest);
+        while day < latest {
+            let (weekday, _) = t::local_weekday_minute(day);
+            for o in rules.opening.iter().filter(|o| o.weekday == weekday) {
+                let s = (day + o.open as i64 * MINUTE).max(earliest);
+                let e = (day + o.close as i64 * MINUTE).min(latest);
+                if s < e {
+                    open.push((s, e));
+                }
+            }
+            day += DAY;
+        }
+        open.sort();
+    }
+
+    // A new slot [s, e) occupies [s - setup, e + cooldown): it must keep that
+    // far from every busy span.
+    let (setup, cooldown) = (rules.setup(), rules.cooldown());
+    let blocked: Vec<(Instant, Instant)> = busy.iter().map(|b| (b.start - cooldown, b.end + setup)).collect();
+    let min_len = rules.min_minutes as i64 * MINUTE;
+    let mut free = Vec::new();
+    for (mut s, e) in open {
+        for &(bs, be) in &blocked {
+            if be <= s || bs >= e {
+                continue;
+            }
+            if bs > s {
+                free.push((s, bs));
+            }
+            s = s.max(be);
+        }
+        if s < e {
+            free.push((s, e));
+        }
+    }
+    free.retain(|(s, e)| e - s >= min_len.max(MINUTE));
+    (free, busy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::booking::rules::Opening;
+
+    fn at(s: &str) -> Instant {
+        t::parse("t", s).unwrap()
+    }
+
+    fn entry(id: &str, start: &str, end: &str, setup_min: i64, hold: Option<Instant>) -> Entry {
+        Entry { booking: id.into(), start: at(start), end: at(end), setup: setup_min * MINUTE, cooldown: 0, hold_expires: hold }
+    }
+
+    #[test]
+    fn set_up_time_conflicts_and_expired_holds_do_not() {
+        let now = at("2026-11-23T10:00:00+08:00");
+        let mut cal = Calendar::default();
+        cal.insert(entry("a", "2026-12-01T10:00:00+08:00", "2026-12-01T11:00:00+08:00", 20, None));
+        // A slot ending 09:50 meets a's preheat, which starts 09:40.
+        assert!(cal.conflict(at("2026-12-01T09:00:00+08:00"), at("2026-12-01T09:50:00+08:00"), now).is_some());
+        assert!(cal.conflict(at("2026-12-01T09:00:00+08:00"), at("2026-12-01T09:40:00+08:00"), now).is_none());
+        cal.insert(entry("h", "2026-12-01T12:00:00+08:00", "2026-12-01T13:00:00+08:00", 0, Some(now + 600)));
+        let slot = (at("2026-12-01T12:30:00+08:00"), at("2026-12-01T13:30:00+08:00"));
+        assert_eq!(cal.conflict(slot.0, slot.1, now).unwrap().booking, "h");
+        assert!(cal.conflict(slot.0, slot.1, now + 600).is_none(), "an expired hold frees its time");
+        assert_eq!(cal.prune(now + 600), vec!["h".to_string()]);
+        assert_eq!(cal.entries.len(), 1);
+    }
+
+    #[test]
+    fn availability_shows_set_up_and_leaves_room_for_it() {
+        let now = at("2026-11-23T10:00:00+08:00");
+        let mut rules = Rules::default_for(false);
+        rules.opening = vec![Opening { weekday: 2, open: 8 * 60, close: 18 * 60 }];
+        rules.setup_minutes = 20;
+        rules.min_minutes = 30;
+        let mut cal = Calendar::default();
+        cal.insert(entry("a", "2026-12-01T10:00:00+08:00", "2026-12-01T11:00:00+08:00", 20, None));
+        let (free, busy) =
+            availability(&cal, &rules, at("2026-12-01T00:00:00+08:00"), at("2026-12-02T00:00:00+08:00"), now);
+        let kinds: Vec<&str> = busy.iter().map(|b| b.kind).collect();
+        assert_eq!(kinds, vec!["setup", "booking"]);
+        assert_eq!(busy[0].start, at("2026-12-01T09:40:00+08:00"));
+        // Free: 08:00–09:40 (a slot there needs its preheat inside opening
+        // hours only by start), and from 11:20 (a new slot's own 20 min
+        // preheat must follow a's end at 11:00) until closing.
+        assert_eq!(
+            free,
+            vec![
+                (at("2026-12-01T08:00:00+08:00"), at("2026-12-01T09:40:00+08:00")),
+                (at("2026-12-01T11:20:00+08:00"), at("2026-12-01T18:00:00+08:00")),
+            ]
+        );
+    }
+}

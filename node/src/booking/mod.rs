@@ -1,0 +1,630 @@
+//! Reservations: the owning node is the single authority for each
+//! instrument's calendar. Every change is one atomic step over the
+//! instrument's calendar, the booking and the idempotency record, and is
+//! acknowledged only once durable. No gRPC and no sled here.
+
+pub mod calendar;
+pub mod rules;
+pub mod store;
+pub mod time;
+
+use std::{fmt, sync::Arc};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use self::{
+    calendar::{Busy, Calendar, Entry},
+    rules::{Rules, Violation},
+    store::{BookingStore, Txn, keys},
+    time::{Instant, MINUTE},
+};
+use crate::{
+    model::{InstrumentRecord, PriceUnit, Status},
+    store::StoreError,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Held,
+    Pending,
+    Confirmed,
+    Cancelled,
+    Declined,
+    Expired,
+    Completed,
+}
+
+impl State {
+    /// States that occupy the instrument.
+    pub fn is_live(self) -> bool {
+        matches!(self, State::Held | State::Pending | State::Confirmed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Booking {
+    pub id: String,
+    /// The instrument's local id.
+    pub instrument: String,
+    pub requester: String,
+    pub start: Instant,
+    pub end: Instant,
+    pub setup: i64,
+    pub cooldown: i64,
+    pub state: State,
+    pub hold_expires: Option<Instant>,
+    pub created_at: Instant,
+    pub updated_at: Instant,
+    pub purpose: String,
+    pub price_fen: i64,
+    pub price_unit: PriceUnit,
+    pub fee_fen: i64,
+    pub actual_minutes: u32,
+    pub note: String,
+}
+
+impl Booking {
+    /// The state as of `now`: a hold past its expiry is expired, whether or
+    /// not that has been written down yet.
+    pub fn state_at(&self, now: Instant) -> State {
+        match (self.state, self.hold_expires) {
+            (State::Held, Some(e)) if e <= now => State::Expired,
+            (s, _) => s,
+        }
+    }
+
+    /// What the slot would cost if used as booked.
+    pub fn expected_fee(&self) -> i64 {
+        match self.price_unit {
+            PriceUnit::Hour => fee_for_minutes(self.price_fen, (self.end - self.start) / MINUTE),
+            PriceUnit::Sample => self.price_fen,
+        }
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            booking: self.id.clone(),
+            start: self.start,
+            end: self.end,
+            setup: self.setup,
+            cooldown: self.cooldown,
+            hold_expires: self.hold_expires,
+        }
+    }
+}
+
+/// Hourly price for `minutes`, rounded half up to the fen.
+fn fee_for_minutes(price_per_hour: i64, minutes: i64) -> i64 {
+    (price_per_hour * minutes + 30) / 60
+}
+
+/// Who is acting, as the node sees it.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// Identity URI.
+    pub uri: String,
+    /// The city's admin: sees and changes every booking of the city.
+    pub admin: bool,
+    /// May make bookings (organisations, and the city's admin).
+    pub may_book: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BookingError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Rule(Violation),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Denied(String),
+    /// The booking is not in a state that allows the action.
+    #[error("{0}")]
+    State(String),
+    #[error("idempotency key {0:?} was already used with different parameters; use a new key for a new request")]
+    KeyReused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Violation> for BookingError {
+    fn from(v: Violation) -> Self {
+        BookingError::Rule(v)
+    }
+}
+
+/// The node's clock, in unix seconds.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Instant;
+}
+
+/// Wall-clock time.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        ::time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+}
+
+/// Wall-clock time at creation, then advancing with tokio's clock, so that
+/// tests on a paused runtime control it with `tokio::time::advance`.
+pub struct TokioClock {
+    base: Instant,
+    started: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn starting_at(base: Instant) -> Self {
+        TokioClock { base, started: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        self.base + self.started.elapsed().as_secs() as i64
+    }
+}
+
+/// A reservation request.
+#[derive(Debug, Clone)]
+pub struct Reserve {
+    pub start: String,
+    pub end: String,
+    pub hold_only: bool,
+    pub purpose: String,
+    pub idempotency_key: String,
+}
+
+/// The first answer to an idempotent request, kept with its effect.
+#[derive(Serialize, Deserialize)]
+struct Idem {
+    fingerprint: String,
+    response: Booking,
+}
+
+/// A service record: what completing a booking earned the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub seq: u64,
+    pub booking: String,
+    pub instrument: String,
+    pub requester: String,
+    pub minutes: u32,
+    pub fee_fen: i64,
+    pub at: Instant,
+}
+
+fn get_json<T: DeserializeOwned>(tx: &mut dyn Txn, key: &[u8]) -> Result<Option<T>, BookingError> {
+    match tx.get(key)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            StoreError::Corrupt { key: String::from_utf8_lossy(key).into(), reason: e.to_string() }.into()
+        }),
+    }
+}
+
+fn put_json<T: Serialize>(tx: &mut dyn Txn, key: &[u8], value: &T) -> Result<(), BookingError> {
+    tx.put(key, serde_json::to_vec(value).expect("serialisable"))?;
+    Ok(())
+}
+
+const MAX_KEY_LEN: usize = 128;
+
+fn check_key(key: &str) -> Result<(), BookingError> {
+    if key.is_empty() {
+        return Err(BookingError::Invalid(
+            "idempotency_key is required: a unique string chosen by the client, sent again unchanged on retry".into(),
+        ));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(BookingError::Invalid(format!("idempotency_key is at most {MAX_KEY_LEN} bytes")));
+    }
+    Ok(())
+}
+
+/// One city's reservations.
+pub struct Bookings {
+    city: &'static str,
+    store: Arc<dyn BookingStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for Bookings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bookings").field("city", &self.city).finish_non_exhaustive()
+    }
+}
+
+impl Bookings {
+    pub fn new(city: &'static str, store: Arc<dyn BookingStore>, clock: Arc<dyn Clock>) -> Self {
+        Bookings { city, store, clock }
+    }
+
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    async fn durable(&self) -> Result<(), BookingError> {
+        match self.store.durable().await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Backend(format!("flush failed: {e}")).into()),
+            Err(_) => Err(StoreError::Backend("the flush thread has stopped".into()).into()),
+        }
+    }
+
+    /// Runs an idempotent step: a retry with the same key and the same
+    /// fingerprint returns the first answer; with another fingerprint it is
+    /// refused. The answer is stored in the same atomic step as the effect.
+    async fn idempotent(
+        &self,
+        actor: &Actor,
+        key: &str,
+        fingerprint: String,
+        mut step: impl FnMut(&mut dyn Txn) -> Result<Booking, BookingError>,
+    ) -> Result<Booking, BookingError> {
+        check_key(key)?;
+        let idem_key = keys::idempotency(&actor.uri, key);
+        let mut out = None;
+        self.store.atomically(&mut |tx| {
+            if let Some(prior) = get_json::<Idem>(tx, &idem_key)? {
+                if prior.fingerprint != fingerprint {
+                    return Err(BookingError::KeyReused(key.into()));
+                }
+                out = Some(prior.response);
+                return Ok(());
+            }
+            let booking = step(tx)?;
+            put_json(tx, &idem_key, &Idem { fingerprint: fingerprint.clone(), response: booking.clone() })?;
+            out = Some(booking);
+            Ok(())
+        })?;
+        // A replayed answer may not be durable yet either (its first caller
+        // may still be waiting): wait for the flush in every case.
+        self.durable().await?;
+        Ok(out.expect("set by the step"))
+    }
+
+    /// The instrument's rules: its own, or the defaults.
+    pub fn rules(&self, record: &InstrumentRecord) -> Result<Rules, BookingError> {
+        let key = keys::rules(&record.local_id);
+        match self.store.get(&key)? {
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(&key).into(), reason: e.to_string() }.into()),
+            None => Ok(Rules::default_for(record.training_required)),
+        }
+    }
+
+    fn rules_in(tx: &mut dyn Txn, record: &InstrumentRecord) -> Result<Rules, BookingError> {
+        Ok(get_json(tx, &keys::rules(&record.local_id))?.unwrap_or_else(|| Rules::default_for(record.training_required)))
+    }
+
+    /// Loads the calendar and marks the holds that have expired by `now`.
+    fn calendar_in(tx: &mut dyn Txn, instrument: &str, now: Instant) -> Result<Calendar, BookingError> {
+        let mut cal: Calendar = get_json(tx, &keys::calendar(instrument))?.unwrap_or_default();
+        for id in cal.prune(now) {
+            if let Some(mut b) = get_json::<Booking>(tx, &keys::booking(&id))? {
+                b.state = State::Expired;
+                b.updated_at = now;
+                put_json(tx, &keys::booking(&id), &b)?;
+            }
+        }
+        Ok(cal)
+    }
+
+    pub async fn reserve(&self, actor: &Actor, record: &InstrumentRecord, req: Reserve) -> Result<Booking, BookingError> {
+        if !actor.may_book {
+            return Err(BookingError::Denied(format!("{} may not book instruments", actor.uri)));
+        }
+        let start = time::parse("start", &req.start).map_err(BookingError::Invalid)?;
+        let end = time::parse("end", &req.end).map_err(BookingError::Invalid)?;
+        if req.purpose.len() > 1_000 {
+            return Err(BookingError::Invalid("purpose is at most 1,000 bytes".into()));
+        }
+        let fingerprint =
+            format!("reserve\n{}\n{start}\n{end}\n{}\n{}", record.local_id, req.hold_only, req.purpose);
+        let now = self.clock.now();
+        let city = self.city;
+        self.idempotent(actor, &req.idempotency_key, fingerprint, |tx| {
+            if record.status != Status::Available {
+                return Err(Violation::new("status", format!("{} is not available for booking ({:?})", record.local_id, record.status)).into());
+            }
+            let rules = Self::rules_in(tx, record)?;
+            rules.check_slot(start, end, now)?;
+            if rules.training_required
+                && !actor.admin
+                && tx.get(&keys::qualification(&record.local_id, &actor.uri))?.is_none()
+            {
+                return Err(Violation::new(
+                    "training_required",
+                    format!("{} needs training first; {} holds no qualification for it (the city admin grants one)", record.local_id, actor.uri),
+                )
+                .into());
+            }
+            let mut cal = Self::calendar_in(tx, &record.local_id, now)?;
+            let (occ_start, occ_end) = (start - rules.setup(), end + rules.cooldown());
+            if let Some(c) = cal.conflict(occ_start, occ_end, now) {
+                let (cs, ce) = c.occupied();
+                return Err(Violation::new(
+                    "no_overlap",
+                    format!(
+                        "{} to {} is taken: the instrument is occupied from {} to {} (set-up and cool-down included)",
+                        time::short(start),
+                        time::short(end),
+                        time::short(cs),
+                        time::short(ce)
+                    ),
+                )
+                .into());
+            }
+            let id = format!("{city}/bk-{}", tx.next_id()?);
+            let state = if req.hold_only {
+                State::Held
+            } else if rules.approval_required {
+                State::Pending
+            } else {
+                State::Confirmed
+            };
+            let booking = Booking {
+                id,
+                instrument: record.local_id.clone(),
+                requester: actor.uri.clone(),
+                start,
+                end,
+                setup: rules.setup(),
+                cooldown: rules.cooldown(),
+                state,
+                hold_expires: req.hold_only.then(|| now + rules.hold_ttl()),
+                created_at: now,
+                updated_at: now,
+                purpose: req.purpose.clone(),
+                price_fen: record.price_external_fen,
+                price_unit: record.price_unit,
+                fee_fen: 0,
+                actual_minutes: 0,
+                note: String::new(),
+            };
+            cal.insert(booking.entry());
+            put_json(tx, &keys::calendar(&record.local_id), &cal)?;
+            put_json(tx, &keys::booking(&booking.id), &booking)?;
+            Ok(booking)
+        })
+        .await
+    }
+
+    /// Loads a booking the actor may act on.
+    fn owned(tx: &mut dyn Txn, actor: &Actor, id: &str) -> Result<Booking, BookingError> {
+        let b: Booking = get_json(tx, &keys::booking(id))?.ok_or_else(|| BookingError::NotFound(format!("no booking {id:?}")))?;
+        if !actor.admin && b.requester != actor.uri {
+            // Someone else's booking is reported as absent: its existence is theirs.
+            return Err(BookingError::NotFound(format!("no booking {id:?}")));
+        }
+        Ok(b)
+    }
+
+    /// A lifecycle step on one booking: loads it (checking ownership), lets
+    /// `change` decide, then writes the booking and its calendar entry.
+    async fn transition(
+        &self,
+        actor: &Actor,
+        action: &str,
+        id: &str,
+        key: &str,
+        extra: String,
+        change: impl Fn(&mut Booking, &Rules, Instant, &mut dyn Txn) -> Result<(), BookingError>,
+    ) -> Result<Booking, BookingError> {
+        let now = self.clock.now();
+        let fingerprint = format!("{action}\n{id}\n{extra}");
+        self.idempotent(actor, key, fingerprint, |tx| {
+            let mut b = Self::owned(tx, actor, id)?;
+            let rules: Rules = get_json(tx, &keys::rules(&b.instrument))?.unwrap_or_else(|| Rules::default_for(false));
+            let mut cal = Self::calendar_in(tx, &b.instrument, now)?;
+            // The calendar may just have expired this booking's hold.
+            if let Some(fresh) = get_json::<Booking>(tx, &keys::booking(id))? {
+                b = fresh;
+            }
+            change(&mut b, &rules, now, tx)?;
+            b.updated_at = now;
+            if b.state.is_live() {
+                if let Some(e) = cal.get_mut(&b.id) {
+                    e.hold_expires = b.hold_expires;
+                }
+            } else {
+                cal.remove(&b.id);
+            }
+            put_json(tx, &keys::calendar(&b.instrument), &cal)?;
+            put_json(tx, &keys::booking(&b.id), &b)?;
+            Ok(b)
+        })
+        .await
+    }
+
+    fn not_in(b: &Booking, action: &str, now: Instant) -> BookingError {
+        let detail = match b.state_at(now) {
+            State::Expired => format!(
+                "the hold expired at {}; reserve the slot again",
+                b.hold_expires.map(time::short).unwrap_or_default()
+            ),
+            s => format!("it is {s:?}").to_lowercase(),
+        };
+        BookingError::State(format!("cannot {action} booking {}: {detail}", b.id))
+    }
+
+    pub async fn confirm(&self, actor: &Actor, id: &str, key: &str) -> Result<Booking, BookingError> {
+        self.transition(actor, "confirm", id, key, String::new(), |b, rules, now, _| {
+            if b.state_at(now) != State::Held {
+                return Err(Self::not_in(b, "confirm", now));
+            }
+            b.hold_expires = None;
+            b.state = if rules.approval_required { State::Pending } else { State::Confirmed };
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, actor: &Actor, id: &str, key: &str, reason: &str) -> Result<Booking, BookingError> {
+        self.transition(actor, "cancel", id, key, reason.to_string(), |b, rules, now, _| {
+            let state = b.state_at(now);
+            if !state.is_live() {
+                return Err(Self::not_in(b, "cancel", now));
+            }
+            if state == State::Confirmed {
+                b.fee_fen = rules.cancel_fee(b.start, now, b.expected_fee());
+            }
+            b.state = State::Cancelled;
+            b.hold_expires = None;
+            b.note = reason.to_string();
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn decide(&self, actor: &Actor, id: &str, key: &str, approve: bool, reason: &str) -> Result<Booking, BookingError> {
+        let action = if approve { "approve" } else { "decline" };
+        if !actor.admin {
+            return Err(BookingError::Denied(format!("only the city's admin may {action} bookings")));
+        }
+        self.transition(actor, action, id, key, reason.to_string(), |b, _, now, _| {
+            if b.state_at(now) != State::Pending {
+                return Err(Self::not_in(b, action, now));
+            }
+            b.state = if approve { State::Confirmed } else { State::Declined };
+            b.note = reason.to_string();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records the actual use and its fee, and writes a service record to the
+    /// node's ledger in the same step.
+    pub async fn complete(&self, actor: &Actor, id: &str, key: &str, actual_minutes: u32) -> Result<Booking, BookingError> {
+        if !actor.admin {
+            return Err(BookingError::Denied("only the city's admin may complete bookings".into()));
+        }
+        if actual_minutes == 0 || actual_minutes > 24 * 60 {
+            return Err(BookingError::Invalid("actual_minutes must be between 1 and 1440".into()));
+        }
+        self.transition(actor, "complete", id, key, actual_minutes.to_string(), |b, _, now, tx| {
+            if b.state_at(now) != State::Confirmed {
+                return Err(Self::not_in(b, "complete", now));
+            }
+            b.state = State::Completed;
+            b.actual_minutes = actual_minutes;
+            b.fee_fen = match b.price_unit {
+                PriceUnit::Hour => fee_for_minutes(b.price_fen, actual_minutes as i64),
+                PriceUnit::Sample => b.price_fen,
+            };
+            // In the same step as the completion: both land or neither does.
+            let seq = tx.next_id()?;
+            let rec = ServiceRecord {
+                seq,
+                booking: b.id.clone(),
+                instrument: b.instrument.clone(),
+                requester: b.requester.clone(),
+                minutes: actual_minutes,
+                fee_fen: b.fee_fen,
+                at: now,
+            };
+            put_json(tx, &keys::ledger(seq), &rec)
+        })
+        .await
+    }
+
+    pub fn get(&self, actor: &Actor, id: &str) -> Result<Booking, BookingError> {
+        let b: Booking = match self.store.get(&keys::booking(id))? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt { key: id.into(), reason: e.to_string() })?,
+            None => return Err(BookingError::NotFound(format!("no booking {id:?}"))),
+        };
+        if !actor.admin && b.requester != actor.uri {
+            return Err(BookingError::NotFound(format!("no booking {id:?}")));
+        }
+        Ok(b)
+    }
+
+    /// The actor's bookings (all of the city's, for its admin), oldest first.
+    pub fn list(&self, actor: &Actor, instrument: Option<&str>, include_closed: bool) -> Result<Vec<Booking>, BookingError> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for bytes in self.store.scan(keys::BOOKINGS)? {
+            let b: Booking = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt { key: "bookings".into(), reason: e.to_string() })?;
+            if (actor.admin || b.requester == actor.uri)
+                && instrument.is_none_or(|i| i == b.instrument)
+                && (include_closed || b.state_at(now).is_live())
+            {
+                out.push(b);
+            }
+        }
+        out.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+        Ok(out)
+    }
+
+    pub fn availability(
+        &self,
+        record: &InstrumentRecord,
+        from: &str,
+        to: &str,
+    ) -> Result<(Vec<(Instant, Instant)>, Vec<Busy>, Rules), BookingError> {
+        let from = time::parse("from", from).map_err(BookingError::Invalid)?;
+        let to = time::parse("to", to).map_err(BookingError::Invalid)?;
+        if to <= from || to - from > 31 * time::DAY {
+            return Err(BookingError::Invalid("the window must end after it starts, at most 31 days later".into()));
+        }
+        let rules = self.rules(record)?;
+        let cal: Calendar = match self.store.get(&keys::calendar(&record.local_id))? {
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| StoreError::Corrupt { key: record.local_id.clone(), reason: e.to_string() })?,
+            None => Calendar::default(),
+        };
+        let (free, busy) = calendar::availability(&cal, &rules, from, to, self.clock.now());
+        Ok((free, busy, rules))
+    }
+
+    pub fn set_rules(&self, actor: &Actor, record: &InstrumentRecord, rules: Rules) -> Result<Rules, BookingError> {
+        if !actor.admin {
+            return Err(BookingError::Denied("only the city's admin may set booking rules".into()));
+        }
+        rules.validate().map_err(|e| BookingError::Invalid(format!("booking rules: {e}")))?;
+        self.store.atomically(&mut |tx| put_json(tx, &keys::rules(&record.local_id), &rules))?;
+        Ok(rules)
+    }
+
+    pub async fn set_rules_durably(&self, actor: &Actor, record: &InstrumentRecord, rules: Rules) -> Result<Rules, BookingError> {
+        let rules = self.set_rules(actor, record, rules)?;
+        self.durable().await?;
+        Ok(rules)
+    }
+
+    pub async fn grant(&self, actor: &Actor, record: &InstrumentRecord, holder: &str, revoke: bool) -> Result<(), BookingError> {
+        if !actor.admin {
+            return Err(BookingError::Denied("only the city's admin may grant qualifications".into()));
+        }
+        let key = keys::qualification(&record.local_id, holder);
+        self.store.atomically(&mut |tx| if revoke { tx.remove(&key) } else { tx.put(&key, b"1".to_vec()) }.map_err(Into::into))?;
+        self.durable().await
+    }
+
+    /// Service records, in order.
+    pub fn service_records(&self) -> Result<Vec<ServiceRecord>, BookingError> {
+        self.store
+            .scan(keys::LEDGER)?
+            .iter()
+            .map(|b| serde_json::from_slice(b).map_err(|e| StoreError::Corrupt { key: "ledger".into(), reason: e.to_string() }.into()))
+            .collect()
+    }
+
+    /// Holds still open at `now`.
+    pub fn open_holds(&self) -> Result<usize, BookingError> {
+        let now = self.clock.now();
+        Ok(self.list(&Actor { uri: String::new(), admin: true, may_book: false }, None, false)?
+            .iter()
+            .filter(|b| b.state_at(now) == State::Held)
+            .count())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,240 @@
+//! Where bookings live: one ordered key space per node, written only through
+//! atomic steps. `SledBookings` is the real backend (a sled transaction per
+//! step, durable through group commit); `MemBookings` is the in-memory twin,
+//! and the engine's tests run against both.
+
+use std::{
+    cell::RefCell,
+    collections::BTreeMap,
+    sync::{Arc, Mutex, mpsc},
+};
+
+use tokio::sync::oneshot;
+
+use super::BookingError;
+use crate::store::StoreError;
+
+/// Key prefixes, one per kind of value.
+pub mod keys {
+    pub fn calendar(instrument: &str) -> Vec<u8> {
+        format!("c/{instrument}").into_bytes()
+    }
+    pub fn booking(id: &str) -> Vec<u8> {
+        format!("b/{id}").into_bytes()
+    }
+    pub const BOOKINGS: &[u8] = b"b/";
+    pub fn idempotency(actor: &str, key: &str) -> Vec<u8> {
+        format!("i/{actor}\n{key}").into_bytes()
+    }
+    pub fn rules(instrument: &str) -> Vec<u8> {
+        format!("r/{instrument}").into_bytes()
+    }
+    pub fn qualification(instrument: &str, holder: &str) -> Vec<u8> {
+        format!("q/{instrument}\n{holder}").into_bytes()
+    }
+    /// Ledger entries sort by sequence number.
+    pub fn ledger(seq: u64) -> Vec<u8> {
+        format!("l/{seq:020}").into_bytes()
+    }
+    pub const LEDGER: &[u8] = b"l/";
+
+}
+
+/// Reads and writes inside one atomic step.
+pub trait Txn {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError>;
+    fn remove(&mut self, key: &[u8]) -> Result<(), StoreError>;
+    /// A number never handed out before, even across restarts.
+    fn next_id(&mut self) -> Result<u64, StoreError>;
+}
+
+/// The function an atomic step runs. It may run more than once (after a
+/// conflict), so it must have no effects beyond its writes and its output.
+pub type Step<'a> = dyn FnMut(&mut dyn Txn) -> Result<(), BookingError> + 'a;
+
+pub trait BookingStore: Send + Sync + 'static {
+    /// Runs `step` atomically: it sees one consistent state, and its writes
+    /// all land or none do. Not yet durable: see [`BookingStore::durable`].
+    fn atomically(&self, step: &mut Step<'_>) -> Result<(), BookingError>;
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Resolves once everything written before the call is on disk. Many
+    /// callers share one flush.
+    fn durable(&self) -> oneshot::Receiver<Result<(), String>>;
+}
+
+/// The in-memory backend.
+#[derive(Default)]
+pub struct MemBookings {
+    map: Mutex<(BTreeMap<Vec<u8>, Vec<u8>>, u64)>,
+}
+
+struct MemTxn<'a> {
+    base: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    next: u64,
+}
+
+impl Txn for MemTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(match self.writes.get(key) {
+            Some(v) => v.clone(),
+            None => self.base.get(key).cloned(),
+        })
+    }
+    fn put(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.writes.insert(key.to_vec(), Some(value));
+        Ok(())
+    }
+    fn remove(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.writes.insert(key.to_vec(), None);
+        Ok(())
+    }
+    fn next_id(&mut self) -> Result<u64, StoreError> {
+        self.next += 1;
+        Ok(self.next)
+    }
+}
+
+impl BookingStore for MemBookings {
+    fn atomically(&self, step: &mut Step<'_>) -> Result<(), BookingError> {
+        let mut guard = self.map.lock().expect("poisoned");
+        let (map, next) = &mut *guard;
+        let mut txn = MemTxn { base: map, writes: BTreeMap::new(), next: *next };
+        step(&mut txn)?;
+        let (writes, new_next) = (txn.writes, txn.next);
+        for (k, v) in writes {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        *next = new_next;
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map.lock().expect("poisoned").0.get(key).cloned())
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let guard = self.map.lock().expect("poisoned");
+        Ok(guard.0.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect())
+    }
+
+    fn durable(&self) -> oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(()));
+        rx
+    }
+}
+
+/// The sled backend: one tree, one sled transaction per step, and a group
+/// commit thread for durability.
+pub struct SledBookings {
+    tree: sled::Tree,
+    flusher: Mutex<mpsc::Sender<oneshot::Sender<Result<(), String>>>>,
+}
+
+struct SledTxn<'a> {
+    tx: &'a sled::transaction::TransactionalTree,
+    /// A conflict seen by a read or write, handed back to sled so that it
+    /// retries the step.
+    conflict: Option<sled::transaction::UnabortableTransactionError>,
+}
+
+impl SledTxn<'_> {
+    fn note<T>(&mut self, r: Result<T, sled::transaction::UnabortableTransactionError>) -> Result<T, StoreError> {
+        r.map_err(|e| {
+            let msg = e.to_string();
+            self.conflict = Some(e);
+            StoreError::Backend(msg)
+        })
+    }
+}
+
+impl Txn for SledTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let r = self.tx.get(key);
+        Ok(self.note(r)?.map(|v| v.to_vec()))
+    }
+    fn put(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        let r = self.tx.insert(key, value);
+        self.note(r).map(|_| ())
+    }
+    fn remove(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        let r = self.tx.remove(key);
+        self.note(r).map(|_| ())
+    }
+    fn next_id(&mut self) -> Result<u64, StoreError> {
+        self.tx.generate_id().map_err(|e| StoreError::Backend(e.to_string()))
+    }
+}
+
+impl SledBookings {
+    pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        let tree = db.open_tree("bookings").map_err(|e| StoreError::Backend(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>();
+        let db = db.clone();
+        // Group commit: one thread flushes, and every waiter that registered
+        // before the flush began is answered by it. Concurrent flush_async
+        // calls deadlock in sled 0.34.7, so nothing else flushes bookings.
+        std::thread::Builder::new()
+            .name("bookings-flush".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiters = vec![first];
+                    waiters.extend(rx.try_iter());
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("starting the flush thread: {e}")))?;
+        Ok(SledBookings { tree, flusher: Mutex::new(tx) })
+    }
+}
+
+impl BookingStore for SledBookings {
+    fn atomically(&self, step: &mut Step<'_>) -> Result<(), BookingError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let step = RefCell::new(step);
+        let result = self.tree.transaction(|tx| {
+            let mut txn = SledTxn { tx, conflict: None };
+            let r = (step.borrow_mut())(&mut txn);
+            if let Some(conflict) = txn.conflict.take() {
+                return Err(conflict.into());
+            }
+            r.map_err(ConflictableTransactionError::Abort)
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(BookingError::Store(StoreError::Backend(e.to_string()))),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key).map_err(|e| StoreError::Backend(e.to_string()))?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| kv.map(|(_, v)| v.to_vec()).map_err(|e| StoreError::Backend(e.to_string())))
+            .collect()
+    }
+
+    fn durable(&self) -> oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(tx)) = self.flusher.lock().expect("poisoned").send(tx) {
+            let _ = tx.send(Err("the flush thread has stopped".into()));
+        }
+        rx
+    }
+}
+
+/// Shared handle.
+pub type DynBookingStore = Arc<dyn BookingStore>;

@@ -1,0 +1,196 @@
+//! The engine's contract, run against both backends.
+
+use std::sync::Arc;
+
+use super::{
+    store::{MemBookings, SledBookings},
+    *,
+};
+use crate::model::tests::sample;
+
+/// Monday 2026-11-23 10:00 in Shanghai.
+const NOW: Instant = 1_795_399_200;
+
+fn backends() -> Vec<(&'static str, Arc<dyn BookingStore>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    vec![
+        ("mem", Arc::new(MemBookings::default()) as Arc<dyn BookingStore>, None),
+        ("sled", Arc::new(SledBookings::open(&db).unwrap()), Some(dir)),
+    ]
+}
+
+fn engine(store: Arc<dyn BookingStore>) -> Bookings {
+    Bookings::new("hefei", store, Arc::new(TokioClock::starting_at(NOW)))
+}
+
+fn org(name: &str) -> Actor {
+    Actor { uri: format!("spiffe://corridor/org/{name}"), admin: false, may_book: true }
+}
+
+fn admin() -> Actor {
+    Actor { uri: "spiffe://corridor/city/hefei/admin".into(), admin: true, may_book: true }
+}
+
+fn req(start: &str, end: &str, key: &str) -> Reserve {
+    Reserve {
+        start: format!("2026-12-01T{start}:00+08:00"),
+        end: format!("2026-12-01T{end}:00+08:00"),
+        hold_only: false,
+        purpose: String::new(),
+        idempotency_key: key.into(),
+    }
+}
+
+fn instrument() -> InstrumentRecord {
+    let mut r = sample("tem-1");
+    r.training_required = false;
+    r
+}
+
+#[tokio::test]
+async fn the_clock_constant_is_what_it_says() {
+    assert_eq!(time::format(NOW), "2026-11-23T10:00:00+08:00");
+}
+
+#[tokio::test]
+async fn overlapping_requests_are_refused_with_the_conflicting_time() {
+    for (name, store, _dir) in backends() {
+        let e = engine(store);
+        let inst = instrument();
+        let mut rules = Rules::default_for(false);
+        rules.setup_minutes = 20;
+        e.set_rules(&admin(), &inst, rules).unwrap();
+        let a = e.reserve(&org("a"), &inst, req("10:00", "11:00", "k1")).await.unwrap();
+        assert_eq!(a.state, State::Confirmed, "{name}");
+        assert!(a.id.starts_with("hefei/bk-"));
+        // Ends at 10:10: inside a's slot.
+        let err = e.reserve(&org("b"), &inst, req("09:00", "10:10", "k2")).await.unwrap_err();
+        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
+        assert!(err.to_string().contains("occupied from 2026-12-01 09:40 to 2026-12-01 11:00"), "{name}: {err}");
+        // Starts at 11:00, but its own 20 min preheat would overlap a.
+        let err = e.reserve(&org("b"), &inst, req("11:00", "12:00", "k3")).await.unwrap_err();
+        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
+        e.reserve(&org("b"), &inst, req("11:20", "12:00", "k4")).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_retry_returns_the_first_answer_and_a_reused_key_is_refused() {
+    for (name, store, _dir) in backends() {
+        let e = engine(store);
+        let inst = instrument();
+        let first = e.reserve(&org("a"), &inst, req("10:00", "11:00", "same")).await.unwrap();
+        let again = e.reserve(&org("a"), &inst, req("10:00", "11:00", "same")).await.unwrap();
+        assert_eq!(first, again, "{name}");
+        assert_eq!(e.list(&admin(), None, true).unwrap().len(), 1, "{name}: one effect");
+        let err = e.reserve(&org("a"), &inst, req("12:00", "13:00", "same")).await.unwrap_err();
+        assert!(matches!(err, BookingError::KeyReused(_)), "{name}: {err}");
+        // Keys are per identity: another org may use the same string.
+        let err = e.reserve(&org("b"), &inst, req("10:00", "11:00", "same")).await.unwrap_err();
+        assert!(matches!(err, BookingError::Rule(_)), "{name}: {err}");
+        let err = e.reserve(&org("a"), &inst, req("14:00", "15:00", "")).await.unwrap_err();
+        assert!(err.to_string().contains("idempotency_key is required"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_expires_after_ttl() {
+    for (name, store, _dir) in backends() {
+        let e = engine(store);
+        let inst = instrument();
+        let mut hold = req("10:00", "11:00", "h");
+        hold.hold_only = true;
+        let held = e.reserve(&org("a"), &inst, hold).await.unwrap();
+        assert_eq!(held.state, State::Held);
+        assert_eq!(held.hold_expires, Some(NOW + rules::DEFAULT_HOLD_TTL));
+        assert_eq!(e.open_holds().unwrap(), 1);
+        // While held, the time is taken.
+        assert!(e.reserve(&org("b"), &inst, req("10:30", "11:30", "b1")).await.is_err(), "{name}");
+
+        tokio::time::advance(std::time::Duration::from_secs(rules::DEFAULT_HOLD_TTL as u64)).await;
+        assert_eq!(e.open_holds().unwrap(), 0, "{name}");
+        let err = e.confirm(&org("a"), &held.id, "c").await.unwrap_err();
+        assert!(matches!(err, BookingError::State(_)), "{name}: {err}");
+        assert!(err.to_string().contains("hold expired at 2026-11-23 10:10"), "{name}: {err}");
+        // The released time can be booked by someone else.
+        e.reserve(&org("b"), &inst, req("10:30", "11:30", "b2")).await.unwrap();
+        assert_eq!(e.get(&org("a"), &held.id).unwrap().state, State::Expired, "{name}: expiry is written down");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_confirmed_in_time_is_kept() {
+    for (name, store, _dir) in backends() {
+        let e = engine(store);
+        let inst = instrument();
+        let mut hold = req("10:00", "11:00", "h");
+        hold.hold_only = true;
+        let held = e.reserve(&org("a"), &inst, hold).await.unwrap();
+        tokio::time::advance(std::time::Duration::from_secs(rules::DEFAULT_HOLD_TTL as u64 - 1)).await;
+        let b = e.confirm(&org("a"), &held.id, "c").await.unwrap();
+        assert_eq!(b.state, State::Confirmed, "{name}");
+        assert_eq!(b.hold_expires, None);
+        tokio::time::advance(std::time::Duration::from_secs(3600)).await;
+        assert!(e.reserve(&org("b"), &inst, req("10:30", "11:30", "b")).await.is_err(), "{name}: still taken");
+        // Someone else cannot confirm or even see it.
+        assert!(matches!(e.confirm(&org("b"), &held.id, "x").await.unwrap_err(), BookingError::NotFound(_)));
+    }
+}
+
+#[tokio::test]
+async fn training_and_approval_rules() {
+    for (name, store, _dir) in backends() {
+        let e = engine(store);
+        let inst = instrument();
+        let mut rules = Rules::default_for(true);
+        rules.approval_required = true;
+        e.set_rules(&admin(), &inst, rules).unwrap();
+        let err = e.reserve(&org("a"), &inst, req("10:00", "11:00", "1")).await.unwrap_err();
+        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "training_required"), "{name}: {err}");
+        e.grant(&admin(), &inst, &org("a").uri, false).await.unwrap();
+        let b = e.reserve(&org("a"), &inst, req("10:00", "11:00", "2")).await.unwrap();
+        assert_eq!(b.state, State::Pending, "{name}");
+        assert!(matches!(e.decide(&org("a"), &b.id, "3", true, "").await.unwrap_err(), BookingError::Denied(_)));
+        let b = e.decide(&admin(), &b.id, "4", true, "ok").await.unwrap();
+        assert_eq!(b.state, State::Confirmed);
+        let c = e.reserve(&org("a"), &inst, req("12:00", "13:00", "5")).await.unwrap();
+        let c = e.decide(&admin(), &c.id, "6", false, "maintenance").await.unwrap();
+        assert_eq!(c.state, State::Declined);
+        // A declined booking frees its time.
+        e.reserve(&org("a"), &inst, req("12:00", "13:00", "7")).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn cancellation_fees_and_completion_records() {
+    for (name, store, _dir) in backends() {
+        let e = engine(store);
+        let mut inst = instrument();
+        inst.price_external_fen = 60_000; // 600 yuan an hour
+        // Tomorrow 11:00 is within the 24 h cancellation deadline.
+        let soon = Reserve {
+            start: "2026-11-24T09:00:00+08:00".into(),
+            end: "2026-11-24T11:00:00+08:00".into(),
+            hold_only: false,
+            purpose: String::new(),
+            idempotency_key: "s".into(),
+        };
+        let b = e.reserve(&org("a"), &inst, soon).await.unwrap();
+        let b = e.cancel(&org("a"), &b.id, "c1", "plans changed").await.unwrap();
+        assert_eq!((b.state, b.fee_fen), (State::Cancelled, 60_000), "{name}: 50% of 2 h at 600");
+        let early = e.reserve(&org("a"), &inst, req("10:00", "12:00", "e")).await.unwrap();
+        assert_eq!(e.cancel(&org("a"), &early.id, "c2", "").await.unwrap().fee_fen, 0, "{name}");
+
+        let b = e.reserve(&org("a"), &inst, req("14:00", "16:00", "u")).await.unwrap();
+        assert!(matches!(e.complete(&org("a"), &b.id, "d0", 90).await.unwrap_err(), BookingError::Denied(_)));
+        let done = e.complete(&admin(), &b.id, "d1", 90).await.unwrap();
+        assert_eq!((done.state, done.fee_fen), (State::Completed, 90_000), "{name}");
+        let again = e.complete(&admin(), &b.id, "d1", 90).await.unwrap();
+        assert_eq!(again, done);
+        let records = e.service_records().unwrap();
+        assert_eq!(records.len(), 1, "{name}: a retried completion writes one record");
+        assert_eq!((records[0].minutes, records[0].fee_fen), (90, 90_000));
+        assert!(matches!(e.complete(&admin(), &b.id, "d2", 90).await.unwrap_err(), BookingError::State(_)));
+    }
+}
