@@ -17,16 +17,18 @@ use tonic::{Request, transport::Channel};
 use crate::{ClientOpts, up};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest reply a client accepts (a city admin's booking list can be large).
+const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Rows per streamed import message: small messages, far below any size limit.
 const IMPORT_CHUNK_ROWS: usize = 500;
 
-fn gateway(opts: &ClientOpts) -> Result<GatewayClient<Channel>> {
+pub fn gateway(opts: &ClientOpts) -> Result<GatewayClient<Channel>> {
     let creds = opts.credentials("org-demo")?;
     let channel = client_channel(&opts.gateway, &creds, Some(Identity::Gateway), CONNECT_TIMEOUT)?;
-    Ok(GatewayClient::new(channel))
+    Ok(GatewayClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
 }
 
-fn state_name(state: i32) -> &'static str {
+pub fn state_name(state: i32) -> &'static str {
     match NodeState::try_from(state).unwrap_or(NodeState::Unspecified) {
         NodeState::Ok => "ok",
         NodeState::Timeout => "timeout",
@@ -36,11 +38,11 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
-fn fen_to_yuan(fen: i64) -> String {
+pub fn fen_to_yuan(fen: i64) -> String {
     format!("{}.{:02}", fen / 100, (fen % 100).abs())
 }
 
-fn status_error(s: tonic::Status) -> anyhow::Error {
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 

@@ -1,7 +1,10 @@
 //! The `corridor` command: start the nine-city mesh, run a node or the
 //! gateway, issue certificates, import inventories, and search.
 
+mod bench;
+mod bookings;
 mod client;
+mod ics;
 mod up;
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -112,6 +115,110 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Free and busy time of an instrument.
+    Availability {
+        instrument: String,
+        /// Start of the window (default: now). RFC 3339, or "YYYY-MM-DD HH:MM" in Asia/Shanghai.
+        #[arg(long)]
+        from: Option<String>,
+        /// Days to show (at most 31).
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Book a slot: hold and confirm in one step, or only hold it.
+    Reserve {
+        instrument: String,
+        /// RFC 3339, or "YYYY-MM-DD HH:MM" in Asia/Shanghai.
+        #[arg(long)]
+        start: String,
+        #[arg(long)]
+        end: String,
+        /// Hold the slot only; confirm it later with `corridor confirm`.
+        #[arg(long)]
+        hold_only: bool,
+        #[arg(long, default_value = "")]
+        purpose: String,
+        /// Idempotency key; give the same one to retry safely (default: a new one).
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Confirm a held booking.
+    Confirm {
+        booking: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Cancel a booking (a late cancellation may cost a fee).
+    Cancel {
+        booking: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Approve a pending booking (city admin).
+    Approve {
+        booking: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Decline a pending booking (city admin).
+    Decline {
+        booking: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Record the actual use of a booking and its fee (city admin).
+    Complete {
+        booking: String,
+        #[arg(long)]
+        minutes: u32,
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Your bookings (a city admin sees the whole city's).
+    Bookings {
+        #[arg(long)]
+        city: Option<String>,
+        #[arg(long)]
+        instrument: Option<String>,
+        /// Include cancelled, declined, expired and completed bookings.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Load generators against a running corridor.
+    Bench {
+        #[command(subcommand)]
+        command: bench::Bench,
+    },
+    /// An instrument's busy time, as iCalendar with --ics.
+    Calendar {
+        instrument: String,
+        #[arg(long)]
+        ics: bool,
+        #[arg(long, default_value_t = 31)]
+        days: u32,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +299,7 @@ fn city(slug: &str) -> Result<&'static corridor_proto::cities::City> {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Up(_) | Command::Node { .. } | Command::Gateway { .. });
+
     init_tracing(if server { "info" } else { "warn" });
     match run(cli.command).await {
         Ok(code) => code,
@@ -254,6 +362,43 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         }
         Command::Get { id, client } => return client::get(&id, &client).await,
         Command::Nodes { client } => return client::nodes(&client).await,
+        Command::Availability { instrument, from, days, client } => {
+            return bookings::availability(&instrument, from.as_deref(), days, &client).await;
+        }
+        Command::Reserve { instrument, start, end, hold_only, purpose, key, client } => {
+            let req = corridor_proto::ReserveRequest {
+                instrument_id: instrument,
+                start: bookings::cli_time(&start)?,
+                end: bookings::cli_time(&end)?,
+                hold_only,
+                purpose,
+                idempotency_key: key.unwrap_or_else(bookings::new_key),
+            };
+            return bookings::reserve(req, &client).await;
+        }
+        Command::Confirm { booking, key, client } => {
+            return bookings::action(bookings::Action::Confirm, booking, String::new(), key, &client).await;
+        }
+        Command::Cancel { booking, reason, key, client } => {
+            return bookings::action(bookings::Action::Cancel, booking, reason, key, &client).await;
+        }
+        Command::Approve { booking, key, client } => {
+            return bookings::action(bookings::Action::Approve, booking, String::new(), key, &client).await;
+        }
+        Command::Decline { booking, reason, key, client } => {
+            return bookings::action(bookings::Action::Decline, booking, reason, key, &client).await;
+        }
+        Command::Complete { booking, minutes, key, client } => {
+            return bookings::complete(booking, minutes, key, &client).await;
+        }
+        Command::Bookings { city, instrument, all, client } => {
+            return bookings::list(city, instrument, all, &client).await;
+        }
+        Command::Bench { command: bench::Bench::Reserve(args) } => return bench::reserve(args).await,
+        Command::Bench { command: bench::Bench::Search(args) } => return bench::search(args).await,
+        Command::Calendar { instrument, ics, days, client } => {
+            return bookings::calendar(&instrument, ics, days, &client).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

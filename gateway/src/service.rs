@@ -10,8 +10,8 @@ use corridor_certs::{Identity, caller_identity};
 use corridor_proto::{
     self as pb, NodeState, ON_BEHALF_OF, cities::split_instrument_id, gateway_server, node_client::NodeClient,
 };
-use tonic::transport::Channel;
 use futures_util::{StreamExt, stream::FuturesUnordered};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
@@ -332,7 +332,8 @@ impl gateway_server::Gateway for GatewayService {
             let (msg, caller) = (msg.clone(), caller.clone());
             async move {
                 let started = Instant::now();
-                let r = self.forward_to(c, caller, budget, msg, |mut cl, r| async move { cl.list_bookings(r).await }).await;
+                let r =
+                    self.forward_to(c, caller, budget, msg, |mut cl, r| async move { cl.list_bookings(r).await }).await;
                 (*c, r, started.elapsed())
             }
         });

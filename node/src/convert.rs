@@ -224,7 +224,11 @@ pub fn rules_from_proto(p: pb::BookingRules) -> Result<Rules, String> {
         if !(1..=7).contains(&o.weekday) {
             return Err(format!("opening_hours weekday {} is not 1 (Monday) to 7 (Sunday)", o.weekday));
         }
-        opening.push(Opening { weekday: o.weekday as u8, open: t::parse_clock(&o.open)?, close: t::parse_clock(&o.close)? });
+        opening.push(Opening {
+            weekday: o.weekday as u8,
+            open: t::parse_clock(&o.open)?,
+            close: t::parse_clock(&o.close)?,
+        });
     }
     let mut blackouts = Vec::with_capacity(p.blackouts.len());
     for b in p.blackouts {

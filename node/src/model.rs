@@ -338,7 +338,8 @@ pub(crate) mod tests {
     fn sample_is_valid_and_each_rule_bites() {
         let r = sample("nmr-1");
         assert_eq!(r.validate("hefei"), Ok(()));
-        let cases: Vec<(&str, fn(&mut InstrumentRecord))> = vec![
+        type Breaker = fn(&mut InstrumentRecord);
+        let cases: Vec<(&str, Breaker)> = vec![
             ("local_id", |r| r.local_id = "a b".into()),
             ("city", |r| r.city = "wuhu".into()),
             ("name_zh", |r| r.name_zh = " ".into()),

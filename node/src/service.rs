@@ -235,7 +235,8 @@ impl node_server::Node for NodeService {
     async fn confirm_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
-        let b = self.node.bookings().confirm(&actor, &r.booking_id, &r.idempotency_key).await.map_err(booking_status)?;
+        let b =
+            self.node.bookings().confirm(&actor, &r.booking_id, &r.idempotency_key).await.map_err(booking_status)?;
         Ok(self.booking_reply(&b))
     }
 
@@ -327,7 +328,7 @@ impl node_server::Node for NodeService {
         }
         let r = req.into_inner();
         let entry = self.instrument(&r.instrument_id)?;
-        let (free, busy, rules) =
+        let crate::booking::Availability { free, busy, rules } =
             self.node.bookings().availability(&entry.stored.record, &r.from, &r.to).map_err(booking_status)?;
         use crate::booking::time::format;
         Ok(Response::new(pb::AvailabilityResponse {

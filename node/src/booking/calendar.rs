@@ -1,6 +1,9 @@
 //! One instrument's calendar: the time its live bookings occupy, set-up and
-//! cool-down included. It is one stored value per instrument, read and
-//! rewritten in the same atomic step as the booking that changes it.
+//! cool-down included. It is stored as one value per instrument and local
+//! day, each holding every entry whose occupied time meets that day, so that
+//! a booking reads and rewrites a few small values, never the whole history.
+//! Those values are read and rewritten in the same atomic step as the booking
+//! that changes them.
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +80,67 @@ impl Calendar {
     }
 }
 
+/// The local (Asia/Shanghai) day number of an instant.
+pub fn day_of(t: Instant) -> i64 {
+    (t + 8 * 3_600).div_euclid(DAY)
+}
+
+/// The local days that [start, end) meets.
+pub fn days_of(start: Instant, end: Instant) -> std::ops::RangeInclusive<i64> {
+    day_of(start)..=day_of((end - 1).max(start))
+}
+
+/// The day values of one instrument that a step has loaded.
+#[derive(Debug, Default)]
+pub struct Days {
+    pub days: Vec<(i64, Calendar)>,
+}
+
+impl Days {
+    /// The first live entry whose occupied time meets [occ_start, occ_end).
+    /// The days loaded must cover that span.
+    pub fn conflict(&self, occ_start: Instant, occ_end: Instant, now: Instant) -> Option<&Entry> {
+        self.days.iter().find_map(|(_, c)| c.conflict(occ_start, occ_end, now))
+    }
+
+    /// Adds an entry to every loaded day its occupied time meets.
+    pub fn insert(&mut self, entry: &Entry) {
+        let (s, e) = entry.occupied();
+        for (day, cal) in &mut self.days {
+            if days_of(s, e).contains(day) {
+                cal.insert(entry.clone());
+            }
+        }
+    }
+
+    pub fn remove(&mut self, booking: &str) {
+        for (_, cal) in &mut self.days {
+            cal.remove(booking);
+        }
+    }
+
+    pub fn set_hold(&mut self, booking: &str, hold: Option<Instant>) {
+        for (_, cal) in &mut self.days {
+            if let Some(e) = cal.get_mut(booking) {
+                e.hold_expires = hold;
+            }
+        }
+    }
+
+    /// Every live entry once, whatever the days it spans.
+    pub fn merged(&self) -> Calendar {
+        let mut out = Calendar::default();
+        for (_, cal) in &self.days {
+            for e in &cal.entries {
+                if !out.entries.iter().any(|x| x.booking == e.booking) {
+                    out.insert(e.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A stretch of busy time, for display.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Busy {
@@ -92,7 +156,13 @@ pub struct Busy {
 /// lie: inside opening hours, and far enough from every busy span that the new
 /// slot's own set-up and cool-down fit too. Windows shorter than the minimum
 /// length are left out; notice and advance limits are applied from `now`.
-pub fn availability(cal: &Calendar, rules: &Rules, from: Instant, to: Instant, now: Instant) -> (Vec<(Instant, Instant)>, Vec<Busy>) {
+pub fn availability(
+    cal: &Calendar,
+    rules: &Rules,
+    from: Instant,
+    to: Instant,
+    now: Instant,
+) -> (Vec<(Instant, Instant)>, Vec<Busy>) {
     let mut busy = Vec::new();
     for e in cal.entries.iter().filter(|e| e.live(now)) {
         let (os, oe) = e.occupied();
@@ -168,7 +238,14 @@ mod tests {
     }
 
     fn entry(id: &str, start: &str, end: &str, setup_min: i64, hold: Option<Instant>) -> Entry {
-        Entry { booking: id.into(), start: at(start), end: at(end), setup: setup_min * MINUTE, cooldown: 0, hold_expires: hold }
+        Entry {
+            booking: id.into(),
+            start: at(start),
+            end: at(end),
+            setup: setup_min * MINUTE,
+            cooldown: 0,
+            hold_expires: hold,
+        }
     }
 
     #[test]
@@ -185,6 +262,32 @@ mod tests {
         assert!(cal.conflict(slot.0, slot.1, now + 600).is_none(), "an expired hold frees its time");
         assert_eq!(cal.prune(now + 600), vec!["h".to_string()]);
         assert_eq!(cal.entries.len(), 1);
+    }
+
+    #[test]
+    fn day_values_hold_every_entry_that_meets_them() {
+        let late = at("2026-12-01T23:00:00+08:00");
+        let entry = Entry {
+            booking: "x".into(),
+            start: late,
+            end: late + 2 * 3_600,
+            setup: 0,
+            cooldown: 0,
+            hold_expires: None,
+        };
+        let (s, e) = entry.occupied();
+        assert_eq!(days_of(s, e).count(), 2, "crosses local midnight");
+        let mut days = Days { days: days_of(s, e).map(|d| (d, Calendar::default())).collect() };
+        days.insert(&entry);
+        assert!(days.days.iter().all(|(_, c)| c.entries.len() == 1));
+        // A slot on the second day finds it there alone.
+        let next = Days { days: vec![days.days[1].clone()] };
+        assert!(next.conflict(late + 3_600, late + 3 * 3_600, 0).is_some());
+        assert_eq!(days.merged().entries.len(), 1);
+        days.remove("x");
+        assert!(days.days.iter().all(|(_, c)| c.entries.is_empty()));
+        // Local days, not UTC days: 07:59 and 08:00 UTC are different local days.
+        assert_eq!(day_of(at("2026-12-01T15:59:00Z")) + 1, day_of(at("2026-12-01T16:00:00Z")));
     }
 
     #[test]

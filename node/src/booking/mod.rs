@@ -13,7 +13,7 @@ use std::{fmt, sync::Arc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use self::{
-    calendar::{Busy, Calendar, Entry},
+    calendar::{Busy, Calendar, Days, Entry, days_of},
     rules::{Rules, Violation},
     store::{BookingStore, Txn, keys},
     time::{Instant, MINUTE},
@@ -168,6 +168,13 @@ impl Clock for TokioClock {
     }
 }
 
+/// Free and busy time of one instrument over a window, and its rules.
+pub struct Availability {
+    pub free: Vec<(Instant, Instant)>,
+    pub busy: Vec<Busy>,
+    pub rules: Rules,
+}
+
 /// A reservation request.
 #[derive(Debug, Clone)]
 pub struct Reserve {
@@ -291,30 +298,57 @@ impl Bookings {
     pub fn rules(&self, record: &InstrumentRecord) -> Result<Rules, BookingError> {
         let key = keys::rules(&record.local_id);
         match self.store.get(&key)? {
-            Some(b) => serde_json::from_slice(&b)
-                .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(&key).into(), reason: e.to_string() }.into()),
+            Some(b) => serde_json::from_slice(&b).map_err(|e| {
+                StoreError::Corrupt { key: String::from_utf8_lossy(&key).into(), reason: e.to_string() }.into()
+            }),
             None => Ok(Rules::default_for(record.training_required)),
         }
     }
 
     fn rules_in(tx: &mut dyn Txn, record: &InstrumentRecord) -> Result<Rules, BookingError> {
-        Ok(get_json(tx, &keys::rules(&record.local_id))?.unwrap_or_else(|| Rules::default_for(record.training_required)))
+        Ok(get_json(tx, &keys::rules(&record.local_id))?
+            .unwrap_or_else(|| Rules::default_for(record.training_required)))
     }
 
-    /// Loads the calendar and marks the holds that have expired by `now`.
-    fn calendar_in(tx: &mut dyn Txn, instrument: &str, now: Instant) -> Result<Calendar, BookingError> {
-        let mut cal: Calendar = get_json(tx, &keys::calendar(instrument))?.unwrap_or_default();
-        for id in cal.prune(now) {
-            if let Some(mut b) = get_json::<Booking>(tx, &keys::booking(&id))? {
-                b.state = State::Expired;
-                b.updated_at = now;
-                put_json(tx, &keys::booking(&id), &b)?;
+    /// Loads the calendar days that [start, end) meets, and marks the holds
+    /// in them that have expired by `now`.
+    fn days_in(
+        tx: &mut dyn Txn,
+        instrument: &str,
+        start: Instant,
+        end: Instant,
+        now: Instant,
+    ) -> Result<Days, BookingError> {
+        let mut days = Days::default();
+        for day in days_of(start, end) {
+            let mut cal: Calendar = get_json(tx, &keys::calendar(instrument, day))?.unwrap_or_default();
+            for id in cal.prune(now) {
+                if let Some(mut b) = get_json::<Booking>(tx, &keys::booking(&id))?
+                    && b.state == State::Held
+                {
+                    b.state = State::Expired;
+                    b.updated_at = now;
+                    put_json(tx, &keys::booking(&id), &b)?;
+                }
             }
+            days.days.push((day, cal));
         }
-        Ok(cal)
+        Ok(days)
     }
 
-    pub async fn reserve(&self, actor: &Actor, record: &InstrumentRecord, req: Reserve) -> Result<Booking, BookingError> {
+    fn save_days(tx: &mut dyn Txn, instrument: &str, days: &Days) -> Result<(), BookingError> {
+        for (day, cal) in &days.days {
+            put_json(tx, &keys::calendar(instrument, *day), cal)?;
+        }
+        Ok(())
+    }
+
+    pub async fn reserve(
+        &self,
+        actor: &Actor,
+        record: &InstrumentRecord,
+        req: Reserve,
+    ) -> Result<Booking, BookingError> {
         if !actor.may_book {
             return Err(BookingError::Denied(format!("{} may not book instruments", actor.uri)));
         }
@@ -323,13 +357,16 @@ impl Bookings {
         if req.purpose.len() > 1_000 {
             return Err(BookingError::Invalid("purpose is at most 1,000 bytes".into()));
         }
-        let fingerprint =
-            format!("reserve\n{}\n{start}\n{end}\n{}\n{}", record.local_id, req.hold_only, req.purpose);
+        let fingerprint = format!("reserve\n{}\n{start}\n{end}\n{}\n{}", record.local_id, req.hold_only, req.purpose);
         let now = self.clock.now();
         let city = self.city;
         self.idempotent(actor, &req.idempotency_key, fingerprint, |tx| {
             if record.status != Status::Available {
-                return Err(Violation::new("status", format!("{} is not available for booking ({:?})", record.local_id, record.status)).into());
+                return Err(Violation::new(
+                    "status",
+                    format!("{} is not available for booking ({:?})", record.local_id, record.status),
+                )
+                .into());
             }
             let rules = Self::rules_in(tx, record)?;
             rules.check_slot(start, end, now)?;
@@ -339,13 +376,16 @@ impl Bookings {
             {
                 return Err(Violation::new(
                     "training_required",
-                    format!("{} needs training first; {} holds no qualification for it (the city admin grants one)", record.local_id, actor.uri),
+                    format!(
+                        "{} needs training first; {} holds no qualification for it (the city admin grants one)",
+                        record.local_id, actor.uri
+                    ),
                 )
                 .into());
             }
-            let mut cal = Self::calendar_in(tx, &record.local_id, now)?;
             let (occ_start, occ_end) = (start - rules.setup(), end + rules.cooldown());
-            if let Some(c) = cal.conflict(occ_start, occ_end, now) {
+            let mut days = Self::days_in(tx, &record.local_id, occ_start, occ_end, now)?;
+            if let Some(c) = days.conflict(occ_start, occ_end, now) {
                 let (cs, ce) = c.occupied();
                 return Err(Violation::new(
                     "no_overlap",
@@ -386,8 +426,8 @@ impl Bookings {
                 actual_minutes: 0,
                 note: String::new(),
             };
-            cal.insert(booking.entry());
-            put_json(tx, &keys::calendar(&record.local_id), &cal)?;
+            days.insert(&booking.entry());
+            Self::save_days(tx, &record.local_id, &days)?;
             put_json(tx, &keys::booking(&booking.id), &booking)?;
             Ok(booking)
         })
@@ -396,7 +436,8 @@ impl Bookings {
 
     /// Loads a booking the actor may act on.
     fn owned(tx: &mut dyn Txn, actor: &Actor, id: &str) -> Result<Booking, BookingError> {
-        let b: Booking = get_json(tx, &keys::booking(id))?.ok_or_else(|| BookingError::NotFound(format!("no booking {id:?}")))?;
+        let b: Booking =
+            get_json(tx, &keys::booking(id))?.ok_or_else(|| BookingError::NotFound(format!("no booking {id:?}")))?;
         if !actor.admin && b.requester != actor.uri {
             // Someone else's booking is reported as absent: its existence is theirs.
             return Err(BookingError::NotFound(format!("no booking {id:?}")));
@@ -420,7 +461,8 @@ impl Bookings {
         self.idempotent(actor, key, fingerprint, |tx| {
             let mut b = Self::owned(tx, actor, id)?;
             let rules: Rules = get_json(tx, &keys::rules(&b.instrument))?.unwrap_or_else(|| Rules::default_for(false));
-            let mut cal = Self::calendar_in(tx, &b.instrument, now)?;
+            let (occ_start, occ_end) = (b.start - b.setup, b.end + b.cooldown);
+            let mut days = Self::days_in(tx, &b.instrument, occ_start, occ_end, now)?;
             // The calendar may just have expired this booking's hold.
             if let Some(fresh) = get_json::<Booking>(tx, &keys::booking(id))? {
                 b = fresh;
@@ -428,13 +470,11 @@ impl Bookings {
             change(&mut b, &rules, now, tx)?;
             b.updated_at = now;
             if b.state.is_live() {
-                if let Some(e) = cal.get_mut(&b.id) {
-                    e.hold_expires = b.hold_expires;
-                }
+                days.set_hold(&b.id, b.hold_expires);
             } else {
-                cal.remove(&b.id);
+                days.remove(&b.id);
             }
-            put_json(tx, &keys::calendar(&b.instrument), &cal)?;
+            Self::save_days(tx, &b.instrument, &days)?;
             put_json(tx, &keys::booking(&b.id), &b)?;
             Ok(b)
         })
@@ -481,7 +521,14 @@ impl Bookings {
         .await
     }
 
-    pub async fn decide(&self, actor: &Actor, id: &str, key: &str, approve: bool, reason: &str) -> Result<Booking, BookingError> {
+    pub async fn decide(
+        &self,
+        actor: &Actor,
+        id: &str,
+        key: &str,
+        approve: bool,
+        reason: &str,
+    ) -> Result<Booking, BookingError> {
         let action = if approve { "approve" } else { "decline" };
         if !actor.admin {
             return Err(BookingError::Denied(format!("only the city's admin may {action} bookings")));
@@ -499,7 +546,13 @@ impl Bookings {
 
     /// Records the actual use and its fee, and writes a service record to the
     /// node's ledger in the same step.
-    pub async fn complete(&self, actor: &Actor, id: &str, key: &str, actual_minutes: u32) -> Result<Booking, BookingError> {
+    pub async fn complete(
+        &self,
+        actor: &Actor,
+        id: &str,
+        key: &str,
+        actual_minutes: u32,
+    ) -> Result<Booking, BookingError> {
         if !actor.admin {
             return Err(BookingError::Denied("only the city's admin may complete bookings".into()));
         }
@@ -545,7 +598,12 @@ impl Bookings {
     }
 
     /// The actor's bookings (all of the city's, for its admin), oldest first.
-    pub fn list(&self, actor: &Actor, instrument: Option<&str>, include_closed: bool) -> Result<Vec<Booking>, BookingError> {
+    pub fn list(
+        &self,
+        actor: &Actor,
+        instrument: Option<&str>,
+        include_closed: bool,
+    ) -> Result<Vec<Booking>, BookingError> {
         let now = self.clock.now();
         let mut out = Vec::new();
         for bytes in self.store.scan(keys::BOOKINGS)? {
@@ -562,25 +620,27 @@ impl Bookings {
         Ok(out)
     }
 
-    pub fn availability(
-        &self,
-        record: &InstrumentRecord,
-        from: &str,
-        to: &str,
-    ) -> Result<(Vec<(Instant, Instant)>, Vec<Busy>, Rules), BookingError> {
+    pub fn availability(&self, record: &InstrumentRecord, from: &str, to: &str) -> Result<Availability, BookingError> {
         let from = time::parse("from", from).map_err(BookingError::Invalid)?;
         let to = time::parse("to", to).map_err(BookingError::Invalid)?;
         if to <= from || to - from > 31 * time::DAY {
             return Err(BookingError::Invalid("the window must end after it starts, at most 31 days later".into()));
         }
         let rules = self.rules(record)?;
-        let cal: Calendar = match self.store.get(&keys::calendar(&record.local_id))? {
-            Some(b) => serde_json::from_slice(&b)
-                .map_err(|e| StoreError::Corrupt { key: record.local_id.clone(), reason: e.to_string() })?,
-            None => Calendar::default(),
-        };
-        let (free, busy) = calendar::availability(&cal, &rules, from, to, self.clock.now());
-        Ok((free, busy, rules))
+        // Entries up to a day before `from` may reach into the window.
+        let mut days = Days::default();
+        for day in days_of(from - time::DAY, to) {
+            let key = keys::calendar(&record.local_id, day);
+            if let Some(b) = self.store.get(&key)? {
+                let cal: Calendar = serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into(),
+                    reason: e.to_string(),
+                })?;
+                days.days.push((day, cal));
+            }
+        }
+        let (free, busy) = calendar::availability(&days.merged(), &rules, from, to, self.clock.now());
+        Ok(Availability { free, busy, rules })
     }
 
     pub fn set_rules(&self, actor: &Actor, record: &InstrumentRecord, rules: Rules) -> Result<Rules, BookingError> {
@@ -592,18 +652,31 @@ impl Bookings {
         Ok(rules)
     }
 
-    pub async fn set_rules_durably(&self, actor: &Actor, record: &InstrumentRecord, rules: Rules) -> Result<Rules, BookingError> {
+    pub async fn set_rules_durably(
+        &self,
+        actor: &Actor,
+        record: &InstrumentRecord,
+        rules: Rules,
+    ) -> Result<Rules, BookingError> {
         let rules = self.set_rules(actor, record, rules)?;
         self.durable().await?;
         Ok(rules)
     }
 
-    pub async fn grant(&self, actor: &Actor, record: &InstrumentRecord, holder: &str, revoke: bool) -> Result<(), BookingError> {
+    pub async fn grant(
+        &self,
+        actor: &Actor,
+        record: &InstrumentRecord,
+        holder: &str,
+        revoke: bool,
+    ) -> Result<(), BookingError> {
         if !actor.admin {
             return Err(BookingError::Denied("only the city's admin may grant qualifications".into()));
         }
         let key = keys::qualification(&record.local_id, holder);
-        self.store.atomically(&mut |tx| if revoke { tx.remove(&key) } else { tx.put(&key, b"1".to_vec()) }.map_err(Into::into))?;
+        self.store.atomically(&mut |tx| {
+            if revoke { tx.remove(&key) } else { tx.put(&key, b"1".to_vec()) }.map_err(Into::into)
+        })?;
         self.durable().await
     }
 
@@ -612,14 +685,18 @@ impl Bookings {
         self.store
             .scan(keys::LEDGER)?
             .iter()
-            .map(|b| serde_json::from_slice(b).map_err(|e| StoreError::Corrupt { key: "ledger".into(), reason: e.to_string() }.into()))
+            .map(|b| {
+                serde_json::from_slice(b)
+                    .map_err(|e| StoreError::Corrupt { key: "ledger".into(), reason: e.to_string() }.into())
+            })
             .collect()
     }
 
     /// Holds still open at `now`.
     pub fn open_holds(&self) -> Result<usize, BookingError> {
         let now = self.clock.now();
-        Ok(self.list(&Actor { uri: String::new(), admin: true, may_book: false }, None, false)?
+        Ok(self
+            .list(&Actor { uri: String::new(), admin: true, may_book: false }, None, false)?
             .iter()
             .filter(|b| b.state_at(now) == State::Held)
             .count())

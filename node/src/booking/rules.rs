@@ -121,9 +121,10 @@ impl Rules {
         }
         let midnight = t::local_midnight(start);
         let (weekday, _) = t::local_weekday_minute(start);
-        self.opening.iter().filter(|o| o.weekday == weekday).any(|o| {
-            start >= midnight + o.open as i64 * MINUTE && end <= midnight + o.close as i64 * MINUTE
-        })
+        self.opening
+            .iter()
+            .filter(|o| o.weekday == weekday)
+            .any(|o| start >= midnight + o.open as i64 * MINUTE && end <= midnight + o.close as i64 * MINUTE)
     }
 
     /// Every rule a new slot must pass, except training (which needs the
@@ -162,12 +163,15 @@ impl Rules {
             ));
         }
         if !self.within_opening(start, end) {
-            return Err(Violation::new("opening_hours", format!(
-                "{} to {} is outside opening hours ({})",
-                t::short(start),
-                t::short(end),
-                self.opening_summary(t::local_weekday_minute(start).0)
-            )));
+            return Err(Violation::new(
+                "opening_hours",
+                format!(
+                    "{} to {} is outside opening hours ({})",
+                    t::short(start),
+                    t::short(end),
+                    self.opening_summary(t::local_weekday_minute(start).0)
+                ),
+            ));
         }
         let (occ_start, occ_end) = (start - self.setup(), end + self.cooldown());
         if let Some(b) = self.blackouts.iter().find(|b| b.start < occ_end && occ_start < b.end) {

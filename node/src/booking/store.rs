@@ -16,8 +16,9 @@ use crate::store::StoreError;
 
 /// Key prefixes, one per kind of value.
 pub mod keys {
-    pub fn calendar(instrument: &str) -> Vec<u8> {
-        format!("c/{instrument}").into_bytes()
+    /// One instrument's calendar for one local day (see `calendar::day_of`).
+    pub fn calendar(instrument: &str, day: i64) -> Vec<u8> {
+        format!("c/{instrument}/{day:08}").into_bytes()
     }
     pub fn booking(id: &str) -> Vec<u8> {
         format!("b/{id}").into_bytes()
@@ -37,7 +38,6 @@ pub mod keys {
         format!("l/{seq:020}").into_bytes()
     }
     pub const LEDGER: &[u8] = b"l/";
-
 }
 
 /// Reads and writes inside one atomic step.
@@ -67,7 +67,13 @@ pub trait BookingStore: Send + Sync + 'static {
 /// The in-memory backend.
 #[derive(Default)]
 pub struct MemBookings {
-    map: Mutex<(BTreeMap<Vec<u8>, Vec<u8>>, u64)>,
+    state: Mutex<MemState>,
+}
+
+#[derive(Default)]
+struct MemState {
+    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    next: u64,
 }
 
 struct MemTxn<'a> {
@@ -99,28 +105,32 @@ impl Txn for MemTxn<'_> {
 
 impl BookingStore for MemBookings {
     fn atomically(&self, step: &mut Step<'_>) -> Result<(), BookingError> {
-        let mut guard = self.map.lock().expect("poisoned");
-        let (map, next) = &mut *guard;
-        let mut txn = MemTxn { base: map, writes: BTreeMap::new(), next: *next };
+        let mut state = self.state.lock().expect("poisoned");
+        let mut txn = MemTxn { base: &state.map, writes: BTreeMap::new(), next: state.next };
         step(&mut txn)?;
-        let (writes, new_next) = (txn.writes, txn.next);
+        let (writes, next) = (txn.writes, txn.next);
         for (k, v) in writes {
             match v {
-                Some(v) => map.insert(k, v),
-                None => map.remove(&k),
+                Some(v) => state.map.insert(k, v),
+                None => state.map.remove(&k),
             };
         }
-        *next = new_next;
+        state.next = next;
         Ok(())
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.map.lock().expect("poisoned").0.get(key).cloned())
+        Ok(self.state.lock().expect("poisoned").map.get(key).cloned())
     }
 
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        let guard = self.map.lock().expect("poisoned");
-        Ok(guard.0.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect())
+        let state = self.state.lock().expect("poisoned");
+        Ok(state
+            .map
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect())
     }
 
     fn durable(&self) -> oneshot::Receiver<Result<(), String>> {

@@ -23,8 +23,11 @@ pub fn parse(field: &str, s: &str) -> Result<Instant, String> {
             &time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
         )
         .is_ok()
-            || time::PrimitiveDateTime::parse(s, &time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]"))
-                .is_ok();
+            || time::PrimitiveDateTime::parse(
+                s,
+                &time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]"),
+            )
+            .is_ok();
         if naive {
             format!("{field} {s:?} has no UTC offset; write the zone, e.g. {s}+08:00 for Asia/Shanghai")
         } else {

@@ -1,0 +1,411 @@
+//! `corridor bench`: load generators against a running corridor (by default
+//! the one `corridor up` started), printing latency percentiles and rates.
+//! The direct-to-node figures are measured in the same run as the baseline.
+
+use std::{
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use corridor_certs::{Identity, client_channel};
+use corridor_proto::{self as pb, cities::City, node_client::NodeClient};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::{ClientOpts, city, client::gateway, up};
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Confirmed bookings per second, latency and conflict rate.
+    Reserve(ReserveArgs),
+    /// Searches per second and latency, through the gateway and direct to one node.
+    Search(SearchArgs),
+}
+
+#[derive(Args)]
+pub struct ReserveArgs {
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// City whose instruments are booked.
+    #[arg(long, default_value = "hefei")]
+    city: String,
+    /// Also measure straight to the node (as the city's admin), as a baseline.
+    #[arg(long)]
+    direct: bool,
+    /// The node endpoint for --direct; defaults to the demo's.
+    #[arg(long)]
+    node: Option<String>,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+#[derive(Args)]
+pub struct SearchArgs {
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Also measure this city's node directly, as the baseline.
+    #[arg(long)]
+    direct: Option<String>,
+    #[arg(long)]
+    node: Option<String>,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+/// Latencies in microseconds, and what happened.
+#[derive(Default)]
+struct Tally {
+    ok: Vec<u32>,
+    refused: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.ok.extend(other.ok);
+        self.refused += other.refused;
+        self.failed += other.failed;
+    }
+
+    fn report(&mut self, label: &str, elapsed: Duration, json_out: bool) -> serde_json::Value {
+        self.ok.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            if self.ok.is_empty() {
+                return 0.0;
+            }
+            let i = ((self.ok.len() as f64 - 1.0) * p).round() as usize;
+            self.ok[i] as f64 / 1000.0
+        };
+        let total = self.ok.len() as u64 + self.refused + self.failed;
+        let rate = self.ok.len() as f64 / elapsed.as_secs_f64();
+        let v = json!({
+            "run": label, "ok": self.ok.len(), "refused": self.refused, "failed": self.failed,
+            "per_second": (rate * 10.0).round() / 10.0,
+            "conflict_rate": if total == 0 { 0.0 } else { self.refused as f64 / total as f64 },
+            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+        });
+        if !json_out {
+            println!(
+                "{label:<34} {:>8.1}/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ok {:>6}  refused {:>6} ({:.1}%)  failed {}",
+                rate,
+                pct(0.5),
+                pct(0.9),
+                pct(0.99),
+                pct(1.0),
+                self.ok.len(),
+                self.refused,
+                100.0 * self.refused as f64 / total.max(1) as f64,
+                self.failed
+            );
+        }
+        v
+    }
+}
+
+fn rfc(t: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .expect("in range")
+        .to_offset(time::macros::offset!(+8))
+        .format(&Rfc3339)
+        .expect("formattable")
+}
+
+/// The bookable instruments of a city, as the gateway lists them.
+async fn available_instruments(
+    gw: &mut corridor_proto::gateway_client::GatewayClient<Channel>,
+    city: &str,
+) -> Result<Vec<String>> {
+    let req = pb::SearchRequest {
+        query: String::new(),
+        filter: Some(pb::SearchFilter { cities: vec![city.into()], ..Default::default() }),
+        limit: 200,
+        allow_partial: Some(false),
+    };
+    let resp = gw.search(req).await.map_err(crate::client::status_error)?.into_inner();
+    let ids: Vec<String> = resp
+        .hits
+        .into_iter()
+        .filter_map(|h| h.instrument)
+        // Bookable by anyone: available, and no training needed.
+        .filter(|i| i.status == pb::InstrumentStatus::Available as i32 && !i.training_required)
+        .map(|i| i.id)
+        .collect();
+    if ids.len() < 8 {
+        bail!("{city} has only {} bookable instruments; seed the demo first", ids.len());
+    }
+    Ok(ids)
+}
+
+/// A reservation target: either the gateway or the node directly.
+#[derive(Clone)]
+enum Target {
+    Gateway(corridor_proto::gateway_client::GatewayClient<Channel>),
+    Node(NodeClient<Channel>),
+}
+
+impl Target {
+    async fn reserve(&mut self, req: pb::ReserveRequest) -> Result<pb::Booking, tonic::Status> {
+        match self {
+            Target::Gateway(c) => c.reserve(req).await.map(|r| r.into_inner()),
+            Target::Node(c) => c.reserve(req).await.map(|r| r.into_inner()),
+        }
+    }
+}
+
+/// Slots are whole 30-minute steps inside default opening hours (08:00–22:00),
+/// from a day offset chosen per run so that repeated runs rarely collide.
+fn slot_start(day0: i64, n: u64) -> i64 {
+    let per_day = 28;
+    day0 + (n / per_day) as i64 * 86_400 + 8 * 3600 + (n % per_day) as i64 * 1800
+}
+
+/// One timed run of reservations.
+struct Run<'a> {
+    label: &'a str,
+    concurrency: usize,
+    seconds: u64,
+    /// Local midnight of the first day slots are taken from.
+    day0: i64,
+    contended: bool,
+    json: bool,
+}
+
+async fn run_reserve(run: Run<'_>, targets: Vec<Target>, instruments: Arc<Vec<String>>) -> serde_json::Value {
+    let Run { label, concurrency, seconds, day0, contended, json: json_out } = run;
+    let counter = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|c| {
+            let mut target = targets[c % targets.len()].clone();
+            let (instruments, counter) = (instruments.clone(), counter.clone());
+            let run = format!("{label}-{}-{c}", std::process::id());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    // Contended: every client fights over 4 instruments and one day.
+                    let (inst, start) = if contended {
+                        let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+                        (&instruments[(x % 4) as usize], slot_start(day0, (x / 4) % 28))
+                    } else {
+                        (
+                            &instruments[(n % instruments.len() as u64) as usize],
+                            slot_start(day0, n / instruments.len() as u64),
+                        )
+                    };
+                    let req = pb::ReserveRequest {
+                        instrument_id: inst.clone(),
+                        start: rfc(start),
+                        end: rfc(start + 1800),
+                        hold_only: false,
+                        purpose: "bench".into(),
+                        idempotency_key: format!("{run}-{i}"),
+                    };
+                    i += 1;
+                    let t = Instant::now();
+                    match target.reserve(req).await {
+                        Ok(_) => tally.ok.push(t.elapsed().as_micros() as u32),
+                        Err(s) if s.code() == tonic::Code::FailedPrecondition => tally.refused += 1,
+                        Err(_) => tally.failed += 1,
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for t in tasks {
+        total.merge(t.await.unwrap_or_default());
+    }
+    total.report(label, started.elapsed(), json_out)
+}
+
+/// Counts pairs of live bookings that overlap, instrument by instrument.
+async fn check_overlaps(
+    gw: &mut corridor_proto::gateway_client::GatewayClient<Channel>,
+    instruments: &[String],
+) -> Result<usize> {
+    use time::format_description::well_known::Rfc3339;
+    let t = |s: &str| time::OffsetDateTime::parse(s, &Rfc3339).map(|d| d.unix_timestamp()).unwrap_or(0);
+    let mut overlaps = 0;
+    for inst in instruments {
+        let req = pb::ListBookingsRequest { instrument_id: inst.clone(), ..Default::default() };
+        let list = gw.list_bookings(req).await.map_err(crate::client::status_error)?.into_inner().bookings;
+        let mut spans: Vec<(i64, i64)> = list.iter().map(|b| (t(&b.occupied_start), t(&b.occupied_end))).collect();
+        spans.sort();
+        overlaps += spans.windows(2).filter(|w| w[0].1 > w[1].0).count();
+    }
+    Ok(overlaps)
+}
+
+pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
+    let c = city(&args.city)?;
+    let mut admin_opts = args.client.clone();
+    admin_opts.identity = Some(format!("admin-{}", c.slug));
+    let mut admin = gateway(&admin_opts)?;
+    let instruments = Arc::new(available_instruments(&mut admin, c.slug).await?);
+    // A day offset per run, 20 to 80 days ahead, inside the default 90-day window.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let today = (now + 8 * 3600) / 86_400 * 86_400 - 8 * 3600;
+    let pick = (now as u64 / 7) % 60;
+    let day0 = today + (20 + pick as i64) * 86_400;
+
+    // A few HTTP/2 connections, as a real client pool would use.
+    let channels = (args.concurrency / 16).clamp(1, 8);
+    let gw_targets: Vec<Target> =
+        (0..channels).map(|_| gateway(&args.client).map(Target::Gateway)).collect::<Result<_>>()?;
+    let mut results = Vec::new();
+    if !args.client.json {
+        println!(
+            "bench reserve: {} clients, {} s per run, {} instruments in {}",
+            args.concurrency,
+            args.seconds,
+            instruments.len(),
+            c.slug
+        );
+    }
+    let run = |label, day0, contended| Run {
+        label,
+        concurrency: args.concurrency,
+        seconds: args.seconds,
+        day0,
+        contended,
+        json: args.client.json,
+    };
+    results.push(run_reserve(run("gateway uncontended", day0, false), gw_targets.clone(), instruments.clone()).await);
+    let contended = run("gateway contended (4 instr, 1 day)", day0 - 86_400 * 5, true);
+    results.push(run_reserve(contended, gw_targets, instruments.clone()).await);
+    if args.direct {
+        let creds = args.client.credentials(&format!("admin-{}", c.slug))?;
+        let url = args.node.clone().unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c));
+        let targets: Vec<Target> = (0..channels)
+            .map(|_| {
+                client_channel(&url, &creds, Some(Identity::Node(c.slug.into())), Duration::from_secs(3))
+                    .map(|ch| Target::Node(NodeClient::new(ch)))
+                    .context("node channel")
+            })
+            .collect::<Result<_>>()?;
+        let direct = run("direct node uncontended", day0 - 86_400 * 15, false);
+        results.push(run_reserve(direct, targets, instruments.clone()).await);
+    }
+    let overlaps = check_overlaps(&mut admin, &instruments).await?;
+    if args.client.json {
+        println!("{}", json!({"runs": results, "overlaps": overlaps}));
+    } else {
+        println!("overlapping live bookings in {}: {overlaps}", c.slug);
+    }
+    Ok(if overlaps == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+const QUERIES: &[(&str, &str)] = &[
+    ("zh", "电子显微镜"),
+    ("zh", "核磁共振波谱仪"),
+    ("zh", "比表面"),
+    ("en", "TEM"),
+    ("en", "NMR"),
+    ("en", "microscope"),
+    ("en", "X-ray"),
+    ("filtered", "显微镜"),
+    ("filtered", "spectrometer"),
+];
+
+fn search_req(i: u64) -> pb::SearchRequest {
+    let (kind, q) = QUERIES[(i % QUERIES.len() as u64) as usize];
+    let filter = (kind == "filtered")
+        .then(|| pb::SearchFilter { provinces: vec!["Zhejiang".into(), "Anhui".into()], ..Default::default() });
+    pb::SearchRequest { query: q.into(), filter, limit: 20, allow_partial: None }
+}
+
+async fn run_search(
+    label: &str,
+    targets: Vec<SearchTarget>,
+    concurrency: usize,
+    seconds: u64,
+    json_out: bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|c| {
+            let mut t = targets[c % targets.len()].clone();
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut i = c as u64;
+                while Instant::now() < deadline {
+                    let at = Instant::now();
+                    let ok = match &mut t {
+                        SearchTarget::Gateway(g) => {
+                            g.search(search_req(i)).await.map(|r| !r.get_ref().partial).unwrap_or(false)
+                        }
+                        SearchTarget::Node(n) => n.search(search_req(i)).await.is_ok(),
+                    };
+                    if ok {
+                        tally.ok.push(at.elapsed().as_micros() as u32);
+                    } else {
+                        tally.failed += 1;
+                    }
+                    i += 1;
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for t in tasks {
+        total.merge(t.await.unwrap_or_default());
+    }
+    total.report(label, started.elapsed(), json_out)
+}
+
+#[derive(Clone)]
+enum SearchTarget {
+    Gateway(corridor_proto::gateway_client::GatewayClient<Channel>),
+    Node(NodeClient<Channel>),
+}
+
+pub async fn search(args: SearchArgs) -> Result<ExitCode> {
+    let channels = (args.concurrency / 16).clamp(1, 8);
+    let gw: Vec<SearchTarget> =
+        (0..channels).map(|_| gateway(&args.client).map(SearchTarget::Gateway)).collect::<Result<_>>()?;
+    let mut runs = vec![];
+    if !args.client.json {
+        println!(
+            "bench search: {} clients, {} s per run, mixed Chinese, English and filtered queries",
+            args.concurrency, args.seconds
+        );
+    }
+    runs.push(run_search("gateway (nine cities)", gw, args.concurrency, args.seconds, args.client.json).await);
+    if let Some(slug) = &args.direct {
+        let c: &City = city(slug)?;
+        let creds = args.client.credentials("gateway")?;
+        let url = args.node.clone().unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c));
+        let nodes: Vec<SearchTarget> = (0..channels)
+            .map(|_| {
+                client_channel(&url, &creds, Some(Identity::Node(c.slug.into())), Duration::from_secs(3))
+                    .map(|ch| SearchTarget::Node(NodeClient::new(ch)))
+                    .context("node channel")
+            })
+            .collect::<Result<_>>()?;
+        runs.push(
+            run_search(&format!("direct node {}", c.slug), nodes, args.concurrency, args.seconds, args.client.json)
+                .await,
+        );
+    }
+    if args.client.json {
+        println!("{}", json!({"runs": runs}));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,250 @@
+//! Reservation commands, through the gateway, acting as the caller's identity.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use corridor_proto as pb;
+use serde_json::json;
+
+use crate::{
+    ClientOpts,
+    client::{fen_to_yuan, gateway, status_error},
+    ics,
+};
+
+/// Accepts RFC 3339 as is; a time written without a zone is read as
+/// Asia/Shanghai and sent with +08:00 spelled out, so the node never guesses.
+pub fn cli_time(s: &str) -> Result<String> {
+    use time::format_description::well_known::Rfc3339;
+    if time::OffsetDateTime::parse(s, &Rfc3339).is_ok() {
+        return Ok(s.to_string());
+    }
+    let normal = s.trim().replace(' ', "T");
+    let with_seconds = if normal.len() == 16 { format!("{normal}:00") } else { normal };
+    let local = format!("{with_seconds}+08:00");
+    time::OffsetDateTime::parse(&local, &Rfc3339).map(|_| local).with_context(|| {
+        format!("{s:?}: write a time as 2026-12-01T09:00:00+08:00 or \"2026-12-01 09:00\" (Asia/Shanghai)")
+    })
+}
+
+/// A fresh idempotency key.
+pub fn new_key() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("cli-{nanos:x}-{:x}", std::process::id())
+}
+
+fn state(s: i32) -> String {
+    pb::BookingState::try_from(s)
+        .map(|s| s.as_str_name().trim_start_matches("BOOKING_STATE_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn short(t: &str) -> String {
+    t.get(..16).map(|p| p.replace('T', " ")).unwrap_or_else(|| t.to_string())
+}
+
+fn booking_json(b: &pb::Booking) -> serde_json::Value {
+    json!({
+        "id": b.id, "instrument_id": b.instrument_id, "requester": b.requester, "state": state(b.state),
+        "start": b.start, "end": b.end, "occupied_start": b.occupied_start, "occupied_end": b.occupied_end,
+        "hold_expires_at": b.hold_expires_at, "purpose": b.purpose, "fee_yuan": fen_to_yuan(b.fee_fen),
+        "price_per_hour_yuan": fen_to_yuan(b.price_per_hour_fen), "actual_minutes": b.actual_minutes, "note": b.note,
+    })
+}
+
+fn print_booking(b: &pb::Booking, opts: &ClientOpts) {
+    if opts.json {
+        println!("{}", booking_json(b));
+        return;
+    }
+    let mut line = format!(
+        "{} {}: {} {} to {} (instrument occupied {} to {})",
+        state(b.state),
+        b.id,
+        b.instrument_id,
+        short(&b.start),
+        short(&b.end),
+        short(&b.occupied_start),
+        short(&b.occupied_end)
+    );
+    if !b.hold_expires_at.is_empty() {
+        line += &format!("; hold expires {}", short(&b.hold_expires_at));
+    }
+    if b.fee_fen != 0 {
+        line += &format!("; fee {} yuan", fen_to_yuan(b.fee_fen));
+    }
+    println!("{line}");
+}
+
+pub async fn reserve(req: pb::ReserveRequest, opts: &ClientOpts) -> Result<ExitCode> {
+    let mut client = gateway(opts)?;
+    let b = client.reserve(req).await.map_err(status_error)?.into_inner();
+    print_booking(&b, opts);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub enum Action {
+    Confirm,
+    Cancel,
+    Approve,
+    Decline,
+}
+
+pub async fn action(
+    what: Action,
+    booking: String,
+    reason: String,
+    key: Option<String>,
+    opts: &ClientOpts,
+) -> Result<ExitCode> {
+    let mut client = gateway(opts)?;
+    let req = pb::BookingActionRequest { booking_id: booking, idempotency_key: key.unwrap_or_else(new_key), reason };
+    let resp = match what {
+        Action::Confirm => client.confirm_booking(req).await,
+        Action::Cancel => client.cancel_booking(req).await,
+        Action::Approve => client.approve_booking(req).await,
+        Action::Decline => client.decline_booking(req).await,
+    };
+    print_booking(&resp.map_err(status_error)?.into_inner(), opts);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn complete(booking: String, minutes: u32, key: Option<String>, opts: &ClientOpts) -> Result<ExitCode> {
+    let mut client = gateway(opts)?;
+    let req = pb::CompleteBookingRequest {
+        booking_id: booking,
+        actual_minutes: minutes,
+        idempotency_key: key.unwrap_or_else(new_key),
+    };
+    print_booking(&client.complete_booking(req).await.map_err(status_error)?.into_inner(), opts);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list(city: Option<String>, instrument: Option<String>, all: bool, opts: &ClientOpts) -> Result<ExitCode> {
+    let mut client = gateway(opts)?;
+    let req = pb::ListBookingsRequest {
+        instrument_id: instrument.unwrap_or_default(),
+        city: city.unwrap_or_default(),
+        include_closed: all,
+    };
+    let resp = client.list_bookings(req).await.map_err(status_error)?.into_inner();
+    if opts.json {
+        println!(
+            "{}",
+            json!({"bookings": resp.bookings.iter().map(booking_json).collect::<Vec<_>>(), "partial": resp.partial})
+        );
+    } else {
+        for b in &resp.bookings {
+            print_booking(b, opts);
+        }
+        println!("{} bookings", resp.bookings.len());
+        for n in resp.nodes.iter().filter(|n| n.state != pb::NodeState::Ok as i32) {
+            println!("  {} did not answer: {}", n.city, n.detail);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn window(from: Option<&str>, days: u32) -> Result<(String, String)> {
+    if days == 0 || days > 31 {
+        bail!("--days must be between 1 and 31");
+    }
+    use time::format_description::well_known::Rfc3339;
+    let offset = time::macros::offset!(+8);
+    let start = match from {
+        Some(s) => time::OffsetDateTime::parse(&cli_time(s)?, &Rfc3339)?,
+        None => {
+            let now = time::OffsetDateTime::now_utc().to_offset(offset);
+            now.replace_second(0)?.replace_nanosecond(0)?
+        }
+    };
+    let end = start + Duration::from_secs(days as u64 * 86_400);
+    Ok((start.to_offset(offset).format(&Rfc3339)?, end.to_offset(offset).format(&Rfc3339)?))
+}
+
+async fn fetch_availability(
+    instrument: &str,
+    from: Option<&str>,
+    days: u32,
+    opts: &ClientOpts,
+) -> Result<pb::AvailabilityResponse> {
+    let (from, to) = window(from, days)?;
+    let mut client = gateway(opts)?;
+    let req = pb::AvailabilityRequest { instrument_id: instrument.into(), from, to };
+    Ok(client.check_availability(req).await.map_err(status_error)?.into_inner())
+}
+
+pub async fn availability(instrument: &str, from: Option<&str>, days: u32, opts: &ClientOpts) -> Result<ExitCode> {
+    let a = fetch_availability(instrument, from, days, opts).await?;
+    if opts.json {
+        println!(
+            "{}",
+            json!({
+                "instrument_id": a.instrument_id,
+                "free": a.free.iter().map(|f| json!({"start": f.start, "end": f.end})).collect::<Vec<_>>(),
+                "busy": a.busy.iter().map(|b| json!({"start": b.start, "end": b.end, "kind": b.kind})).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rules = a.rules.unwrap_or_default();
+    println!(
+        "{}: {}–{} min per booking, set-up {} min, cool-down {} min{}{}",
+        a.instrument_id,
+        rules.min_minutes,
+        rules.max_minutes,
+        rules.setup_minutes,
+        rules.cooldown_minutes,
+        if rules.training_required { ", training required" } else { "" },
+        if rules.approval_required { ", owner approval required" } else { "" }
+    );
+    println!("free:");
+    for f in &a.free {
+        println!("  {} to {}", short(&f.start), short(&f.end));
+    }
+    println!("busy:");
+    for b in &a.busy {
+        println!("  {} to {}  {}", short(&b.start), short(&b.end), b.kind);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn calendar(instrument: &str, as_ics: bool, days: u32, opts: &ClientOpts) -> Result<ExitCode> {
+    let a = fetch_availability(instrument, None, days, opts).await?;
+    if !as_ics {
+        for b in &a.busy {
+            println!("{} to {}  {}", short(&b.start), short(&b.end), b.kind);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut client = gateway(opts)?;
+    let name = client
+        .get_instrument(pb::GetInstrumentRequest { id: instrument.into() })
+        .await
+        .map(|r| {
+            let i = r.into_inner();
+            format!("{} {}", i.name_zh, i.name_en)
+        })
+        .unwrap_or_else(|_| instrument.to_string());
+    use time::format_description::well_known::Rfc3339;
+    let parse = |s: &str| time::OffsetDateTime::parse(s, &Rfc3339).map(|t| t.unix_timestamp());
+    let mut events = Vec::with_capacity(a.busy.len());
+    for b in &a.busy {
+        events.push(ics::Event { start: parse(&b.start)?, end: parse(&b.end)?, kind: b.kind.clone() });
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    print!("{}", ics::calendar(instrument, &name, &events, now));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_without_a_zone_are_read_as_shanghai() {
+        assert_eq!(cli_time("2026-12-01 09:00").unwrap(), "2026-12-01T09:00:00+08:00");
+        assert_eq!(cli_time("2026-12-01T09:00:00Z").unwrap(), "2026-12-01T09:00:00Z");
+        assert!(cli_time("next tuesday").is_err());
+    }
+}
