@@ -127,10 +127,10 @@ async fn available_instruments(
     city: &str,
 ) -> Result<Vec<String>> {
     let req = pb::SearchRequest {
-        query: String::new(),
         filter: Some(pb::SearchFilter { cities: vec![city.into()], ..Default::default() }),
         limit: 200,
         allow_partial: Some(false),
+        ..Default::default()
     };
     let resp = gw.search(req).await.map_err(crate::client::status_error)?.into_inner();
     let ids: Vec<String> = resp
@@ -310,23 +310,30 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
     Ok(if overlaps == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// The query mix: Chinese, English, filtered and faceted, in turn.
 const QUERIES: &[(&str, &str)] = &[
     ("zh", "电子显微镜"),
     ("zh", "核磁共振波谱仪"),
     ("zh", "比表面"),
+    ("zh", "透射电镜 200kV"),
     ("en", "TEM"),
     ("en", "NMR"),
     ("en", "microscope"),
-    ("en", "X-ray"),
+    ("en", "x-ray diffractometer"),
     ("filtered", "显微镜"),
     ("filtered", "spectrometer"),
+    ("faceted", "质谱"),
+    ("faceted", "BET"),
 ];
 
 fn search_req(i: u64) -> pb::SearchRequest {
     let (kind, q) = QUERIES[(i % QUERIES.len() as u64) as usize];
-    let filter = (kind == "filtered")
-        .then(|| pb::SearchFilter { provinces: vec!["Zhejiang".into(), "Anhui".into()], ..Default::default() });
-    pb::SearchRequest { query: q.into(), filter, limit: 20, allow_partial: None }
+    let filter = (kind == "filtered").then(|| pb::SearchFilter {
+        provinces: vec!["Zhejiang".into(), "Anhui".into()],
+        accepts_vouchers: Some(true),
+        ..Default::default()
+    });
+    pb::SearchRequest { query: q.into(), filter, limit: 20, facets: kind == "faceted", ..Default::default() }
 }
 
 async fn run_search(

@@ -124,6 +124,11 @@ pub async fn search(req: pb::SearchRequest, deadline_ms: u64, opts: &ClientOpts)
             "nodes": resp.nodes.iter().map(|n| json!({"city": n.city, "status": state_name(n.state), "took_ms": n.took_ms, "detail": n.detail})).collect::<Vec<_>>(),
             "partial": resp.partial,
             "total": resp.total,
+            "next_cursor": resp.next_cursor,
+            "facets": resp.facets.as_ref().map(|f| {
+                let counts = |v: &[pb::FacetCount]| v.iter().map(|c| json!({"value": c.value, "count": c.count})).collect::<Vec<_>>();
+                json!({"cities": counts(&f.cities), "categories": counts(&f.categories), "institutions": counts(&f.institutions)})
+            }),
         });
         println!("{out}");
         return Ok(ExitCode::SUCCESS);
@@ -137,6 +142,16 @@ pub async fn search(req: pb::SearchRequest, deadline_ms: u64, opts: &ClientOpts)
     println!("{} shown of {} matches; {}/{} cities answered", resp.hits.len(), resp.total, answered, resp.nodes.len());
     for n in resp.nodes.iter().filter(|n| n.state != NodeState::Ok as i32) {
         println!("  {}: {} after {} ms: {}", n.city, state_name(n.state), n.took_ms, n.detail);
+    }
+    if let Some(f) = &resp.facets {
+        let line = |v: &[pb::FacetCount]| {
+            v.iter().take(6).map(|c| format!("{} {}", c.value, c.count)).collect::<Vec<_>>().join(", ")
+        };
+        println!("by city: {}", line(&f.cities));
+        println!("by category: {}", line(&f.categories));
+    }
+    if !resp.next_cursor.is_empty() {
+        println!("more: --cursor {}", resp.next_cursor);
     }
     Ok(ExitCode::SUCCESS)
 }

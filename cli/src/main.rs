@@ -50,6 +50,8 @@ impl ClientOpts {
     }
 }
 
+// Parsed once per process; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start the whole corridor on this machine: a CA, nine city nodes and a gateway.
@@ -93,6 +95,37 @@ enum Command {
         /// Only these taxonomy codes or their children (repeatable), e.g. 01.01.
         #[arg(long = "category")]
         categories: Vec<String>,
+        /// Only instruments of this institution (repeatable; exact name).
+        #[arg(long = "institution")]
+        institutions: Vec<String>,
+        /// Lowest external price per unit, in yuan.
+        #[arg(long)]
+        min_price: Option<f64>,
+        /// Highest external price per unit, in yuan.
+        #[arg(long)]
+        max_price: Option<f64>,
+        /// Only instruments that accept innovation vouchers.
+        #[arg(long)]
+        vouchers: bool,
+        /// Only instruments with this accreditation (repeatable): CMA, CNAS.
+        #[arg(long = "accreditation")]
+        accreditations: Vec<String>,
+        /// Only these service modes (repeatable): self_operated, staff_operated, mail_in.
+        #[arg(long = "mode")]
+        modes: Vec<String>,
+        /// Only these statuses (repeatable): available, maintenance, retired.
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        /// Only instruments free for at least this many hours between --free-from and --free-to.
+        #[arg(long)]
+        free_hours: Option<f64>,
+        #[arg(long)]
+        free_from: Option<String>,
+        #[arg(long)]
+        free_to: Option<String>,
+        /// Continue after a previous page (its next_cursor).
+        #[arg(long, default_value = "")]
+        cursor: String,
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// Deadline for the whole search, in milliseconds.
@@ -348,15 +381,78 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let city = city(&slug)?;
             return client::import(&file, city, node, &client).await;
         }
-        Command::Search { query, cities, provinces, categories, limit, deadline_ms, no_partial, client } => {
+        Command::Search {
+            query,
+            cities,
+            provinces,
+            categories,
+            institutions,
+            min_price,
+            max_price,
+            vouchers,
+            accreditations,
+            modes,
+            statuses,
+            free_hours,
+            free_from,
+            free_to,
+            cursor,
+            limit,
+            deadline_ms,
+            no_partial,
+            client,
+        } => {
             if limit == 0 {
                 bail!("--limit must be at least 1");
             }
+            let fen = |y: f64| (y * 100.0).round() as i64;
+            let free_window = match (free_hours, free_from, free_to) {
+                (None, None, None) => None,
+                (Some(h), Some(from), Some(to)) if h > 0.0 => Some(corridor_proto::FreeWindowFilter {
+                    from: bookings::cli_time(&from)?,
+                    to: bookings::cli_time(&to)?,
+                    min_minutes: (h * 60.0).round() as u32,
+                }),
+                _ => bail!("a free-window filter needs --free-hours (above 0), --free-from and --free-to together"),
+            };
+            let service_modes = modes
+                .iter()
+                .map(|m| match m.as_str() {
+                    "self_operated" => Ok(corridor_proto::ServiceMode::SelfOperated as i32),
+                    "staff_operated" => Ok(corridor_proto::ServiceMode::StaffOperated as i32),
+                    "mail_in" => Ok(corridor_proto::ServiceMode::MailIn as i32),
+                    _ => bail!("--mode {m:?}: use self_operated, staff_operated or mail_in"),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let statuses = statuses
+                .iter()
+                .map(|m| match m.as_str() {
+                    "available" => Ok(corridor_proto::InstrumentStatus::Available as i32),
+                    "maintenance" => Ok(corridor_proto::InstrumentStatus::Maintenance as i32),
+                    "retired" => Ok(corridor_proto::InstrumentStatus::Retired as i32),
+                    _ => bail!("--status {m:?}: use available, maintenance or retired"),
+                })
+                .collect::<Result<Vec<_>>>()?;
             let req = corridor_proto::SearchRequest {
                 query: query.join(" "),
-                filter: Some(corridor_proto::SearchFilter { cities, provinces, categories }),
+                filter: Some(corridor_proto::SearchFilter {
+                    cities,
+                    provinces,
+                    categories,
+                    institutions,
+                    min_price_fen: min_price.map(fen),
+                    max_price_fen: max_price.map(fen),
+                    accepts_vouchers: vouchers.then_some(true),
+                    accreditations,
+                    service_modes,
+                    statuses,
+                    free_window,
+                }),
                 limit,
                 allow_partial: Some(!no_partial),
+                cursor,
+                facets: true,
+                stats: None,
             };
             return client::search(req, deadline_ms, &client).await;
         }

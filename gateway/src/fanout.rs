@@ -1,12 +1,20 @@
 //! One client per city, and the deadline arithmetic of a fan-out.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use corridor_certs::{CertError, Credentials, Identity, client_channel};
 use corridor_proto::{
     NodeState,
     cities::{City, city_by_slug},
     node_client::NodeClient,
+};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
 };
 use tonic::{Code, Status, transport::Channel};
 
@@ -18,6 +26,73 @@ pub struct CityClient {
     pub city: &'static City,
     pub endpoint: String,
     pub client: NodeClient<Channel>,
+    pub guard: Arc<Guard>,
+}
+
+/// Calls to one city in flight at once; more are shed at once.
+const MAX_IN_FLIGHT: usize = 256;
+/// Consecutive failures that open the circuit.
+const TRIP_AFTER: u32 = 5;
+/// How long an open circuit refuses calls before letting one probe through.
+const OPEN_FOR: Duration = Duration::from_secs(2);
+
+/// Protects the budget of every call from one sick city: a concurrency
+/// limit with load shedding, and a circuit breaker that answers UNAVAILABLE
+/// at once while the city keeps failing.
+pub struct Guard {
+    in_flight: Arc<Semaphore>,
+    breaker: Mutex<Breaker>,
+}
+
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard { in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), breaker: Mutex::default() }
+    }
+}
+
+impl Guard {
+    /// A permit to call the city, or why not.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, String> {
+        {
+            let mut b = self.breaker.lock().expect("poisoned");
+            if let Some(until) = b.open_until {
+                let now = Instant::now();
+                if now < until {
+                    return Err(format!(
+                        "circuit open after {} failures in a row; next try in {} ms",
+                        b.failures,
+                        (until - now).as_millis()
+                    ));
+                }
+                // Half-open: let this call probe; a failure reopens at once.
+                b.open_until = None;
+                b.failures = TRIP_AFTER - 1;
+            }
+        }
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| format!("load shed: {MAX_IN_FLIGHT} calls already in flight"))
+    }
+
+    pub fn record(&self, ok: bool) {
+        let mut b = self.breaker.lock().expect("poisoned");
+        if ok {
+            b.failures = 0;
+            b.open_until = None;
+        } else {
+            b.failures += 1;
+            if b.failures >= TRIP_AFTER {
+                b.open_until = Some(Instant::now() + OPEN_FOR);
+            }
+        }
+    }
 }
 
 /// The configured cities, in corridor order. One HTTP/2 connection per city,
@@ -39,7 +114,7 @@ impl Cities {
             let client = NodeClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            by_slug.insert(city.slug, CityClient { city, endpoint: n.endpoint.clone(), client });
+            by_slug.insert(city.slug, CityClient { city, endpoint: n.endpoint.clone(), client, guard: Arc::default() });
         }
         let order = corridor_proto::cities::CITIES.iter().map(|c| c.slug).filter(|s| by_slug.contains_key(s)).collect();
         Ok(Cities { by_slug, order })
@@ -106,6 +181,25 @@ mod tests {
         assert_eq!(client_deadline(&md), Some(Duration::from_secs(2)));
         md.insert("grpc-timeout", "xS".parse().unwrap());
         assert_eq!(client_deadline(&md), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_after_failures_and_probes_after_a_pause() {
+        let g = Guard::default();
+        for _ in 0..TRIP_AFTER {
+            let _p = g.admit().unwrap();
+            g.record(false);
+        }
+        let err = g.admit().unwrap_err();
+        assert!(err.contains("circuit open"), "{err}");
+        tokio::time::advance(OPEN_FOR).await;
+        let _probe = g.admit().expect("half-open lets one call probe");
+        g.record(false);
+        assert!(g.admit().is_err(), "a failed probe reopens at once");
+        tokio::time::advance(OPEN_FOR).await;
+        let _probe = g.admit().unwrap();
+        g.record(true);
+        assert!(g.admit().is_ok());
     }
 
     #[test]

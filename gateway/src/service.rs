@@ -2,9 +2,11 @@
 //! `tonic::Status`.
 
 use std::{
-    collections::HashSet,
-    time::{Duration, Instant},
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use corridor_certs::{Identity, caller_identity};
 use corridor_proto::{
@@ -26,11 +28,58 @@ pub struct GatewayService {
     cities: Cities,
     default_deadline: Duration,
     max_deadline: Duration,
+    stats_cache: std::sync::Mutex<HashMap<StatsKey, (Instant, pb::CorpusStats)>>,
 }
 
 impl GatewayService {
     pub fn new(cities: Cities, config: &GatewayConfig) -> Self {
-        GatewayService { cities, default_deadline: config.default_deadline(), max_deadline: config.max_deadline() }
+        GatewayService {
+            cities,
+            default_deadline: config.default_deadline(),
+            max_deadline: config.max_deadline(),
+            stats_cache: Default::default(),
+        }
+    }
+
+    /// Corpus-wide statistics for `msg`'s query over `targets`, and the
+    /// cities that could not give theirs.
+    async fn global_stats<'a>(
+        &self,
+        targets: &[&'a CityClient],
+        msg: &pb::SearchRequest,
+        deadline: Instant,
+    ) -> (pb::CorpusStats, Vec<(&'a CityClient, NodeState, String)>) {
+        let key: StatsKey = (msg.query.clone(), targets.iter().map(|c| c.city.slug).collect());
+        // Later pages keep the statistics of the first, so that scores, and
+        // with them the cursor's place in the ranking, do not move.
+        let ttl = if msg.cursor.is_empty() { STATS_TTL } else { PAGED_STATS_TTL };
+        if let Some((at, stats)) = self.stats_cache.lock().expect("poisoned").get(&key)
+            && at.elapsed() < ttl
+        {
+            return (stats.clone(), Vec::new());
+        }
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let query = pb::SearchRequest { query: msg.query.clone(), ..Default::default() };
+        let calls = targets.iter().map(|c| {
+            let query = query.clone();
+            async move { (*c, call(c, budget, query, |mut cl, r| async move { cl.search_stats(r).await }).await) }
+        });
+        let mut sum = pb::CorpusStats::default();
+        let mut failed = Vec::new();
+        for (c, (result, _)) in futures_util::future::join_all(calls).await {
+            match result {
+                Ok(s) => add_stats(&mut sum, &s),
+                Err((state, detail)) => failed.push((c, state, detail)),
+            }
+        }
+        if failed.is_empty() {
+            let mut cache = self.stats_cache.lock().expect("poisoned");
+            if cache.len() >= STATS_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), sum.clone()));
+        }
+        (sum, failed)
     }
 
     fn budget<T>(&self, req: &Request<T>) -> Duration {
@@ -152,6 +201,10 @@ where
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
     let started = Instant::now();
+    let permit = match c.guard.admit() {
+        Ok(p) => p,
+        Err(why) => return (Err((NodeState::Unavailable, why)), started.elapsed()),
+    };
     let mut req = Request::new(msg);
     req.set_timeout(budget);
     let result = match tokio::time::timeout(budget, f(c.client.clone(), req)).await {
@@ -159,31 +212,150 @@ where
         Ok(Err(status)) => Err((classify(&status), status.message().to_string())),
         Err(_) => Err((NodeState::Timeout, format!("no answer within {} ms", budget.as_millis()))),
     };
+    // Refusals a node decides (not found, invalid) are answers, not sickness.
+    c.guard.record(!matches!(&result, Err((NodeState::Timeout | NodeState::Unavailable, _))));
+    drop(permit);
     (result, started.elapsed())
 }
 
-/// Orders merged hits: best score first, then by id, so that equal scores
-/// come out the same way every time.
-fn rank(a: &pb::SearchHit, b: &pb::SearchHit) -> std::cmp::Ordering {
-    let id = |h: &pb::SearchHit| h.instrument.as_ref().map(|i| i.id.clone()).unwrap_or_default();
-    b.score.total_cmp(&a.score).then_with(|| id(a).cmp(&id(b)))
+/// Orders merged hits as every node does: best score first, then by id, so
+/// that equal scores come out the same way every time.
+fn rank_hits(a: &pb::SearchHit, b: &pb::SearchHit) -> std::cmp::Ordering {
+    fn id(h: &pb::SearchHit) -> &str {
+        h.instrument.as_ref().map(|i| i.id.as_str()).unwrap_or_default()
+    }
+    corridor_proto::cursor::rank((a.score as f32, id(a)), (b.score as f32, id(b)))
 }
+
+fn fail_fast(c: &CityClient, state: NodeState, detail: &str) -> Status {
+    Status::unavailable(format!(
+        "city {} did not answer ({}): {detail}; retry, or allow partial results",
+        c.city.slug,
+        state_label(state)
+    ))
+}
+
+fn state_label(s: NodeState) -> &'static str {
+    match s {
+        NodeState::Ok => "ok",
+        NodeState::Timeout => "timeout",
+        NodeState::Unavailable => "unavailable",
+        NodeState::Error => "error",
+        NodeState::Unspecified => "unknown",
+    }
+}
+
+/// Facet counts summed across cities.
+#[derive(Default)]
+struct FacetSums {
+    cities: BTreeMap<String, u64>,
+    categories: BTreeMap<String, u64>,
+    institutions: BTreeMap<String, u64>,
+}
+
+impl FacetSums {
+    fn add(&mut self, f: &pb::Facets) {
+        for (sum, counts) in [
+            (&mut self.cities, &f.cities),
+            (&mut self.categories, &f.categories),
+            (&mut self.institutions, &f.institutions),
+        ] {
+            for c in counts {
+                *sum.entry(c.value.clone()).or_default() += c.count;
+            }
+        }
+    }
+
+    fn into_proto(self) -> pb::Facets {
+        let counts = |m: BTreeMap<String, u64>| {
+            let mut v: Vec<pb::FacetCount> =
+                m.into_iter().map(|(value, count)| pb::FacetCount { value, count }).collect();
+            v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+            v
+        };
+        pb::Facets {
+            cities: counts(self.cities),
+            categories: counts(self.categories),
+            institutions: counts(self.institutions),
+        }
+    }
+}
+
+/// Sums per-city statistics into corpus-wide ones.
+fn add_stats(sum: &mut pb::CorpusStats, s: &pb::CorpusStats) {
+    sum.num_docs += s.num_docs;
+    for f in &s.fields {
+        match sum.fields.iter_mut().find(|x| x.field == f.field) {
+            Some(x) => x.total_tokens += f.total_tokens,
+            None => sum.fields.push(f.clone()),
+        }
+    }
+    let mut index: BTreeMap<(String, String), usize> =
+        sum.terms.iter().enumerate().map(|(i, t)| ((t.field.clone(), t.term.clone()), i)).collect();
+    for t in &s.terms {
+        match index.get(&(t.field.clone(), t.term.clone())) {
+            Some(&i) => sum.terms[i].doc_freq += t.doc_freq,
+            None => {
+                index.insert((t.field.clone(), t.term.clone()), sum.terms.len());
+                sum.terms.push(t.clone());
+            }
+        }
+    }
+}
+
+/// How long summed statistics are reused for the same query and cities.
+/// Document frequencies move slowly; a few seconds of staleness shifts
+/// scores slightly and identically at every node.
+const STATS_TTL: Duration = Duration::from_secs(5);
+const STATS_CACHE_MAX: usize = 4_096;
+/// How long a paginated search keeps its first page's statistics.
+const PAGED_STATS_TTL: Duration = Duration::from_secs(600);
+
+type StatsKey = (String, Vec<&'static str>);
 
 #[tonic::async_trait]
 impl gateway_server::Gateway for GatewayService {
     #[tracing::instrument(name = "gateway.search", skip_all, fields(query = %req.get_ref().query))]
     async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
         self.caller(&req)?;
-        let budget = self.budget(&req);
+        let deadline = Instant::now() + self.budget(&req);
         let mut msg = req.into_inner();
         msg.limit = match msg.limit {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
         };
+        if !msg.cursor.is_empty() && corridor_proto::cursor::decode(&msg.cursor).is_none() {
+            return Err(Status::invalid_argument(
+                "cursor is not one this service issued; pass next_cursor back unchanged",
+            ));
+        }
         let allow_partial = msg.allow_partial.unwrap_or(true);
         let filter = msg.filter.clone().unwrap_or_default();
-        let targets = self.targets(&filter)?;
+        let mut targets = self.targets(&filter)?;
+        let mut nodes = Vec::with_capacity(targets.len());
 
+        // Phase 1: corpus-wide term statistics, so that nine indexes score as
+        // one. Cached briefly per query and set of cities.
+        if !msg.query.trim().is_empty() {
+            // At most half the budget: a city that cannot answer this small
+            // question in time is left out of the second phase, which keeps
+            // the rest of the budget for everyone else.
+            let half = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
+            let (stats, failed) = self.global_stats(&targets, &msg, half).await;
+            if let Some((c, state, detail)) = failed.first()
+                && !allow_partial
+            {
+                return Err(fail_fast(c, *state, detail));
+            }
+            for (c, state, detail) in failed {
+                targets.retain(|t| t.city.slug != c.city.slug);
+                nodes.push(node_status(c, state, Duration::ZERO, detail));
+            }
+            msg.stats = Some(stats);
+        }
+
+        // Phase 2: each city's best hits after the cursor, merged as they come.
+        let budget = deadline.saturating_duration_since(Instant::now());
         let mut calls: FuturesUnordered<_> = targets
             .iter()
             .map(|c| {
@@ -194,39 +366,50 @@ impl gateway_server::Gateway for GatewayService {
                 }
             })
             .collect();
-
         let mut hits: Vec<pb::SearchHit> = Vec::new();
-        let mut nodes = Vec::with_capacity(targets.len());
         let mut total = 0;
-        let mut partial = false;
-        // Merge as answers arrive; keep only what can still make the top.
+        let mut facets = msg.facets.then(FacetSums::default);
         while let Some((c, (result, took))) = calls.next().await {
             match result {
                 Ok(resp) => {
                     total += resp.total;
+                    if let (Some(sum), Some(f)) = (facets.as_mut(), resp.facets.as_ref()) {
+                        sum.add(f);
+                    }
+                    // Merge as answers arrive; keep only what can still make the page.
                     hits.extend(resp.hits);
-                    hits.sort_by(rank);
+                    hits.sort_by(rank_hits);
                     hits.truncate(msg.limit as usize);
                     nodes.push(node_status(c, NodeState::Ok, took, String::new()));
                 }
                 Err((state, detail)) => {
                     tracing::warn!(city = c.city.slug, ?state, %detail, "city failed during search");
                     if !allow_partial {
-                        return Err(Status::unavailable(format!(
-                            "city {} did not answer ({}): {detail}; retry, or allow partial results",
-                            c.city.slug,
-                            state.as_str_name()
-                        )));
+                        return Err(fail_fast(c, state, &detail));
                     }
-                    partial = true;
                     nodes.push(node_status(c, state, took, detail));
                 }
             }
         }
+        let partial = nodes.iter().any(|n| n.state != NodeState::Ok as i32);
         // Report cities in corridor order, whatever order they answered in.
         let order: Vec<&str> = corridor_proto::cities::CITIES.iter().map(|c| c.slug).collect();
         nodes.sort_by_key(|n| order.iter().position(|s| *s == n.city));
-        Ok(Response::new(pb::SearchResponse { hits, nodes, partial, total }))
+        let next_cursor = match hits.last() {
+            Some(h) if hits.len() == msg.limit as usize => corridor_proto::cursor::encode(
+                h.score as f32,
+                &h.instrument.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+            ),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::SearchResponse {
+            hits,
+            nodes,
+            partial,
+            total,
+            next_cursor,
+            facets: facets.map(FacetSums::into_proto),
+        }))
     }
 
     async fn get_instrument(&self, req: Request<pb::GetInstrumentRequest>) -> Result<Response<pb::Instrument>, Status> {

@@ -1,92 +1,50 @@
-//! The node's in-memory read model of its inventory, derived from the store at
-//! start and kept in step on every write. Searches read a snapshot without
-//! locking out writers.
+//! The node's in-memory read model of its inventory, derived from the store
+//! at start and kept in step on every write: the records by local id, and the
+//! full-text index over them.
 
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
 };
 
-use crate::store::StoredInstrument;
+use crate::{
+    model::InstrumentRecord,
+    search::{
+        self, Hits, Query,
+        index::{CorpusStats, SearchIndex},
+    },
+    store::StoredInstrument,
+};
 
 /// One searchable instrument.
 #[derive(Debug)]
 pub struct Entry {
     pub stored: StoredInstrument,
-    /// Lowercased names, for the heavier name weight.
-    names: String,
-    /// Lowercased everything else a researcher might type.
-    rest: String,
-}
-
-impl Entry {
-    pub fn new(stored: StoredInstrument) -> Self {
-        let r = &stored.record;
-        let names = format!("{}\n{}", r.name_zh, r.name_en).to_lowercase();
-        let rest = [
-            r.description.as_str(),
-            &r.techniques.join("\n"),
-            &r.manufacturer,
-            &r.model,
-            &r.institution_name,
-            &r.department,
-            &r.category,
-        ]
-        .join("\n")
-        .to_lowercase();
-        Entry { stored, names, rest }
-    }
-}
-
-/// What a node-level search asks for. Empty lists mean "any".
-#[derive(Debug, Clone, Default)]
-pub struct Query {
-    pub text: String,
-    pub cities: Vec<String>,
-    pub provinces: Vec<String>,
-    pub categories: Vec<String>,
-    pub limit: usize,
-}
-
-/// `true` when `term` occurs in `hay`: anywhere for CJK text, which has no
-/// spaces; for Latin script only at a word start, and short terms (most are
-/// abbreviations: TEM, BET, NMR) only as whole words, so that "tem" finds
-/// "(TEM)" but neither "system" nor "temperature".
-fn occurs(hay: &str, term: &str) -> bool {
-    let latin = term.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !latin {
-        return hay.contains(term);
-    }
-    let whole_word = term.chars().count() < 5;
-    hay.match_indices(term).any(|(i, _)| {
-        let starts = hay[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric());
-        let ends = hay[i + term.len()..].chars().next().is_none_or(|c| !c.is_alphanumeric());
-        starts && (ends || !whole_word)
-    })
-}
-
-/// A taxonomy code matches a filter code when it is that code or below it.
-pub fn category_matches(code: &str, filter: &str) -> bool {
-    code == filter || (code.starts_with(filter) && code[filter.len()..].starts_with('.'))
 }
 
 #[derive(Default)]
+struct State {
+    by_id: BTreeMap<String, Arc<Entry>>,
+    /// Every version ever indexed, by the ordinal the index stores; the
+    /// index refers to the current ones only.
+    by_ord: Vec<Arc<Entry>>,
+}
+
 pub struct Catalog {
-    entries: RwLock<Arc<BTreeMap<String, Arc<Entry>>>>,
+    state: RwLock<State>,
+    index: SearchIndex,
 }
 
 impl Catalog {
+    /// Builds the catalog and its index from every stored record.
     pub fn new(all: Vec<StoredInstrument>) -> Self {
-        let map = all.into_iter().map(|s| (s.record.local_id.clone(), Arc::new(Entry::new(s)))).collect();
-        Catalog { entries: RwLock::new(Arc::new(map)) }
-    }
-
-    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Entry>>> {
-        self.entries.read().expect("poisoned").clone()
+        let catalog = Catalog { state: RwLock::default(), index: SearchIndex::new() };
+        catalog.apply(all);
+        catalog
     }
 
     pub fn len(&self) -> usize {
-        self.snapshot().len()
+        self.state.read().expect("poisoned").by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,7 +52,7 @@ impl Catalog {
     }
 
     pub fn get(&self, local_id: &str) -> Option<Arc<Entry>> {
-        self.snapshot().get(local_id).cloned()
+        self.state.read().expect("poisoned").by_id.get(local_id).cloned()
     }
 
     /// Applies records just written to the store.
@@ -102,57 +60,54 @@ impl Catalog {
         if written.is_empty() {
             return;
         }
-        let mut guard = self.entries.write().expect("poisoned");
-        let mut map = (**guard).clone();
-        for s in written {
-            map.insert(s.record.local_id.clone(), Arc::new(Entry::new(s)));
+        let mut state = self.state.write().expect("poisoned");
+        let first = state.by_ord.len() as u64;
+        let entries: Vec<Arc<Entry>> = written.into_iter().map(|stored| Arc::new(Entry { stored })).collect();
+        self.index
+            .upsert(entries.iter().enumerate().map(|(i, e)| (first + i as u64, &e.stored.record)))
+            .expect("an in-RAM index accepts documents");
+        for e in entries {
+            state.by_id.insert(e.stored.record.local_id.clone(), e.clone());
+            state.by_ord.push(e);
         }
-        *guard = Arc::new(map);
     }
 
-    /// Hits for `q` on a node serving `city` in `province`: the best `q.limit`
-    /// by score, ties by local id, plus the number of all matches.
-    pub fn search(&self, q: &Query, city: &str, province: &str) -> (Vec<(Arc<Entry>, f64)>, u64) {
+    /// This node's share of the corpus statistics for `text`.
+    pub fn stats(&self, text: &str) -> CorpusStats {
+        self.index.stats(text).expect("an in-RAM index answers")
+    }
+
+    /// Hits for `q` on a node serving `city` in `province`, scored with the
+    /// corpus-wide `stats` when given.
+    pub fn search(
+        &self,
+        q: &Query,
+        city: &str,
+        province: &str,
+        stats: Option<&CorpusStats>,
+        extra: &dyn Fn(&InstrumentRecord) -> bool,
+    ) -> Hits {
         if (!q.cities.is_empty() && !q.cities.iter().any(|c| c == city))
             || (!q.provinces.is_empty() && !q.provinces.iter().any(|p| p.eq_ignore_ascii_case(province)))
         {
-            return (Vec::new(), 0);
+            return Hits::default();
         }
-        let terms: Vec<String> = q.text.split_whitespace().map(str::to_lowercase).collect();
-        let mut hits: Vec<(Arc<Entry>, f64)> = Vec::new();
-        for entry in self.snapshot().values() {
-            let cat = &entry.stored.record.category;
-            if !q.categories.is_empty() && !q.categories.iter().any(|f| category_matches(cat, f)) {
-                continue;
-            }
-            let mut score = 0.0;
-            let all = terms.iter().all(|t| {
-                if occurs(&entry.names, t) {
-                    score += 3.0;
-                    true
-                } else if occurs(&entry.rest, t) {
-                    score += 1.0;
-                    true
-                } else {
-                    false
-                }
-            });
-            if all {
-                hits.push((entry.clone(), score));
-            }
-        }
-        let total = hits.len() as u64;
-        // BTreeMap order makes the sort stable by local id for equal scores.
-        hits.sort_by(|a, b| b.1.total_cmp(&a.1));
-        hits.truncate(q.limit);
-        (hits, total)
+        let scored = self.index.search(&q.text, stats).expect("an in-RAM index answers");
+        let entries: Vec<(Arc<Entry>, f32)> = {
+            let state = self.state.read().expect("poisoned");
+            scored.into_iter().filter_map(|(ord, s)| state.by_ord.get(ord as usize).map(|e| (e.clone(), s))).collect()
+        };
+        search::page(entries, q, city, extra)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::sample;
+    use crate::{
+        demo::{Scale, corridor_inventory},
+        model::tests::sample,
+    };
 
     fn stored(id: &str, zh: &str, en: &str, cat: &str) -> StoredInstrument {
         let mut r = sample(id);
@@ -174,11 +129,16 @@ mod tests {
             ),
             stored("sem-1", "扫描电子显微镜", "Scanning Electron Microscope (SEM)", "01.01.02"),
             stored("ppms-1", "综合物性测量系统", "Physical Property Measurement System (PPMS)", "02.03.01"),
+            stored("nmr-1", "核磁共振波谱仪", "Nuclear Magnetic Resonance Spectrometer (NMR)", "01.06.01"),
         ])
     }
 
-    fn ids(q: &Query) -> Vec<String> {
-        catalog().search(q, "hefei", "Anhui").0.iter().map(|(e, _)| e.stored.record.local_id.clone()).collect()
+    fn ids_in(c: &Catalog, q: &Query) -> Vec<String> {
+        c.search(q, "hefei", "Anhui", None, &|_| true)
+            .hits
+            .iter()
+            .map(|(e, _)| e.stored.record.local_id.clone())
+            .collect()
     }
 
     fn text(t: &str) -> Query {
@@ -186,34 +146,61 @@ mod tests {
     }
 
     #[test]
-    fn chinese_substrings_and_latin_words_match() {
-        assert_eq!(ids(&text("电子显微镜")), vec!["sem-1", "tem-1"]);
-        assert_eq!(ids(&text("TEM")), vec!["tem-1"], "TEM must not match 'system'");
-        assert_eq!(ids(&text("microscope electron")), vec!["sem-1", "tem-1"]);
-        assert!(ids(&text("NMR")).is_empty());
+    fn thesaurus_bigrams_and_typos() {
+        let c = catalog();
+        let ids = |t: &str| ids_in(&c, &text(t));
+        for q in ["NMR", "核磁", "核磁共振波谱仪", "nuclear magnetic resonance"] {
+            assert_eq!(ids(q), vec!["nmr-1"], "{q}");
+        }
+        for q in ["TEM", "透射电镜", "场发射透射电子显微镜"] {
+            assert_eq!(ids(q), vec!["tem-1"], "{q}");
+        }
+        assert_eq!(ids("电镜"), vec!["sem-1", "tem-1"], "a generic name finds every kind");
+        assert_eq!(ids("显微镜"), vec!["sem-1", "tem-1"], "bigrams find the word inside names");
+        assert_eq!(ids("spectrometr"), vec!["nmr-1"], "one typo");
+        assert_eq!(ids("spectrometers"), vec!["nmr-1"], "stemmed");
+        assert!(ids("temperature").is_empty());
+        assert_eq!(ids("").len(), 4);
     }
 
     #[test]
-    fn filters_apply_before_ranking() {
+    fn filters_apply_and_city_filters_short_circuit() {
+        let c = catalog();
         let mut q = text("");
         q.categories = vec!["01.01".into()];
-        assert_eq!(ids(&q), vec!["sem-1", "tem-1"]);
+        assert_eq!(ids_in(&c, &q), vec!["sem-1", "tem-1"]);
         q.categories = vec!["01.0".into()];
-        assert!(ids(&q).is_empty(), "a code prefix must end at a level boundary");
+        assert!(ids_in(&c, &q).is_empty(), "a code prefix must end at a level boundary");
         q.categories.clear();
         q.cities = vec!["wuhu".into()];
-        assert!(ids(&q).is_empty());
+        assert!(ids_in(&c, &q).is_empty());
         q.cities = vec!["hefei".into()];
         q.provinces = vec!["anhui".into()];
-        assert_eq!(ids(&q).len(), 3);
+        assert_eq!(ids_in(&c, &q).len(), 4);
     }
 
     #[test]
-    fn limit_keeps_the_best_and_total_counts_all() {
+    fn pages_follow_the_cursor_and_totals_count_all() {
+        let all: Vec<StoredInstrument> = corridor_inventory(Scale::G60)
+            .into_iter()
+            .filter(|(c, _)| c.slug == "hefei")
+            .map(|(_, record)| StoredInstrument { record, updated_at: "t".into() })
+            .collect();
+        let c = Catalog::new(all);
         let mut q = text("显微镜");
-        q.limit = 1;
-        let (hits, total) = catalog().search(&q, "hefei", "Anhui");
-        assert_eq!(hits.len(), 1);
-        assert_eq!(total, 2);
+        q.limit = 7;
+        q.facets = true;
+        let mut seen = Vec::new();
+        loop {
+            let page = c.search(&q, "hefei", "Anhui", None, &|_| true);
+            assert!(page.total > 7);
+            assert_eq!(page.facets.cities["hefei"], page.total);
+            let Some((e, s)) = page.hits.last() else { break };
+            q.after = Some((*s, format!("hefei/{}", e.stored.record.local_id)));
+            seen.extend(page.hits.iter().map(|(e, _)| e.stored.record.local_id.clone()));
+        }
+        let total = c.search(&text("显微镜"), "hefei", "Anhui", None, &|_| true).total as usize;
+        let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert_eq!((seen.len(), unique.len()), (total, total), "no repeats, no gaps");
     }
 }

@@ -10,6 +10,7 @@ use crate::{
         time as t,
     },
     model::{AccessLevel, InstrumentRecord, PriceUnit, ServiceMode, Status},
+    search::{Facets, index::CorpusStats},
     store::StoredInstrument,
 };
 
@@ -100,15 +101,7 @@ pub fn from_proto(p: pb::Instrument) -> Result<InstrumentRecord, String> {
         Ok(pb::InstrumentStatus::Retired) => Status::Retired,
         Err(_) => return Err(enum_err("status", p.status)),
     };
-    let mut service_modes = Vec::with_capacity(p.service_modes.len());
-    for m in &p.service_modes {
-        service_modes.push(match pb::ServiceMode::try_from(*m) {
-            Ok(pb::ServiceMode::SelfOperated) => ServiceMode::SelfOperated,
-            Ok(pb::ServiceMode::StaffOperated) => ServiceMode::StaffOperated,
-            Ok(pb::ServiceMode::MailIn) => ServiceMode::MailIn,
-            _ => return Err(enum_err("service_modes", *m)),
-        });
-    }
+    let service_modes = p.service_modes.iter().map(|m| service_mode_from_proto(*m)).collect::<Result<Vec<_>, _>>()?;
     let price = p.price.unwrap_or_default();
     let price_unit = match pb::PriceUnit::try_from(price.unit) {
         Ok(pb::PriceUnit::Unspecified | pb::PriceUnit::Hour) => PriceUnit::Hour,
@@ -253,6 +246,59 @@ pub fn rules_from_proto(p: pb::BookingRules) -> Result<Rules, String> {
         late_cancel_fee_percent: p.late_cancel_fee_percent,
         hold_ttl_seconds: p.hold_ttl_seconds,
     })
+}
+
+pub fn stats_to_proto(s: &CorpusStats) -> pb::CorpusStats {
+    pb::CorpusStats {
+        num_docs: s.num_docs,
+        fields: s.field_tokens.iter().map(|(f, n)| pb::FieldStat { field: f.clone(), total_tokens: *n }).collect(),
+        terms: s
+            .doc_freq
+            .iter()
+            .map(|((f, t), n)| pb::TermStat { field: f.clone(), term: t.clone(), doc_freq: *n })
+            .collect(),
+    }
+}
+
+pub fn stats_from_proto(p: &pb::CorpusStats) -> CorpusStats {
+    CorpusStats {
+        num_docs: p.num_docs,
+        field_tokens: p.fields.iter().map(|f| (f.field.clone(), f.total_tokens)).collect(),
+        doc_freq: p.terms.iter().map(|t| ((t.field.clone(), t.term.clone()), t.doc_freq)).collect(),
+    }
+}
+
+fn counts(m: &std::collections::BTreeMap<String, u64>) -> Vec<pb::FacetCount> {
+    let mut v: Vec<pb::FacetCount> = m.iter().map(|(k, n)| pb::FacetCount { value: k.clone(), count: *n }).collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+    v
+}
+
+pub fn facets_to_proto(f: &Facets) -> pb::Facets {
+    pb::Facets { cities: counts(&f.cities), categories: counts(&f.categories), institutions: counts(&f.institutions) }
+}
+
+pub fn facets_from_proto(p: &pb::Facets) -> Facets {
+    let map = |v: &[pb::FacetCount]| v.iter().map(|c| (c.value.clone(), c.count)).collect();
+    Facets { cities: map(&p.cities), categories: map(&p.categories), institutions: map(&p.institutions) }
+}
+
+pub fn service_mode_from_proto(m: i32) -> Result<ServiceMode, String> {
+    match pb::ServiceMode::try_from(m) {
+        Ok(pb::ServiceMode::SelfOperated) => Ok(ServiceMode::SelfOperated),
+        Ok(pb::ServiceMode::StaffOperated) => Ok(ServiceMode::StaffOperated),
+        Ok(pb::ServiceMode::MailIn) => Ok(ServiceMode::MailIn),
+        _ => Err(enum_err("service_modes", m)),
+    }
+}
+
+pub fn status_from_proto(s: i32) -> Result<Status, String> {
+    match pb::InstrumentStatus::try_from(s) {
+        Ok(pb::InstrumentStatus::Available) => Ok(Status::Available),
+        Ok(pb::InstrumentStatus::Maintenance) => Ok(Status::Maintenance),
+        Ok(pb::InstrumentStatus::Retired) => Ok(Status::Retired),
+        _ => Err(enum_err("statuses", s)),
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod import;
 pub mod model;
 mod node;
+pub mod search;
 mod server;
 mod service;
 pub mod store;

@@ -7,9 +7,10 @@ use corridor_proto::cities::City;
 
 use crate::{
     booking::{Bookings, Clock, store::BookingStore},
-    catalog::{Catalog, Entry, Query},
+    catalog::{Catalog, Entry},
     demo::{self, Scale},
     import::{Row, RowError, check_rows},
+    search::{FreeWindow, Hits, Query, index::CorpusStats},
     store::{Store, StoreError, UpsertSummary},
 };
 
@@ -113,8 +114,18 @@ impl Node {
         self.catalog.get(local_id)
     }
 
-    pub fn search(&self, q: &Query) -> (Vec<(Arc<Entry>, f64)>, u64) {
-        self.catalog.search(q, self.city.slug, self.city.province)
+    /// Searches this city. `free` optionally asks each hit's calendar for a
+    /// free window.
+    pub fn search(&self, q: &Query, stats: Option<&CorpusStats>, free: Option<FreeWindow>) -> Hits {
+        let extra = |r: &crate::model::InstrumentRecord| match free {
+            Some(w) => self.bookings.has_free_window(r, w.from, w.to, w.minutes),
+            None => true,
+        };
+        self.catalog.search(q, self.city.slug, self.city.province, stats, &extra)
+    }
+
+    pub fn search_stats(&self, text: &str) -> CorpusStats {
+        self.catalog.stats(text)
     }
 }
 
@@ -158,7 +169,7 @@ mod tests {
         assert_eq!((s.inserted, s.updated, s.unchanged), (0, 0, 1));
         assert_eq!(n.get("a").unwrap().stored.updated_at, before);
         let q = Query { text: "核磁".into(), limit: 5, ..Default::default() };
-        assert_eq!(n.search(&q).1, 1);
+        assert_eq!(n.search(&q, None, None).total, 1);
         assert_eq!(n.get("a").unwrap().stored.record.city, "hefei");
     }
 

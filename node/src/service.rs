@@ -8,11 +8,15 @@ use corridor_proto::{self as pb, node_server};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    booking::{Actor, BookingError, Reserve},
-    catalog::{Entry, Query},
-    convert::{booking_to_proto, from_proto, rules_from_proto, rules_to_proto, to_proto},
+    booking::{Actor, BookingError, Reserve, parse_window},
+    catalog::Entry,
+    convert::{
+        booking_to_proto, facets_to_proto, from_proto, rules_from_proto, rules_to_proto, service_mode_from_proto,
+        stats_from_proto, stats_to_proto, status_from_proto, to_proto,
+    },
     import::RowError,
     node::{Node, NodeError},
+    search::{FreeWindow, Query},
     store::StoreError,
 };
 
@@ -127,20 +131,60 @@ fn status(e: NodeError) -> Status {
     }
 }
 
-/// Turns a wire search into a node query, bounding the limit.
-pub fn query_from(req: &pb::SearchRequest) -> Query {
+/// Turns a wire search into a node query, bounding the limit, and reads the
+/// free-window filter.
+pub fn query_from(req: &pb::SearchRequest) -> Result<(Query, Option<FreeWindow>), Status> {
     let filter = req.filter.clone().unwrap_or_default();
     let limit = match req.limit {
         0 => DEFAULT_LIMIT,
         n => n.min(MAX_LIMIT),
     };
-    Query {
+    let after = if req.cursor.is_empty() {
+        None
+    } else {
+        Some(corridor_proto::cursor::decode(&req.cursor).ok_or_else(|| {
+            Status::invalid_argument("cursor is not one this service issued; pass next_cursor back unchanged")
+        })?)
+    };
+    let service_modes = filter
+        .service_modes
+        .iter()
+        .map(|m| service_mode_from_proto(*m))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Status::invalid_argument)?;
+    let statuses = filter
+        .statuses
+        .iter()
+        .map(|s| status_from_proto(*s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Status::invalid_argument)?;
+    let free = match &filter.free_window {
+        None => None,
+        Some(w) => {
+            let (from, to) = parse_window(&w.from, &w.to).map_err(booking_status)?;
+            if w.min_minutes == 0 {
+                return Err(Status::invalid_argument("free_window.min_minutes must be at least 1"));
+            }
+            Some(FreeWindow { from, to, minutes: w.min_minutes })
+        }
+    };
+    let query = Query {
         text: req.query.clone(),
         cities: filter.cities,
         provinces: filter.provinces,
         categories: filter.categories,
+        institutions: filter.institutions,
+        min_price_fen: filter.min_price_fen,
+        max_price_fen: filter.max_price_fen,
+        accepts_vouchers: filter.accepts_vouchers,
+        accreditations: filter.accreditations,
+        service_modes,
+        statuses,
+        after,
         limit: limit as usize,
-    }
+        facets: req.facets,
+    };
+    Ok((query, free))
 }
 
 #[tonic::async_trait]
@@ -159,14 +203,22 @@ impl node_server::Node for NodeService {
     #[tracing::instrument(name = "node.search", skip_all, fields(city = self.node.city().slug))]
     async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::NodeSearchResponse>, Status> {
         self.authorize_read(&req)?;
-        let q = query_from(req.get_ref());
-        let (hits, total) = self.node.search(&q);
+        let (q, free) = query_from(req.get_ref())?;
+        let stats = req.get_ref().stats.as_ref().map(stats_from_proto);
+        let found = self.node.search(&q, stats.as_ref(), free);
         let city = self.node.city();
-        let hits = hits
+        let hits = found
+            .hits
             .into_iter()
-            .map(|(e, score)| pb::SearchHit { instrument: Some(to_proto(&e.stored, city)), score })
+            .map(|(e, score)| pb::SearchHit { instrument: Some(to_proto(&e.stored, city)), score: score as f64 })
             .collect();
-        Ok(Response::new(pb::NodeSearchResponse { hits, total }))
+        let facets = q.facets.then(|| facets_to_proto(&found.facets));
+        Ok(Response::new(pb::NodeSearchResponse { hits, total: found.total, facets }))
+    }
+
+    async fn search_stats(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::CorpusStats>, Status> {
+        self.authorize_read(&req)?;
+        Ok(Response::new(stats_to_proto(&self.node.search_stats(&req.get_ref().query))))
     }
 
     async fn get_instrument(&self, req: Request<pb::GetInstrumentRequest>) -> Result<Response<pb::Instrument>, Status> {

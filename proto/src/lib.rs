@@ -2,6 +2,7 @@
 //! encoded descriptor set that reflection serves, and the table of cities.
 
 pub mod cities;
+pub mod cursor;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {

@@ -24,6 +24,46 @@ struct Running {
     task: JoinHandle<()>,
 }
 
+/// What stands between the gateway and a city in a test.
+pub enum Front {
+    /// A listener nobody accepts from: connections hang, nothing answers.
+    BlackHole(TcpListener),
+    /// A TCP proxy that holds every chunk from the node this long: the city
+    /// is slow, not dead.
+    Delay(Duration),
+}
+
+/// Forwards TCP to `target`, delaying the node's replies by `delay`. TLS
+/// passes through untouched, so the node's identity is still checked.
+async fn delaying_proxy(target: SocketAddr, delay: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else { continue };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    // Simulated network latency, not a wait for a condition.
+                    tokio::time::sleep(delay).await;
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A running corridor. Dropping it stops everything.
 pub struct Mesh {
     pub dir: tempfile::TempDir,
@@ -47,10 +87,9 @@ impl Mesh {
         Self::start_with(seed, |_| None).await
     }
 
-    /// Like [`Mesh::start`], but `replace(city)` may hand in a listener that
-    /// the gateway should use for that city instead of a real node: a
-    /// listener nobody serves is a black hole.
-    pub async fn start_with(seed: Option<Scale>, replace: impl Fn(&str) -> Option<TcpListener>) -> Mesh {
+    /// Like [`Mesh::start`], but `front(city)` may put something between
+    /// the gateway and that city: see [`Front`].
+    pub async fn start_with(seed: Option<Scale>, front: impl Fn(&str) -> Option<Front>) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().join("certs");
         let slugs: Vec<&str> = CITIES.iter().map(|c| c.slug).collect();
@@ -60,7 +99,8 @@ impl Mesh {
         let mut node_addrs = BTreeMap::new();
         let mut endpoints = Vec::new();
         for city in CITIES.iter() {
-            if let Some(listener) = replace(city.slug) {
+            let front = front(city.slug);
+            if let Some(Front::BlackHole(listener)) = front {
                 let addr = listener.local_addr().unwrap();
                 // Keep the listener open, and never accept from it.
                 let (stop, wait) = shutdown_pair();
@@ -83,7 +123,11 @@ impl Mesh {
             });
             nodes.insert(city.slug, Running { stop, task });
             node_addrs.insert(city.slug, addr);
-            endpoints.push(NodeEndpoint { city: city.slug.into(), endpoint: format!("https://{addr}") });
+            let routed = match front {
+                Some(Front::Delay(d)) => delaying_proxy(addr, d).await,
+                _ => addr,
+            };
+            endpoints.push(NodeEndpoint { city: city.slug.into(), endpoint: format!("https://{routed}") });
         }
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -4,12 +4,12 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use corridor_node::demo::{Scale, corridor_inventory};
-use corridor_tests::{Mesh, pb};
+use corridor_tests::{Front, Mesh, pb};
 use tokio::net::TcpListener;
 use tonic::{Code, Request};
 
 fn search(query: &str, limit: u32) -> pb::SearchRequest {
-    pb::SearchRequest { query: query.into(), filter: None, limit, allow_partial: None }
+    pb::SearchRequest { query: query.into(), limit, ..Default::default() }
 }
 
 fn with_deadline<T>(msg: T, ms: u64) -> Request<T> {
@@ -132,8 +132,10 @@ async fn black_holed_city_times_out_within_the_deadline() {
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     hole.set_nonblocking(true).unwrap();
     let hole = std::sync::Mutex::new(Some(TcpListener::from_std(hole).unwrap()));
-    let mesh =
-        Mesh::start_with(Some(Scale::G60), |c| if c == "hefei" { hole.lock().unwrap().take() } else { None }).await;
+    let mesh = Mesh::start_with(Some(Scale::G60), |c| {
+        if c == "hefei" { hole.lock().unwrap().take().map(Front::BlackHole) } else { None }
+    })
+    .await;
     let mut gw = mesh.gateway("org-demo");
 
     let started = tokio::time::Instant::now();

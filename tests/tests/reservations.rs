@@ -233,7 +233,9 @@ async fn concurrent_clients_never_double_book() {
                     if rng.next(4) == 0 {
                         let again = gw.reserve(req.clone()).await;
                         match (&result, &again) {
-                            (Ok(a), Ok(b)) => assert_eq!(a.get_ref().id, b.get_ref().id, "a retry made a second booking"),
+                            (Ok(a), Ok(b)) => {
+                                assert_eq!(a.get_ref().id, b.get_ref().id, "a retry made a second booking")
+                            }
                             (Ok(a), Err(e)) => panic!("retry of acknowledged {} failed: {e:?}", a.get_ref().id),
                             (Err(_), _) => result = again,
                         }

@@ -168,6 +168,16 @@ impl Clock for TokioClock {
     }
 }
 
+/// Parses an availability window: explicit zones, at most 31 days.
+pub fn parse_window(from: &str, to: &str) -> Result<(Instant, Instant), BookingError> {
+    let from = time::parse("from", from).map_err(BookingError::Invalid)?;
+    let to = time::parse("to", to).map_err(BookingError::Invalid)?;
+    if to <= from || to - from > 31 * time::DAY {
+        return Err(BookingError::Invalid("the window must end after it starts, at most 31 days later".into()));
+    }
+    Ok((from, to))
+}
+
 /// Free and busy time of one instrument over a window, and its rules.
 pub struct Availability {
     pub free: Vec<(Instant, Instant)>,
@@ -621,11 +631,26 @@ impl Bookings {
     }
 
     pub fn availability(&self, record: &InstrumentRecord, from: &str, to: &str) -> Result<Availability, BookingError> {
-        let from = time::parse("from", from).map_err(BookingError::Invalid)?;
-        let to = time::parse("to", to).map_err(BookingError::Invalid)?;
-        if to <= from || to - from > 31 * time::DAY {
-            return Err(BookingError::Invalid("the window must end after it starts, at most 31 days later".into()));
+        let (from, to) = parse_window(from, to)?;
+        self.availability_at(record, from, to)
+    }
+
+    /// Whether `record` has a free window of at least `minutes` in [from, to).
+    pub fn has_free_window(&self, record: &InstrumentRecord, from: Instant, to: Instant, minutes: u32) -> bool {
+        if record.status != Status::Available {
+            return false;
         }
+        self.availability_at(record, from, to)
+            .map(|a| a.free.iter().any(|(s, e)| e - s >= minutes as i64 * MINUTE))
+            .unwrap_or(false)
+    }
+
+    fn availability_at(
+        &self,
+        record: &InstrumentRecord,
+        from: Instant,
+        to: Instant,
+    ) -> Result<Availability, BookingError> {
         let rules = self.rules(record)?;
         // Entries up to a day before `from` may reach into the window.
         let mut days = Days::default();

@@ -1,0 +1,275 @@
+//! The node's full-text index: tantivy, in RAM, derived from the store and
+//! rebuilt from it at every start (so it is never stale after a crash).
+//! Scoring can use corpus-wide statistics handed in by the gateway, so that
+//! nine nodes score exactly as one index holding all their data would.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, RwLock},
+};
+
+use tantivy::{
+    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, TantivyDocument, Term,
+    collector::TopDocs,
+    query::{AllQuery, Bm25StatisticsProvider, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, TermQuery},
+    schema::{FAST, Field, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions},
+    tokenizer::{Language, Stemmer, TextAnalyzer},
+};
+
+use super::text::{self, MixedTokenizer};
+use crate::model::InstrumentRecord;
+
+const ANALYZER: &str = "corridor";
+
+/// Corpus statistics for BM25: per field token totals and per term document
+/// frequencies, keyed by field name and term text so that they add up
+/// across nodes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CorpusStats {
+    pub num_docs: u64,
+    pub field_tokens: BTreeMap<String, u64>,
+    pub doc_freq: BTreeMap<(String, String), u64>,
+}
+
+impl CorpusStats {
+    /// Adds another node's statistics to these.
+    pub fn add(&mut self, other: &CorpusStats) {
+        self.num_docs += other.num_docs;
+        for (k, v) in &other.field_tokens {
+            *self.field_tokens.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.doc_freq {
+            *self.doc_freq.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+struct Fields {
+    ord: Field,
+    local_id: Field,
+    name_zh: Field,
+    name_en: Field,
+    body: Field,
+    concept: Field,
+}
+
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+    /// Serialises reload with searches that must see one generation.
+    generation: RwLock<()>,
+}
+
+/// Statistics from a [`CorpusStats`], answering tantivy's BM25 questions.
+struct Global<'a> {
+    stats: &'a CorpusStats,
+    schema: &'a Schema,
+}
+
+impl Bm25StatisticsProvider for Global<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        Ok(self.stats.field_tokens.get(self.schema.get_field_name(field)).copied().unwrap_or(0))
+    }
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(self.stats.num_docs)
+    }
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        let field = self.schema.get_field_name(term.field()).to_string();
+        let text = term.value().as_str().unwrap_or_default().to_string();
+        Ok(self.stats.doc_freq.get(&(field, text)).copied().unwrap_or(0))
+    }
+}
+
+fn text_options() -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqs),
+    )
+}
+
+/// Latin terms this long or longer may match with one typo; twice as long, two.
+const FUZZY_MIN: usize = 5;
+
+impl Default for SearchIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SearchIndex {
+    pub fn new() -> Self {
+        let mut b = Schema::builder();
+        let fields = Fields {
+            ord: b.add_u64_field("ord", FAST),
+            local_id: b.add_text_field("local_id", STRING),
+            name_zh: b.add_text_field("name_zh", text_options()),
+            name_en: b.add_text_field("name_en", text_options()),
+            body: b.add_text_field("body", text_options()),
+            concept: b.add_text_field("concept", STRING),
+        };
+        let index = Index::create_in_ram(b.build());
+        index
+            .tokenizers()
+            .register(ANALYZER, TextAnalyzer::builder(MixedTokenizer).filter(Stemmer::new(Language::English)).build());
+        // One thread: the node has other work, and documents are small.
+        let writer = index.writer_with_num_threads(1, 15_000_000).expect("an in-RAM writer");
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().expect("a reader");
+        SearchIndex { index, reader, writer: Mutex::new(writer), fields, generation: RwLock::new(()) }
+    }
+
+    fn document(&self, ord: u64, r: &InstrumentRecord) -> TantivyDocument {
+        let f = &self.fields;
+        let mut doc = TantivyDocument::default();
+        doc.add_u64(f.ord, ord);
+        doc.add_text(f.local_id, &r.local_id);
+        doc.add_text(f.name_zh, &r.name_zh);
+        doc.add_text(f.name_en, &r.name_en);
+        let body = [
+            r.description.as_str(),
+            &r.techniques.join(" "),
+            &r.manufacturer,
+            &r.model,
+            &r.institution_name,
+            &r.department,
+        ]
+        .join(" \n ");
+        doc.add_text(f.body, &body);
+        for c in text::concepts_of(&r.name_zh, &r.name_en) {
+            doc.add_text(f.concept, c);
+        }
+        doc
+    }
+
+    /// Adds or replaces documents (by local id), then makes them searchable.
+    pub fn upsert<'a>(&self, docs: impl IntoIterator<Item = (u64, &'a InstrumentRecord)>) -> tantivy::Result<()> {
+        let mut writer = self.writer.lock().expect("poisoned");
+        for (ord, r) in docs {
+            writer.delete_term(Term::from_field_text(self.fields.local_id, &r.local_id));
+            writer.add_document(self.document(ord, r))?;
+        }
+        writer.commit()?;
+        let _g = self.generation.write().expect("poisoned");
+        self.reader.reload()
+    }
+
+    fn searcher(&self) -> Searcher {
+        let _g = self.generation.read().expect("poisoned");
+        self.reader.searcher()
+    }
+
+    /// The terms of a query word, as the index analyzes text.
+    fn terms_of(&self, word: &str) -> Vec<String> {
+        let mut analyzer = self.index.tokenizers().get(ANALYZER).expect("registered");
+        let mut out = Vec::new();
+        analyzer.token_stream(word).process(&mut |t| out.push(t.text.clone()));
+        out
+    }
+
+    /// Builds the query for `text`. `df(term)` says how many documents hold a
+    /// term in any text field; a Latin term that none holds is matched with
+    /// typos allowed instead.
+    fn build(&self, text: &str, df: &dyn Fn(&str) -> u64) -> Box<dyn Query> {
+        let f = &self.fields;
+        let analysis = text::analyze(text);
+        let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        if !analysis.concepts.is_empty() {
+            let any: Vec<(Occur, Box<dyn Query>)> = analysis
+                .concepts
+                .iter()
+                .map(|c| {
+                    let q = TermQuery::new(Term::from_field_text(f.concept, c), IndexRecordOption::Basic);
+                    (Occur::Should, Box::new(q) as Box<dyn Query>)
+                })
+                .collect();
+            must.push((Occur::Must, Box::new(BooleanQuery::new(any))));
+        }
+        for word in &analysis.rest {
+            for term in self.terms_of(word) {
+                let latin = !term.chars().any(text::is_cjk);
+                let len = term.chars().count();
+                let per_field: Vec<(Occur, Box<dyn Query>)> = if latin && len >= FUZZY_MIN && df(&term) == 0 {
+                    let distance = if len >= 2 * FUZZY_MIN { 2 } else { 1 };
+                    [f.name_en, f.body]
+                        .into_iter()
+                        .map(|field| {
+                            let q = FuzzyTermQuery::new(Term::from_field_text(field, &term), distance, true);
+                            (Occur::Should, Box::new(q) as Box<dyn Query>)
+                        })
+                        .collect()
+                } else {
+                    [(f.name_zh, 2.0), (f.name_en, 2.0), (f.body, 1.0)]
+                        .into_iter()
+                        .map(|(field, boost)| {
+                            let q = TermQuery::new(Term::from_field_text(field, &term), IndexRecordOption::WithFreqs);
+                            (Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost)) as Box<dyn Query>)
+                        })
+                        .collect()
+                };
+                must.push((Occur::Must, Box::new(BooleanQuery::new(per_field))));
+            }
+        }
+        if must.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(must)) }
+    }
+
+    fn local_df(&self, searcher: &Searcher, term: &str) -> u64 {
+        let f = &self.fields;
+        [f.name_zh, f.name_en, f.body]
+            .into_iter()
+            .map(|field| searcher.doc_freq(&Term::from_field_text(field, term)).unwrap_or(0))
+            .sum()
+    }
+
+    /// This node's statistics for the terms `text` may use.
+    pub fn stats(&self, text: &str) -> tantivy::Result<CorpusStats> {
+        let searcher = self.searcher();
+        let schema = self.index.schema();
+        // Every exact term, fuzzy or not: the gateway decides on the sums.
+        let query = self.build(text, &|_| 1);
+        let mut terms = Vec::new();
+        query.query_terms(&mut |t, _| terms.push(t.clone()));
+        let mut out = CorpusStats { num_docs: searcher.num_docs(), ..Default::default() };
+        for field in [self.fields.name_zh, self.fields.name_en, self.fields.body, self.fields.concept] {
+            out.field_tokens.insert(schema.get_field_name(field).to_string(), searcher.total_num_tokens(field)?);
+        }
+        for t in terms {
+            let key =
+                (schema.get_field_name(t.field()).to_string(), t.value().as_str().unwrap_or_default().to_string());
+            out.doc_freq.insert(key, searcher.doc_freq(&t)?);
+        }
+        Ok(out)
+    }
+
+    /// Every matching document as (ord, score), scored with `global` when
+    /// given and with this index's own statistics otherwise.
+    pub fn search(&self, text: &str, global: Option<&CorpusStats>) -> tantivy::Result<Vec<(u64, Score)>> {
+        let searcher = self.searcher();
+        let schema = self.index.schema();
+        let df = |term: &str| -> u64 {
+            match global {
+                Some(g) => ["name_zh", "name_en", "body"]
+                    .iter()
+                    .map(|f| g.doc_freq.get(&(f.to_string(), term.to_string())).copied().unwrap_or(0))
+                    .sum(),
+                None => self.local_df(&searcher, term),
+            }
+        };
+        let query = self.build(text, &df);
+        let limit = (searcher.num_docs() as usize).max(1);
+        let collector = TopDocs::with_limit(limit).order_by_score();
+        let hits: Vec<(Score, DocAddress)> = match global {
+            Some(stats) => {
+                searcher.search_with_statistics_provider(&*query, &collector, &Global { stats, schema: &schema })?
+            }
+            None => searcher.search(&*query, &collector)?,
+        };
+        let mut out = Vec::with_capacity(hits.len());
+        for (score, addr) in hits {
+            let column = searcher.segment_reader(addr.segment_ord).fast_fields().u64("ord")?;
+            if let Some(ord) = column.first(addr.doc_id) {
+                out.push((ord, score));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,123 @@
+//! Search within one node: full-text scoring from the index, then the
+//! structured filters, facet counts, ranking and the cursor. No gRPC here.
+
+pub mod index;
+pub mod text;
+
+use std::{cmp::Ordering, collections::BTreeMap, sync::Arc};
+
+use crate::{
+    catalog::Entry,
+    model::{InstrumentRecord, ServiceMode, Status},
+};
+
+/// What a node-level search asks for. Empty lists and unset values do not
+/// filter; within a list any value matches.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub text: String,
+    pub cities: Vec<String>,
+    pub provinces: Vec<String>,
+    pub categories: Vec<String>,
+    pub institutions: Vec<String>,
+    pub min_price_fen: Option<i64>,
+    pub max_price_fen: Option<i64>,
+    pub accepts_vouchers: Option<bool>,
+    pub accreditations: Vec<String>,
+    pub service_modes: Vec<ServiceMode>,
+    pub statuses: Vec<Status>,
+    /// Hits strictly after this (score, id) in ranking order.
+    pub after: Option<(f32, String)>,
+    pub limit: usize,
+    pub facets: bool,
+}
+
+/// "Free for at least `minutes` between `from` and `to`" (unix seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct FreeWindow {
+    pub from: i64,
+    pub to: i64,
+    pub minutes: u32,
+}
+
+/// A taxonomy code matches a filter code when it is that code or below it.
+pub fn category_matches(code: &str, filter: &str) -> bool {
+    code == filter || (code.starts_with(filter) && code[filter.len()..].starts_with('.'))
+}
+
+impl Query {
+    /// The structured filters, on one record.
+    pub fn admits(&self, r: &InstrumentRecord) -> bool {
+        (self.categories.is_empty() || self.categories.iter().any(|f| category_matches(&r.category, f)))
+            && (self.institutions.is_empty() || self.institutions.contains(&r.institution_name))
+            && self.min_price_fen.is_none_or(|p| r.price_external_fen >= p)
+            && self.max_price_fen.is_none_or(|p| r.price_external_fen <= p)
+            && self.accepts_vouchers.is_none_or(|v| r.accepts_vouchers == v)
+            && (self.accreditations.is_empty() || self.accreditations.iter().any(|a| r.accreditations.contains(a)))
+            && (self.service_modes.is_empty() || self.service_modes.iter().any(|m| r.service_modes.contains(m)))
+            && (self.statuses.is_empty() || self.statuses.contains(&r.status))
+    }
+}
+
+pub use corridor_proto::cursor::rank;
+
+/// Match counts by value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facets {
+    pub cities: BTreeMap<String, u64>,
+    pub categories: BTreeMap<String, u64>,
+    pub institutions: BTreeMap<String, u64>,
+}
+
+impl Facets {
+    pub fn add(&mut self, other: &Facets) {
+        for (mine, theirs) in [
+            (&mut self.cities, &other.cities),
+            (&mut self.categories, &other.categories),
+            (&mut self.institutions, &other.institutions),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_default() += v;
+            }
+        }
+    }
+}
+
+/// One page of a node's answer.
+#[derive(Debug, Default)]
+pub struct Hits {
+    pub hits: Vec<(Arc<Entry>, f32)>,
+    /// Every match that passes the filters, on every page.
+    pub total: u64,
+    pub facets: Facets,
+}
+
+/// Applies filters, the extra predicate (free windows), facets, the cursor
+/// and the limit to scored matches.
+pub fn page(scored: Vec<(Arc<Entry>, f32)>, q: &Query, city: &str, extra: &dyn Fn(&InstrumentRecord) -> bool) -> Hits {
+    let mut out = Hits::default();
+    let mut kept: Vec<(Arc<Entry>, f32, String)> = Vec::new();
+    for (entry, score) in scored {
+        let r = &entry.stored.record;
+        if !q.admits(r) || !extra(r) {
+            continue;
+        }
+        out.total += 1;
+        if q.facets {
+            *out.facets.cities.entry(city.to_string()).or_default() += 1;
+            *out.facets.categories.entry(r.category.clone()).or_default() += 1;
+            *out.facets.institutions.entry(r.institution_name.clone()).or_default() += 1;
+        }
+        let id = format!("{city}/{}", r.local_id);
+        if let Some((s, after)) = &q.after
+            && rank((score, &id), (*s, after)) != Ordering::Greater
+        {
+            continue;
+        }
+        kept.push((entry, score, id));
+    }
+    kept.sort_by(|a, b| rank((a.1, &a.2), (b.1, &b.2)));
+    kept.truncate(q.limit);
+    out.hits = kept.into_iter().map(|(e, s, _)| (e, s)).collect();
+    out
+}

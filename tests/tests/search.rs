@@ -1,0 +1,228 @@
+//! Search across nine nodes: the thesaurus, ranking that compares across
+//! cities, cursors, facets, free windows, and a slow city.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use corridor_node::{
+    demo::{Scale, corridor_inventory},
+    search::index::SearchIndex,
+};
+use corridor_tests::{Front, Mesh, pb};
+use tonic::Request;
+
+fn search(query: &str, limit: u32) -> pb::SearchRequest {
+    pb::SearchRequest { query: query.into(), limit, ..Default::default() }
+}
+
+fn ids(resp: &pb::SearchResponse) -> Vec<String> {
+    resp.hits.iter().map(|h| h.instrument.as_ref().unwrap().id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_top_20_equals_one_index_holding_everything() {
+    let mesh = Mesh::start(Some(Scale::G60)).await;
+    let mut gw = mesh.gateway("org-demo");
+    let all = corridor_inventory(Scale::G60);
+    let one = SearchIndex::new();
+    one.upsert(all.iter().enumerate().map(|(i, (_, r))| (i as u64, r))).unwrap();
+    for q in ["显微镜", "spectrometer", "X射线 Bruker", "电子显微镜 EDS", "质谱 metabolomics", "Quantum Design"]
+    {
+        let mut expected: Vec<(f32, String)> = one
+            .search(q, None)
+            .unwrap()
+            .into_iter()
+            .map(|(ord, s)| {
+                let (c, r) = &all[ord as usize];
+                (s, format!("{}/{}", c.slug, r.local_id))
+            })
+            .collect();
+        expected.sort_by(|a, b| corridor_proto::cursor::rank((a.0, &a.1), (b.0, &b.1)));
+        expected.truncate(20);
+        let resp = gw.search(search(q, 20)).await.unwrap().into_inner();
+        let got: Vec<(f32, String)> =
+            resp.hits.iter().map(|h| (h.score as f32, h.instrument.as_ref().unwrap().id.clone())).collect();
+        assert!(!got.is_empty(), "{q}");
+        assert_eq!(got, expected, "{q}: the merged ranking must be the single-index ranking, scores included");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_short_forms_and_abbreviations_find_the_same_instruments() {
+    let mesh = Mesh::start(Some(Scale::G60)).await;
+    let mut gw = mesh.gateway("org-demo");
+    let inv = corridor_inventory(Scale::G60);
+    let count = |zh: &str| inv.iter().filter(|(_, r)| r.name_zh == zh).count() as u64;
+    for (group, zh) in [
+        (&["NMR", "核磁", "核磁共振波谱仪", "nuclear magnetic resonance"][..], "核磁共振波谱仪"),
+        (&["TEM", "透射电镜", "场发射透射电子显微镜"][..], "场发射透射电子显微镜"),
+        (&["BET", "比表面", "比表面积"][..], "全自动比表面及孔隙度分析仪"),
+        (&["LC-MS", "液质"][..], "液相色谱质谱联用仪"),
+    ] {
+        let mut first: Option<Vec<String>> = None;
+        for q in group {
+            let resp = gw.search(search(q, 20)).await.unwrap().into_inner();
+            assert_eq!(resp.total, count(zh), "{q}");
+            assert!(resp.hits.iter().all(|h| h.instrument.as_ref().unwrap().name_zh == zh), "{q}");
+            match &first {
+                None => first = Some(ids(&resp)),
+                Some(f) => assert_eq!(&ids(&resp), f, "{q} ranks differently from {}", group[0]),
+            }
+        }
+    }
+    // Mixed Chinese and English: the kind from the thesaurus, the maker from the text.
+    let resp = gw.search(search("透射电镜 JEOL", 200)).await.unwrap().into_inner();
+    let expected = inv.iter().filter(|(_, r)| r.name_zh == "场发射透射电子显微镜" && r.manufacturer == "JEOL").count();
+    assert_eq!(resp.total as usize, expected);
+    assert!(expected > 0);
+    // A typo in a Latin word still finds its instruments.
+    let resp = gw.search(search("spectrometr", 5)).await.unwrap().into_inner();
+    assert!(!resp.hits.is_empty());
+    assert!(resp.hits.iter().all(|h| h.instrument.as_ref().unwrap().name_en.to_lowercase().contains("spectromet")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facets_equal_a_brute_force_count() {
+    let mesh = Mesh::start(Some(Scale::G60)).await;
+    let mut gw = mesh.gateway("org-demo");
+    let inv = corridor_inventory(Scale::G60);
+    let mut req = search("", 1);
+    req.facets = true;
+    req.filter = Some(pb::SearchFilter {
+        provinces: vec!["Zhejiang".into()],
+        categories: vec!["01".into()],
+        accepts_vouchers: Some(true),
+        ..Default::default()
+    });
+    let resp = gw.search(req).await.unwrap().into_inner();
+    let matching: Vec<_> = inv
+        .iter()
+        .filter(|(c, r)| c.province == "Zhejiang" && r.category.starts_with("01.") && r.accepts_vouchers)
+        .collect();
+    assert_eq!(resp.total as usize, matching.len());
+    let count = |key: &dyn Fn(&(&corridor_proto::cities::City, corridor_node::model::InstrumentRecord)) -> String| {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for x in &matching {
+            *m.entry(key(x)).or_default() += 1;
+        }
+        m
+    };
+    let facets = resp.facets.unwrap();
+    let got = |v: &[pb::FacetCount]| v.iter().map(|c| (c.value.clone(), c.count)).collect::<BTreeMap<_, _>>();
+    assert_eq!(got(&facets.cities), count(&|(c, _)| c.slug.to_string()));
+    assert_eq!(got(&facets.categories), count(&|(_, r)| r.category.clone()));
+    assert_eq!(got(&facets.institutions), count(&|(_, r)| r.institution_name.clone()));
+
+    // BET in one city: only that city, with its facet.
+    let mut req = search("BET", 50);
+    req.facets = true;
+    req.filter = Some(pb::SearchFilter { cities: vec!["jiaxing".into()], ..Default::default() });
+    let resp = gw.search(req).await.unwrap().into_inner();
+    assert!(resp.hits.iter().all(|h| h.instrument.as_ref().unwrap().city == "jiaxing"));
+    let facets = resp.facets.unwrap();
+    assert_eq!(facets.cities.len(), 1);
+    assert_eq!(facets.cities[0].count, resp.total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_pages_neither_repeat_nor_skip_across_a_reshuffle() {
+    let mesh = Mesh::start(Some(Scale::G60)).await;
+    let mut gw = mesh.gateway("org-demo");
+    let before = gw.search(search("显微镜", 60)).await.unwrap().into_inner();
+    let page1 = gw.search(search("显微镜", 20)).await.unwrap().into_inner();
+    assert_eq!(ids(&page1), ids(&before)[..20]);
+
+    // Reshuffle: a new microscope that would rank first arrives in hefei.
+    let (_, mut r) = corridor_inventory(Scale::G60).into_iter().find(|(_, r)| r.name_zh == "扫描探针显微镜").unwrap();
+    r.local_id = "aaa-new-microscope".into();
+    r.city = String::new();
+    r.name_zh = "显微镜 显微镜".into();
+    let stored = corridor_node::store::StoredInstrument { record: r, updated_at: String::new() };
+    let row =
+        pb::ImportRow { line: 1, instrument: Some(corridor_node::convert::to_proto(&stored, Mesh::city("hefei"))) };
+    mesh.node("hefei", "admin-hefei")
+        .import_instruments(Request::new(tokio_stream::iter([pb::ImportChunk { rows: vec![row] }])))
+        .await
+        .unwrap();
+
+    let mut req = search("显微镜", 20);
+    req.cursor = page1.next_cursor.clone();
+    let page2 = gw.search(req).await.unwrap().into_inner();
+    let one: BTreeSet<String> = ids(&page1).into_iter().collect();
+    assert!(ids(&page2).iter().all(|id| !one.contains(id)), "page 2 repeats page 1");
+    assert_eq!(ids(&page2), ids(&before)[20..40], "page 2 continues exactly where page 1 ended");
+    let bad = pb::SearchRequest { cursor: "garbage".into(), ..search("显微镜", 20) };
+    assert_eq!(gw.search(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_city_is_cut_off_at_the_deadline() {
+    let mesh =
+        Mesh::start_with(Some(Scale::G60), |c| (c == "suzhou").then_some(Front::Delay(Duration::from_millis(1_500))))
+            .await;
+    let mut gw = mesh.gateway("org-demo");
+    let mut req = Request::new(search("显微镜", 20));
+    req.set_timeout(Duration::from_millis(600));
+    let started = tokio::time::Instant::now();
+    let resp = gw.search(req).await.unwrap().into_inner();
+    assert!(started.elapsed() < Duration::from_millis(600 + 1_000), "took {:?}", started.elapsed());
+    assert!(resp.partial);
+    let suzhou = resp.nodes.iter().find(|n| n.city == "suzhou").unwrap();
+    assert_eq!(suzhou.state, pb::NodeState::Timeout as i32, "{suzhou:?}");
+    assert_eq!(resp.nodes.iter().filter(|n| n.state == pb::NodeState::Ok as i32).count(), 8);
+    assert!(!resp.hits.is_empty() && resp.hits.iter().all(|h| h.instrument.as_ref().unwrap().city != "suzhou"));
+
+    // Fail-fast instead, when asked.
+    let mut req = Request::new(pb::SearchRequest { allow_partial: Some(false), ..search("显微镜", 20) });
+    req.set_timeout(Duration::from_millis(600));
+    assert_eq!(gw.search(req).await.unwrap_err().code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_window_filter_uses_the_calendar() {
+    use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+    let mesh = Mesh::start(Some(Scale::G60)).await;
+    let mut gw = mesh.gateway("org-demo");
+    let record = corridor_inventory(Scale::G60)
+        .into_iter()
+        .find(|(c, r)| c.slug == "hefei" && r.status == corridor_node::model::Status::Available && !r.training_required)
+        .map(|(_, r)| r)
+        .unwrap();
+    let inst = format!("hefei/{}", record.local_id);
+    let rfc = |t: i64| {
+        OffsetDateTime::from_unix_timestamp(t).unwrap().to_offset(time::macros::offset!(+8)).format(&Rfc3339).unwrap()
+    };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let day = (now + 8 * 3600) / 86_400 * 86_400 - 8 * 3600 + 7 * 86_400; // local midnight, a week ahead
+    // Default hours are 08:00–22:00: book 08:00–13:00 and 15:00–20:00, leaving
+    // two free stretches of two hours.
+    for (k, (s, e)) in [(8, 13), (15, 20)].into_iter().enumerate() {
+        let req = pb::ReserveRequest {
+            instrument_id: inst.clone(),
+            start: rfc(day + s * 3600),
+            end: rfc(day + e * 3600),
+            idempotency_key: format!("fw{k}"),
+            ..Default::default()
+        };
+        mesh.gateway("admin-hefei").reserve(req).await.unwrap();
+    }
+    let local = inst.split_once('/').unwrap().1.to_string();
+    let find = |minutes: u32| {
+        let mut req = search("", 200);
+        req.filter = Some(pb::SearchFilter {
+            cities: vec!["hefei".into()],
+            institutions: vec![record.institution_name.clone()],
+            free_window: Some(pb::FreeWindowFilter { from: rfc(day), to: rfc(day + 86_400), min_minutes: minutes }),
+            ..Default::default()
+        });
+        req
+    };
+    let with = |resp: &pb::SearchResponse| resp.hits.iter().any(|h| h.instrument.as_ref().unwrap().local_id == local);
+    let two_hours = gw.search(find(120)).await.unwrap().into_inner();
+    assert!(with(&two_hours), "a two-hour window is free");
+    let three_hours = gw.search(find(180)).await.unwrap().into_inner();
+    assert!(!with(&three_hours), "no three-hour window is left");
+    assert!(three_hours.total > 0, "the institution's other instruments are free");
+}
