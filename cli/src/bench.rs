@@ -257,10 +257,11 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
     admin_opts.identity = Some(format!("admin-{}", c.slug));
     let mut admin = gateway(&admin_opts)?;
     let instruments = Arc::new(available_instruments(&mut admin, c.slug).await?);
-    // A day offset per run, 20 to 80 days ahead, inside the default 90-day window.
+    // A day offset per run, 20 to 50 days ahead, so that every run's days
+    // (about 12 each) stay inside the default 90-day window and apart.
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let today = (now + 8 * 3600) / 86_400 * 86_400 - 8 * 3600;
-    let pick = (now as u64 / 7) % 60;
+    let pick = (now as u64 / 7) % 30;
     let day0 = today + (20 + pick as i64) * 86_400;
 
     // A few HTTP/2 connections, as a real client pool would use.
@@ -286,7 +287,7 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
         json: args.client.json,
     };
     results.push(run_reserve(run("gateway uncontended", day0, false), gw_targets.clone(), instruments.clone()).await);
-    let contended = run("gateway contended (4 instr, 1 day)", day0 - 86_400 * 5, true);
+    let contended = run("gateway contended (4 instr, 1 day)", today + 5 * 86_400, true);
     results.push(run_reserve(contended, gw_targets, instruments.clone()).await);
     if args.direct {
         let creds = args.client.credentials(&format!("admin-{}", c.slug))?;
@@ -298,7 +299,7 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
                     .context("node channel")
             })
             .collect::<Result<_>>()?;
-        let direct = run("direct node uncontended", day0 - 86_400 * 15, false);
+        let direct = run("direct node uncontended", day0 + 12 * 86_400, false);
         results.push(run_reserve(direct, targets, instruments.clone()).await);
     }
     let overlaps = check_overlaps(&mut admin, &instruments).await?;

@@ -270,7 +270,7 @@ enum NodeCommand {
         /// Identity to serve as; defaults to node-<city>.
         #[arg(long)]
         identity: Option<String>,
-        /// Seed this demo inventory (g60 or yrd) when the store is empty.
+        /// Seed this demo inventory (g60, yrd or yrd10) when the store is empty.
         #[arg(long)]
         seed: Option<String>,
     },
@@ -352,7 +352,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let seed = match seed.as_deref() {
                 None => None,
                 Some(s) => Some(
-                    corridor_node::demo::Scale::parse(s).with_context(|| format!("--seed {s:?}: use g60 or yrd"))?,
+                    corridor_node::demo::Scale::parse(s).with_context(|| format!("--seed {s:?}: use g60, yrd or yrd10"))?,
                 ),
             };
             let identity = identity.unwrap_or_else(|| format!("node-{slug}"));

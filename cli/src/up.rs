@@ -33,8 +33,8 @@ pub struct UpArgs {
     /// The gateway listens on P, the nine nodes on P+1..P+9.
     #[arg(long, default_value_t = DEFAULT_PORT_BASE)]
     port_base: u16,
-    /// Demo inventory seeded on first start: g60 (1,746 instruments) or yrd (26,733).
-    #[arg(long, default_value = "g60", value_parser = ["g60", "yrd"])]
+    /// Demo inventory seeded on first start: g60 (1,746 instruments), yrd (26,733) or yrd10 (267,330).
+    #[arg(long, default_value = "g60", value_parser = ["g60", "yrd", "yrd10"])]
     scale: String,
 }
 

@@ -20,6 +20,8 @@ use crate::{
 #[derive(Debug)]
 pub struct Entry {
     pub stored: StoredInstrument,
+    /// "<city>/<local-id>", kept ready for ranking ties and cursors.
+    pub id: String,
 }
 
 #[derive(Default)]
@@ -31,14 +33,15 @@ struct State {
 }
 
 pub struct Catalog {
+    city: &'static str,
     state: RwLock<State>,
     index: SearchIndex,
 }
 
 impl Catalog {
     /// Builds the catalog and its index from every stored record.
-    pub fn new(all: Vec<StoredInstrument>) -> Self {
-        let catalog = Catalog { state: RwLock::default(), index: SearchIndex::new() };
+    pub fn new(city: &'static str, all: Vec<StoredInstrument>) -> Self {
+        let catalog = Catalog { city, state: RwLock::default(), index: SearchIndex::new() };
         catalog.apply(all);
         catalog
     }
@@ -62,7 +65,13 @@ impl Catalog {
         }
         let mut state = self.state.write().expect("poisoned");
         let first = state.by_ord.len() as u64;
-        let entries: Vec<Arc<Entry>> = written.into_iter().map(|stored| Arc::new(Entry { stored })).collect();
+        let entries: Vec<Arc<Entry>> = written
+            .into_iter()
+            .map(|stored| {
+                let id = format!("{}/{}", self.city, stored.record.local_id);
+                Arc::new(Entry { stored, id })
+            })
+            .collect();
         self.index
             .upsert(entries.iter().enumerate().map(|(i, e)| (first + i as u64, &e.stored.record)))
             .expect("an in-RAM index accepts documents");
@@ -85,19 +94,23 @@ impl Catalog {
         city: &str,
         province: &str,
         stats: Option<&CorpusStats>,
-        extra: &dyn Fn(&InstrumentRecord) -> bool,
+        extra: Option<&dyn Fn(&InstrumentRecord) -> bool>,
     ) -> Hits {
+        let extra_filters = extra.is_some();
         if (!q.cities.is_empty() && !q.cities.iter().any(|c| c == city))
             || (!q.provinces.is_empty() && !q.provinces.iter().any(|p| p.eq_ignore_ascii_case(province)))
         {
             return Hits::default();
         }
-        let scored = self.index.search(&q.text, stats).expect("an in-RAM index answers");
+        // Without post-filters, facets or a cursor, the index's own top-k is the page.
+        let everything = q.facets || q.after.is_some() || q.has_filters() || extra_filters;
+        let limit = if everything { usize::MAX } else { q.limit };
+        let scored = self.index.search(&q.text, stats, limit).expect("an in-RAM index answers");
         let entries: Vec<(Arc<Entry>, f32)> = {
             let state = self.state.read().expect("poisoned");
             scored.into_iter().filter_map(|(ord, s)| state.by_ord.get(ord as usize).map(|e| (e.clone(), s))).collect()
         };
-        search::page(entries, q, city, extra)
+        search::page(entries, q, city, extra.unwrap_or(&|_| true))
     }
 }
 
@@ -120,7 +133,7 @@ mod tests {
     }
 
     fn catalog() -> Catalog {
-        Catalog::new(vec![
+        Catalog::new("hefei", vec![
             stored(
                 "tem-1",
                 "场发射透射电子显微镜",
@@ -134,7 +147,7 @@ mod tests {
     }
 
     fn ids_in(c: &Catalog, q: &Query) -> Vec<String> {
-        c.search(q, "hefei", "Anhui", None, &|_| true)
+        c.search(q, "hefei", "Anhui", None, None)
             .hits
             .iter()
             .map(|(e, _)| e.stored.record.local_id.clone())
@@ -186,20 +199,20 @@ mod tests {
             .filter(|(c, _)| c.slug == "hefei")
             .map(|(_, record)| StoredInstrument { record, updated_at: "t".into() })
             .collect();
-        let c = Catalog::new(all);
+        let c = Catalog::new("hefei", all);
         let mut q = text("显微镜");
         q.limit = 7;
         q.facets = true;
         let mut seen = Vec::new();
         loop {
-            let page = c.search(&q, "hefei", "Anhui", None, &|_| true);
+            let page = c.search(&q, "hefei", "Anhui", None, None);
             assert!(page.total > 7);
             assert_eq!(page.facets.cities["hefei"], page.total);
             let Some((e, s)) = page.hits.last() else { break };
             q.after = Some((*s, format!("hefei/{}", e.stored.record.local_id)));
             seen.extend(page.hits.iter().map(|(e, _)| e.stored.record.local_id.clone()));
         }
-        let total = c.search(&text("显微镜"), "hefei", "Anhui", None, &|_| true).total as usize;
+        let total = c.search(&text("显微镜"), "hefei", "Anhui", None, None).total as usize;
         let unique: std::collections::BTreeSet<_> = seen.iter().collect();
         assert_eq!((seen.len(), unique.len()), (total, total), "no repeats, no gaps");
     }

@@ -78,6 +78,26 @@ pub fn to_proto(s: &StoredInstrument, city: &City) -> pb::Instrument {
     }
 }
 
+/// The fields a search hit carries: enough to list and filter; the whole
+/// record is one GetInstrument away. Keeps fan-out replies small.
+pub fn to_summary(s: &StoredInstrument, city: &City) -> pb::Instrument {
+    let r = &s.record;
+    let full = to_proto(s, city);
+    pb::Instrument {
+        description: String::new(),
+        techniques: Vec::new(),
+        asset_number: String::new(),
+        commissioned_on: String::new(),
+        original_value_fen: 0,
+        institution: Some(pb::Institution { name: r.institution_name.clone(), uscc: String::new(), department: String::new() }),
+        location: None,
+        contact: None,
+        booking_notes: String::new(),
+        photo_url: String::new(),
+        ..full
+    }
+}
+
 fn enum_err(field: &str, v: i32) -> String {
     format!("{field}: unknown value {v}")
 }

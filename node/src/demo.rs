@@ -14,6 +14,8 @@ pub enum Scale {
     G60,
     /// The Yangtze River Delta platform: 26,733 instruments, 1,195 institutions.
     Yrd,
+    /// Ten times the delta's instruments, for load tests.
+    Yrd10,
 }
 
 impl Scale {
@@ -21,6 +23,7 @@ impl Scale {
         match s {
             "g60" => Some(Scale::G60),
             "yrd" => Some(Scale::Yrd),
+            "yrd10" => Some(Scale::Yrd10),
             _ => None,
         }
     }
@@ -30,6 +33,7 @@ impl Scale {
         match self {
             Scale::G60 => (1_746, 83),
             Scale::Yrd => (26_733, 1_195),
+            Scale::Yrd10 => (267_330, 1_195),
         }
     }
 }

@@ -54,7 +54,14 @@ impl Node {
         bookings: Arc<dyn BookingStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, NodeError> {
-        let catalog = Catalog::new(store.all()?);
+        let started = std::time::Instant::now();
+        let catalog = Catalog::new(city.slug, store.all()?);
+        tracing::info!(
+            city = city.slug,
+            instruments = catalog.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "search index rebuilt from the store"
+        );
         let bookings = Bookings::new(city.slug, bookings, clock);
         Ok(Node { city, store, catalog, write: tokio::sync::Mutex::new(()), bookings })
     }
@@ -117,11 +124,13 @@ impl Node {
     /// Searches this city. `free` optionally asks each hit's calendar for a
     /// free window.
     pub fn search(&self, q: &Query, stats: Option<&CorpusStats>, free: Option<FreeWindow>) -> Hits {
-        let extra = |r: &crate::model::InstrumentRecord| match free {
+        let window = |r: &crate::model::InstrumentRecord| match free {
             Some(w) => self.bookings.has_free_window(r, w.from, w.to, w.minutes),
             None => true,
         };
-        self.catalog.search(q, self.city.slug, self.city.province, stats, &extra)
+        let extra: Option<&dyn Fn(&crate::model::InstrumentRecord) -> bool> =
+            if free.is_some() { Some(&window) } else { None };
+        self.catalog.search(q, self.city.slug, self.city.province, stats, extra)
     }
 
     pub fn search_stats(&self, text: &str) -> CorpusStats {

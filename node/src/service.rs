@@ -12,7 +12,7 @@ use crate::{
     catalog::Entry,
     convert::{
         booking_to_proto, facets_to_proto, from_proto, rules_from_proto, rules_to_proto, service_mode_from_proto,
-        stats_from_proto, stats_to_proto, status_from_proto, to_proto,
+        stats_from_proto, stats_to_proto, status_from_proto, to_proto, to_summary,
     },
     import::RowError,
     node::{Node, NodeError},
@@ -210,7 +210,7 @@ impl node_server::Node for NodeService {
         let hits = found
             .hits
             .into_iter()
-            .map(|(e, score)| pb::SearchHit { instrument: Some(to_proto(&e.stored, city)), score: score as f64 })
+            .map(|(e, score)| pb::SearchHit { instrument: Some(to_summary(&e.stored, city)), score: score as f64 })
             .collect();
         let facets = q.facets.then(|| facets_to_proto(&found.facets));
         Ok(Response::new(pb::NodeSearchResponse { hits, total: found.total, facets }))

@@ -31,7 +31,7 @@ async fn merged_top_20_equals_one_index_holding_everything() {
     for q in ["显微镜", "spectrometer", "X射线 Bruker", "电子显微镜 EDS", "质谱 metabolomics", "Quantum Design"]
     {
         let mut expected: Vec<(f32, String)> = one
-            .search(q, None)
+            .search(q, None, usize::MAX)
             .unwrap()
             .into_iter()
             .map(|(ord, s)| {

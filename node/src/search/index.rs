@@ -242,7 +242,8 @@ impl SearchIndex {
 
     /// Every matching document as (ord, score), scored with `global` when
     /// given and with this index's own statistics otherwise.
-    pub fn search(&self, text: &str, global: Option<&CorpusStats>) -> tantivy::Result<Vec<(u64, Score)>> {
+    /// At most `limit` of them, best first (ties in no particular order).
+    pub fn search(&self, text: &str, global: Option<&CorpusStats>, limit: usize) -> tantivy::Result<Vec<(u64, Score)>> {
         let searcher = self.searcher();
         let schema = self.index.schema();
         let df = |term: &str| -> u64 {
@@ -255,17 +256,25 @@ impl SearchIndex {
             }
         };
         let query = self.build(text, &df);
-        let limit = (searcher.num_docs() as usize).max(1);
-        let collector = TopDocs::with_limit(limit).order_by_score();
+        // Ties at the cut-off must all be kept: the caller breaks them by id.
+        let limit = if limit == usize::MAX { searcher.num_docs() as usize } else { limit.saturating_mul(4) + 64 };
+        let collector = TopDocs::with_limit(limit.max(1)).order_by_score();
         let hits: Vec<(Score, DocAddress)> = match global {
             Some(stats) => {
                 searcher.search_with_statistics_provider(&*query, &collector, &Global { stats, schema: &schema })?
             }
             None => searcher.search(&*query, &collector)?,
         };
+        // Open each segment's ordinal column once, not once per hit.
+        let mut columns = BTreeMap::new();
         let mut out = Vec::with_capacity(hits.len());
         for (score, addr) in hits {
-            let column = searcher.segment_reader(addr.segment_ord).fast_fields().u64("ord")?;
+            let column = match columns.entry(addr.segment_ord) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64("ord")?)
+                }
+            };
             if let Some(ord) = column.first(addr.doc_id) {
                 out.push((ord, score));
             }

@@ -46,6 +46,19 @@ pub fn category_matches(code: &str, filter: &str) -> bool {
 }
 
 impl Query {
+    /// Whether any structured filter is set (city and province are decided
+    /// per node, before searching).
+    pub fn has_filters(&self) -> bool {
+        !self.categories.is_empty()
+            || !self.institutions.is_empty()
+            || self.min_price_fen.is_some()
+            || self.max_price_fen.is_some()
+            || self.accepts_vouchers.is_some()
+            || !self.accreditations.is_empty()
+            || !self.service_modes.is_empty()
+            || !self.statuses.is_empty()
+    }
+
     /// The structured filters, on one record.
     pub fn admits(&self, r: &InstrumentRecord) -> bool {
         (self.categories.is_empty() || self.categories.iter().any(|f| category_matches(&r.category, f)))
@@ -96,7 +109,7 @@ pub struct Hits {
 /// and the limit to scored matches.
 pub fn page(scored: Vec<(Arc<Entry>, f32)>, q: &Query, city: &str, extra: &dyn Fn(&InstrumentRecord) -> bool) -> Hits {
     let mut out = Hits::default();
-    let mut kept: Vec<(Arc<Entry>, f32, String)> = Vec::new();
+    let mut kept: Vec<(Arc<Entry>, f32)> = Vec::new();
     for (entry, score) in scored {
         let r = &entry.stored.record;
         if !q.admits(r) || !extra(r) {
@@ -108,16 +121,21 @@ pub fn page(scored: Vec<(Arc<Entry>, f32)>, q: &Query, city: &str, extra: &dyn F
             *out.facets.categories.entry(r.category.clone()).or_default() += 1;
             *out.facets.institutions.entry(r.institution_name.clone()).or_default() += 1;
         }
-        let id = format!("{city}/{}", r.local_id);
         if let Some((s, after)) = &q.after
-            && rank((score, &id), (*s, after)) != Ordering::Greater
+            && rank((score, &entry.id), (*s, after)) != Ordering::Greater
         {
             continue;
         }
-        kept.push((entry, score, id));
+        kept.push((entry, score));
     }
-    kept.sort_by(|a, b| rank((a.1, &a.2), (b.1, &b.2)));
+    let cmp = |a: &(Arc<Entry>, f32), b: &(Arc<Entry>, f32)| rank((a.1, &a.0.id), (b.1, &b.0.id));
+    // Only the page needs to be in order.
+    if kept.len() > q.limit && q.limit > 0 {
+        kept.select_nth_unstable_by(q.limit - 1, cmp);
+        kept.truncate(q.limit);
+    }
+    kept.sort_by(cmp);
     kept.truncate(q.limit);
-    out.hits = kept.into_iter().map(|(e, s, _)| (e, s)).collect();
+    out.hits = kept;
     out
 }
