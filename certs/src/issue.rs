@@ -95,6 +95,10 @@ impl Ca {
         &self.cert_pem
     }
 
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
     pub fn key_pem(&self) -> String {
         self.issuer.key().serialize_pem()
     }
@@ -138,7 +142,7 @@ fn read(path: &Path) -> Result<String, CertError> {
 
 /// Writes `contents` to `path`; with `private`, the file is created mode 0600
 /// so that no other user can ever read it, not even briefly.
-fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
+pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
     let err = |source| CertError::Write { path: path.into(), source };
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

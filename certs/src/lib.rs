@@ -5,12 +5,17 @@
 mod error;
 mod identity;
 mod issue;
+mod revoke;
 mod tls;
 
 pub use error::CertError;
 pub use identity::Identity;
 pub use issue::{Ca, IssueOptions, IssuedCert, init_dir, write_identity};
-pub use tls::{Credentials, TlsAcceptOptions, TlsConnector, caller_identity, client_channel, tls_incoming};
+pub use revoke::{crl_path, revoke};
+pub use tls::{
+    CredentialSource, Credentials, TlsAcceptOptions, TlsConnector, caller_identity, client_channel, reloading_channel,
+    tls_incoming,
+};
 
 /// The trust domain every corridor identity lives in.
 pub const TRUST_DOMAIN: &str = "corridor";

@@ -15,7 +15,7 @@ use rustls::{
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
     server::{
         WebPkiClientVerifier,
         danger::{ClientCertVerified, ClientCertVerifier},
@@ -49,6 +49,10 @@ pub struct Credentials {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    /// Revocation lists from the CA; refused peers are checked against them.
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    /// When this process's own certificate expires (unix seconds).
+    not_after: i64,
 }
 
 impl fmt::Debug for Credentials {
@@ -64,6 +68,8 @@ impl Clone for Credentials {
             roots: self.roots.clone(),
             chain: self.chain.clone(),
             key: self.key.clone_key(),
+            crls: self.crls.clone(),
+            not_after: self.not_after,
         }
     }
 }
@@ -78,7 +84,7 @@ impl Credentials {
         let ca = dir.join("ca.pem");
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}.key"));
-        let creds =
+        let mut creds =
             Self::from_pem(&read_bytes(&ca)?, &read_bytes(&cert)?, &read_bytes(&key)?).map_err(|e| match e {
                 CertError::NoPem { what, .. } if what == "CA certificate" => {
                     CertError::NoPem { path: ca.clone(), what }
@@ -87,6 +93,12 @@ impl Credentials {
                 CertError::NoPem { what, .. } => CertError::NoPem { path: key.clone(), what },
                 other => other,
             })?;
+        let crl = crate::revoke::crl_path(dir);
+        if crl.exists() {
+            creds.crls = CertificateRevocationListDer::pem_slice_iter(&read_bytes(&crl)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| CertError::NoPem { path: crl, what: "certificate revocation list" })?;
+        }
         Ok(creds)
     }
 
@@ -105,18 +117,31 @@ impl Credentials {
         let chain = certs_from_pem(cert_pem).map_err(|_| no_pem("certificate"))?;
         let leaf = chain.first().ok_or_else(|| no_pem("certificate"))?;
         let identity = Identity::from_cert_der(leaf)?;
+        let not_after = x509_parser::parse_x509_certificate(leaf)
+            .map(|(_, c)| c.validity().not_after.timestamp())
+            .map_err(|e| CertError::BadCertificate(e.to_string()))?;
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| no_pem("private key"))?;
-        Ok(Credentials { identity, roots: Arc::new(roots), chain, key })
+        Ok(Credentials { identity, roots: Arc::new(roots), chain, key, crls: Vec::new(), not_after })
     }
 
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
 
+    /// When this process's certificate expires, in unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
     /// A server config that demands a client certificate from the corridor CA
     /// whose leaf names exactly one corridor identity, and speaks HTTP/2.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, CertError> {
-        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
+        let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider());
+        if !self.crls.is_empty() {
+            // Our CA issues leaves directly; its CRL covers them.
+            builder = builder.with_crls(self.crls.clone()).only_check_end_entity_revocation();
+        }
+        let inner = builder.build()?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(Arc::new(IdentityClientVerifier { inner }))
@@ -129,9 +154,11 @@ impl Credentials {
     /// must also prove that it is that identity: the gateway talking to
     /// `hefei`'s address will only accept `node-hefei`.
     pub fn client_config(&self, expect: Option<Identity>) -> Result<Arc<ClientConfig>, CertError> {
-        let inner = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| CertError::BadCertificate(e.to_string()))?;
+        let mut builder = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider());
+        if !self.crls.is_empty() {
+            builder = builder.with_crls(self.crls.clone()).only_check_end_entity_revocation();
+        }
+        let inner = builder.build().map_err(|e| CertError::BadCertificate(e.to_string()))?;
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -266,11 +293,10 @@ impl Default for TlsAcceptOptions {
 /// when the returned stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    source: Arc<CredentialSource>,
     opts: TlsAcceptOptions,
 ) -> ReceiverStream<io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let permits = Arc::new(Semaphore::new(opts.max_handshakes.max(1)));
     tokio::spawn(async move {
         loop {
@@ -291,7 +317,9 @@ pub fn tls_incoming(
                 return;
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            // The config current at this handshake: certificate rotation and
+            // CRL updates apply to new connections, in-flight ones go on.
+            let acceptor = tokio_rustls::TlsAcceptor::from(source.server_config());
             let tx = tx.clone();
             tokio::spawn(async move {
                 let result = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await;
@@ -324,12 +352,13 @@ pub fn caller_identity<T>(request: &tonic::Request<T>) -> Result<Identity, CertE
 /// here and not in tonic's own TLS setup.
 #[derive(Clone)]
 pub struct TlsConnector {
-    config: Arc<ClientConfig>,
+    source: Arc<CredentialSource>,
+    expect: Option<Identity>,
 }
 
 impl TlsConnector {
-    pub fn new(config: Arc<ClientConfig>) -> Self {
-        TlsConnector { config }
+    pub fn new(source: Arc<CredentialSource>, expect: Option<Identity>) -> Self {
+        TlsConnector { source, expect }
     }
 }
 
@@ -345,8 +374,10 @@ impl tower::Service<Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        // Each new connection presents the credentials current now.
+        let config = self.source.credentials().client_config(self.expect.clone());
         Box::pin(async move {
+            let connector = tokio_rustls::TlsConnector::from(config.map_err(io::Error::other)?);
             let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
             let host = uri.host().ok_or_else(|| invalid(format!("{uri}: no host")))?;
             let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
@@ -368,6 +399,17 @@ pub fn client_channel(
     expect: Option<Identity>,
     connect_timeout: Duration,
 ) -> Result<Channel, CertError> {
+    reloading_channel(url, CredentialSource::fixed(creds.clone())?, expect, connect_timeout)
+}
+
+/// Like [`client_channel`], but every new connection uses the credentials
+/// `source` holds at that moment.
+pub fn reloading_channel(
+    url: &str,
+    source: Arc<CredentialSource>,
+    expect: Option<Identity>,
+    connect_timeout: Duration,
+) -> Result<Channel, CertError> {
     let rest = url
         .strip_prefix("https://")
         .ok_or_else(|| CertError::BadIdentity(format!("{url:?}: corridor endpoints are https://host:port")))?;
@@ -381,6 +423,122 @@ pub fn client_channel(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    let connector = TlsConnector::new(creds.client_config(expect)?);
-    Ok(endpoint.connect_with_connector_lazy(connector))
+    // Fail now, not at the first call, if the credentials cannot make a config.
+    source.credentials().client_config(expect.clone())?;
+    Ok(endpoint.connect_with_connector_lazy(TlsConnector::new(source, expect)))
+}
+
+/// File state that decides whether to reload: modification time and length
+/// of each file.
+type Stamp = Vec<Option<(std::time::SystemTime, u64)>>;
+
+/// A process's credentials, reloaded from disk when its certificate, key, CA
+/// or CRL change, without a restart and without touching connections already
+/// open.
+pub struct CredentialSource {
+    files: Option<(std::path::PathBuf, String)>,
+    state: std::sync::RwLock<Loaded>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+struct Loaded {
+    creds: Arc<Credentials>,
+    server: Arc<ServerConfig>,
+    stamp: Stamp,
+}
+
+/// Certificates closer than this to expiry are warned about at every load.
+const EXPIRY_WARNING: i64 = 30 * 86_400;
+
+impl CredentialSource {
+    /// Loads `DIR/NAME.{pem,key}`, `DIR/ca.pem` and, if present, `DIR/ca.crl`.
+    pub fn load(dir: &Path, name: &str) -> Result<Arc<Self>, CertError> {
+        let (loaded, _) = Self::read(dir, name)?;
+        Ok(Arc::new(CredentialSource {
+            files: Some((dir.into(), name.into())),
+            state: std::sync::RwLock::new(loaded),
+            generation: Default::default(),
+        }))
+    }
+
+    /// Credentials that never change (one-shot clients).
+    pub fn fixed(creds: Credentials) -> Result<Arc<Self>, CertError> {
+        let server = creds.server_config()?;
+        Ok(Arc::new(CredentialSource {
+            files: None,
+            state: std::sync::RwLock::new(Loaded { creds: Arc::new(creds), server, stamp: Vec::new() }),
+            generation: Default::default(),
+        }))
+    }
+
+    fn paths(dir: &Path, name: &str) -> [std::path::PathBuf; 4] {
+        [
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+            dir.join("ca.pem"),
+            crate::revoke::crl_path(dir),
+        ]
+    }
+
+    fn stamp(dir: &Path, name: &str) -> Stamp {
+        Self::paths(dir, name)
+            .iter()
+            .map(|p| fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+            .collect()
+    }
+
+    fn read(dir: &Path, name: &str) -> Result<(Loaded, i64), CertError> {
+        let stamp = Self::stamp(dir, name);
+        let creds = Credentials::load(dir, name)?;
+        let server = creds.server_config()?;
+        let left = creds.not_after - time::OffsetDateTime::now_utc().unix_timestamp();
+        if left < EXPIRY_WARNING {
+            tracing::warn!(identity = %creds.identity, days_left = left / 86_400, "certificate expires soon; renew it");
+        }
+        Ok((Loaded { creds: Arc::new(creds), server, stamp }, left))
+    }
+
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.state.read().expect("poisoned").creds.clone()
+    }
+
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.state.read().expect("poisoned").server.clone()
+    }
+
+    /// How many times the credentials were replaced since start.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Reloads if any file changed. A file set that does not load (a key that
+    /// does not match, a half-written file) leaves the current credentials in
+    /// place and is reported.
+    pub fn reload_if_changed(&self) -> Result<bool, CertError> {
+        let Some((dir, name)) = &self.files else { return Ok(false) };
+        if Self::stamp(dir, name) == self.state.read().expect("poisoned").stamp {
+            return Ok(false);
+        }
+        let (loaded, _) = Self::read(dir, name)?;
+        tracing::info!(identity = %loaded.creds.identity, "credentials reloaded");
+        *self.state.write().expect("poisoned") = loaded;
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(true)
+    }
+
+    /// Checks the files every `every` until the returned task is dropped.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = me.upgrade() else { return };
+                if let Err(e) = me.reload_if_changed() {
+                    tracing::error!(error = %e, "new credentials do not load; keeping the current ones");
+                }
+            }
+        })
+    }
 }

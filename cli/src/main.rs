@@ -294,6 +294,34 @@ enum GatewayCommand {
 
 #[derive(Subcommand)]
 enum CertsCommand {
+    /// Issue (or re-issue) one identity from the CA in --dir: NAME.pem and NAME.key (mode 0600).
+    Issue {
+        /// gateway, reconciler, node-<city>, admin-<city> or org-<name>.
+        name: String,
+        #[arg(long, default_value = ".corridor/certs")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Extra DNS names the identity serves on (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        dns: Vec<String>,
+    },
+    /// Renew an existing identity: a new key and certificate, same identity.
+    /// Running processes pick it up without a restart.
+    Renew {
+        name: String,
+        #[arg(long, default_value = ".corridor/certs")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Revoke the identity's current certificate: it is refused at every
+    /// handshake once processes reload the CRL (within seconds).
+    Revoke {
+        name: String,
+        #[arg(long, default_value = ".corridor/certs")]
+        dir: PathBuf,
+    },
     /// Create a development CA and every corridor identity.
     Init {
         #[arg(long)]
@@ -321,6 +349,24 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Issues NAME from the CA in `dir`, valid for `days`, and writes it.
+fn issue_identity(dir: &std::path::Path, name: &str, days: u32, dns: Vec<String>) -> Result<()> {
+    let id = corridor_certs::Identity::from_name(name)?;
+    if let Some(c) = id.city() {
+        city(c)?;
+    }
+    if days == 0 {
+        bail!("--days must be at least 1");
+    }
+    let ca = corridor_certs::Ca::load(dir)?;
+    let mut opts = corridor_certs::IssueOptions::for_identity(&id);
+    opts.not_after = opts.not_before + std::time::Duration::from_secs(days as u64 * 86_400);
+    opts.dns_names.extend(dns);
+    corridor_certs::write_identity(dir, name, &ca.issue(&id, &opts)?)?;
+    println!("issued {name} ({}) in {}, valid {days} days", id.uri(), dir.display());
+    Ok(())
 }
 
 fn city(slug: &str) -> Result<&'static corridor_proto::cities::City> {
@@ -352,20 +398,37 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let seed = match seed.as_deref() {
                 None => None,
                 Some(s) => Some(
-                    corridor_node::demo::Scale::parse(s).with_context(|| format!("--seed {s:?}: use g60, yrd or yrd10"))?,
+                    corridor_node::demo::Scale::parse(s)
+                        .with_context(|| format!("--seed {s:?}: use g60, yrd or yrd10"))?,
                 ),
             };
             let identity = identity.unwrap_or_else(|| format!("node-{slug}"));
-            let creds = Credentials::load(&certs, &identity)?;
+            let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let config = corridor_node::NodeConfig { city, data_dir: data, seed };
             corridor_node::run(config, creds, listener, shutdown_signal()).await?;
         }
         Command::Gateway { command: GatewayCommand::Run { config, listen, certs, identity } } => {
             let config = corridor_gateway::GatewayConfig::load(&config)?;
-            let creds = Credentials::load(&certs, &identity)?;
+            let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             corridor_gateway::run(config, creds, listener, shutdown_signal()).await?;
+        }
+        Command::Certs { command: CertsCommand::Issue { name, dir, days, dns } } => {
+            issue_identity(&dir, &name, days, dns)?;
+        }
+        Command::Certs { command: CertsCommand::Renew { name, dir, days } } => {
+            if !dir.join(format!("{name}.pem")).exists() {
+                bail!(
+                    "{} does not exist; use `corridor certs issue {name}`",
+                    dir.join(format!("{name}.pem")).display()
+                );
+            }
+            issue_identity(&dir, &name, days, Vec::new())?;
+        }
+        Command::Certs { command: CertsCommand::Revoke { name, dir } } => {
+            let serial = corridor_certs::revoke(&dir, &name)?;
+            println!("revoked {name} (serial {serial}); {} updated", corridor_certs::crl_path(&dir).display());
         }
         Command::Certs { command: CertsCommand::Init { out, cities, force } } => {
             let cities: Vec<String> =

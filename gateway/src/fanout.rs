@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use corridor_certs::{CertError, Credentials, Identity, client_channel};
+use corridor_certs::{CertError, CredentialSource, Identity, reloading_channel};
 use corridor_proto::{
     NodeState,
     cities::{City, city_by_slug},
@@ -105,12 +105,13 @@ pub struct Cities {
 }
 
 impl Cities {
-    pub fn connect(config: &GatewayConfig, creds: &Credentials) -> Result<Self, CertError> {
+    pub fn connect(config: &GatewayConfig, creds: &Arc<CredentialSource>) -> Result<Self, CertError> {
         let mut by_slug = BTreeMap::new();
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
         for n in &config.nodes {
             let city = city_by_slug(&n.city).expect("validated config");
-            let channel = client_channel(&n.endpoint, creds, Some(Identity::Node(n.city.clone())), connect_timeout)?;
+            let channel =
+                reloading_channel(&n.endpoint, creds.clone(), Some(Identity::Node(n.city.clone())), connect_timeout)?;
             let client = NodeClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -1,8 +1,8 @@
 //! Running the gateway on an already-bound listener.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
-use corridor_certs::{CertError, Credentials, TlsAcceptOptions, tls_incoming};
+use corridor_certs::{CertError, CredentialSource, TlsAcceptOptions, tls_incoming};
 use corridor_proto::gateway_server::GatewayServer;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -23,13 +23,15 @@ pub enum RunError {
 /// Serves the gateway until `shutdown` resolves, then drains in-flight calls.
 pub async fn run(
     config: GatewayConfig,
-    creds: Credentials,
+    creds: Arc<CredentialSource>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     config.validate().map_err(|e| CertError::BadIdentity(e.to_string()))?;
     let cities = Cities::connect(&config, &creds)?;
-    let tls = creds.server_config()?;
+    // Certificates, keys and the CRL are reloaded when they change on disk,
+    // for the gateway's server side and its connections to the nodes alike.
+    let _watch = creds.watch(std::time::Duration::from_secs(2));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
@@ -42,7 +44,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(tls_incoming(listener, tls, TlsAcceptOptions::default()), shutdown)
+        .serve_with_incoming_shutdown(tls_incoming(listener, creds, TlsAcceptOptions::default()), shutdown)
         .await?;
     Ok(())
 }

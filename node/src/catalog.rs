@@ -133,25 +133,24 @@ mod tests {
     }
 
     fn catalog() -> Catalog {
-        Catalog::new("hefei", vec![
-            stored(
-                "tem-1",
-                "场发射透射电子显微镜",
-                "Field Emission Transmission Electron Microscope (TEM)",
-                "01.01.01",
-            ),
-            stored("sem-1", "扫描电子显微镜", "Scanning Electron Microscope (SEM)", "01.01.02"),
-            stored("ppms-1", "综合物性测量系统", "Physical Property Measurement System (PPMS)", "02.03.01"),
-            stored("nmr-1", "核磁共振波谱仪", "Nuclear Magnetic Resonance Spectrometer (NMR)", "01.06.01"),
-        ])
+        Catalog::new(
+            "hefei",
+            vec![
+                stored(
+                    "tem-1",
+                    "场发射透射电子显微镜",
+                    "Field Emission Transmission Electron Microscope (TEM)",
+                    "01.01.01",
+                ),
+                stored("sem-1", "扫描电子显微镜", "Scanning Electron Microscope (SEM)", "01.01.02"),
+                stored("ppms-1", "综合物性测量系统", "Physical Property Measurement System (PPMS)", "02.03.01"),
+                stored("nmr-1", "核磁共振波谱仪", "Nuclear Magnetic Resonance Spectrometer (NMR)", "01.06.01"),
+            ],
+        )
     }
 
     fn ids_in(c: &Catalog, q: &Query) -> Vec<String> {
-        c.search(q, "hefei", "Anhui", None, None)
-            .hits
-            .iter()
-            .map(|(e, _)| e.stored.record.local_id.clone())
-            .collect()
+        c.search(q, "hefei", "Anhui", None, None).hits.iter().map(|(e, _)| e.stored.record.local_id.clone()).collect()
     }
 
     fn text(t: &str) -> Query {

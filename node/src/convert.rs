@@ -89,7 +89,11 @@ pub fn to_summary(s: &StoredInstrument, city: &City) -> pb::Instrument {
         asset_number: String::new(),
         commissioned_on: String::new(),
         original_value_fen: 0,
-        institution: Some(pb::Institution { name: r.institution_name.clone(), uscc: String::new(), department: String::new() }),
+        institution: Some(pb::Institution {
+            name: r.institution_name.clone(),
+            uscc: String::new(),
+            department: String::new(),
+        }),
         location: None,
         contact: None,
         booking_notes: String::new(),

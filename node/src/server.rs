@@ -2,7 +2,7 @@
 
 use std::{future::Future, path::PathBuf, sync::Arc};
 
-use corridor_certs::{Credentials, TlsAcceptOptions, tls_incoming};
+use corridor_certs::{CredentialSource, TlsAcceptOptions, tls_incoming};
 use corridor_proto::{cities::City, node_server::NodeServer};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -14,6 +14,9 @@ use crate::{
     node::{Node, NodeError},
     store::SledStore,
 };
+
+/// How often certificate files are checked for changes.
+pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Largest gRPC message a node accepts or sends. Imports stream in chunks well
 /// below this.
@@ -31,7 +34,7 @@ pub struct NodeConfig {
 /// resolves, then drains in-flight calls and flushes the store.
 pub async fn run(
     config: NodeConfig,
-    creds: Credentials,
+    creds: Arc<CredentialSource>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
@@ -44,7 +47,8 @@ pub async fn run(
             tracing::info!(city = config.city.slug, instruments = n, "seeded demo inventory");
         }
     }
-    let tls = creds.server_config()?;
+    // Certificates, keys and the CRL are reloaded when they change on disk.
+    let _watch = creds.watch(RELOAD_EVERY);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<NodeService>>().await;
@@ -53,7 +57,7 @@ pub async fn run(
     let service = NodeServer::new(NodeService::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = tls_incoming(listener, tls, TlsAcceptOptions::default());
+    let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
     tracing::info!(city = config.city.slug, "node serving");
     let served = Server::builder()
         .add_service(health_service)

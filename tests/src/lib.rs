@@ -4,7 +4,9 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
-use corridor_certs::{Ca, Credentials, Identity, IssueOptions, client_channel, write_identity};
+use std::sync::Arc;
+
+use corridor_certs::{Ca, CredentialSource, Credentials, Identity, IssueOptions, client_channel, write_identity};
 use corridor_gateway::{GatewayConfig, NodeEndpoint};
 use corridor_node::{NodeConfig, demo::Scale};
 use corridor_proto::{
@@ -72,6 +74,8 @@ pub struct Mesh {
     pub node_addrs: BTreeMap<&'static str, SocketAddr>,
     nodes: BTreeMap<&'static str, Running>,
     gateway: Option<Running>,
+    /// Every server's credentials, to make them reload in tests.
+    sources: Vec<Arc<CredentialSource>>,
 }
 
 fn shutdown_pair() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send + 'static) {
@@ -96,6 +100,7 @@ impl Mesh {
         corridor_certs::init_dir(&certs, &slugs, false).expect("certs");
 
         let mut nodes = BTreeMap::new();
+        let mut sources = Vec::new();
         let mut node_addrs = BTreeMap::new();
         let mut endpoints = Vec::new();
         for city in CITIES.iter() {
@@ -115,7 +120,8 @@ impl Mesh {
             }
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().unwrap();
-            let creds = Credentials::load(&certs, &format!("node-{}", city.slug)).expect("node creds");
+            let creds = CredentialSource::load(&certs, &format!("node-{}", city.slug)).expect("node creds");
+            sources.push(creds.clone());
             let config = NodeConfig { city, data_dir: dir.path().join("nodes").join(city.slug), seed };
             let (stop, wait) = shutdown_pair();
             let task = tokio::spawn(async move {
@@ -132,13 +138,14 @@ impl Mesh {
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gateway_addr = listener.local_addr().unwrap();
-        let creds = Credentials::load(&certs, "gateway").expect("gateway creds");
+        let creds = CredentialSource::load(&certs, "gateway").expect("gateway creds");
+        sources.push(creds.clone());
         let config = GatewayConfig::new(endpoints);
         let (stop, wait) = shutdown_pair();
         let task = tokio::spawn(async move {
             corridor_gateway::run(config, creds, listener, wait).await.expect("gateway runs");
         });
-        let mesh = Mesh { dir, certs, gateway_addr, node_addrs, nodes, gateway: Some(Running { stop, task }) };
+        let mesh = Mesh { dir, certs, gateway_addr, node_addrs, nodes, gateway: Some(Running { stop, task }), sources };
         mesh.wait_until_seeded(seed).await;
         mesh
     }
@@ -154,6 +161,12 @@ impl Mesh {
         let mut req = tonic::Request::new(pb::ListNodesRequest {});
         req.set_timeout(Duration::from_secs(30));
         gw.list_nodes(req).await.expect("list nodes");
+    }
+
+    /// Makes every server reload its credentials now, as its watcher would
+    /// within seconds; returns how many changed.
+    pub fn reload_all(&self) -> usize {
+        self.sources.iter().filter(|s| s.reload_if_changed().expect("credentials load")).count()
     }
 
     pub fn creds(&self, name: &str) -> Credentials {
