@@ -3,10 +3,11 @@ use std::path::PathBuf;
 /// Everything that can go wrong while issuing, loading or checking certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    // The cause is in the message, not chained, so that it prints once.
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("cannot write {path}: {cause}")]
+    Write { path: PathBuf, cause: std::io::Error },
     #[error("{path} already exists; pass --force to replace the CA and every identity")]
     Exists { path: PathBuf },
     #[error("{path} holds no {what} in PEM form")]

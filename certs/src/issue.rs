@@ -137,13 +137,13 @@ impl Ca {
 }
 
 fn read(path: &Path) -> Result<String, CertError> {
-    fs::read_to_string(path).map_err(|source| CertError::Read { path: path.into(), source })
+    fs::read_to_string(path).map_err(|cause| CertError::Read { path: path.into(), cause })
 }
 
 /// Writes `contents` to `path`; with `private`, the file is created mode 0600
 /// so that no other user can ever read it, not even briefly.
 pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
-    let err = |source| CertError::Write { path: path.into(), source };
+    let err = |cause| CertError::Write { path: path.into(), cause };
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     if private {
@@ -174,7 +174,7 @@ pub fn init_dir(out: &Path, cities: &[&str], force: bool) -> Result<Vec<String>,
     if ca_path.exists() && !force {
         return Err(CertError::Exists { path: ca_path });
     }
-    fs::create_dir_all(out).map_err(|source| CertError::Write { path: out.into(), source })?;
+    fs::create_dir_all(out).map_err(|cause| CertError::Write { path: out.into(), cause })?;
     let ca = Ca::generate("Corridor Development CA")?;
     write_file(&out.join("ca.key"), &ca.key_pem(), true)?;
     write_file(&ca_path, ca.cert_pem(), false)?;

@@ -45,13 +45,13 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 pub fn revoke(dir: &Path, name: &str) -> Result<String, CertError> {
     let ca = Ca::load(dir)?;
     let cert_path = dir.join(format!("{name}.pem"));
-    let pem = fs::read_to_string(&cert_path).map_err(|source| CertError::Read { path: cert_path.clone(), source })?;
+    let pem = fs::read_to_string(&cert_path).map_err(|cause| CertError::Read { path: cert_path.clone(), cause })?;
     let serial = hex(&serial_of(&pem, &cert_path)?);
     let list_path = revoked_path(dir);
     let mut lines: Vec<String> = match fs::read_to_string(&list_path) {
         Ok(text) => text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => return Err(CertError::Read { path: list_path, source }),
+        Err(cause) => return Err(CertError::Read { path: list_path, cause }),
     };
     let now = OffsetDateTime::now_utc();
     if !lines.iter().any(|l| l.split_whitespace().next() == Some(serial.as_str())) {

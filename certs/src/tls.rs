@@ -75,7 +75,7 @@ impl Clone for Credentials {
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>, CertError> {
-    fs::read(path).map_err(|source| CertError::Read { path: path.into(), source })
+    fs::read(path).map_err(|cause| CertError::Read { path: path.into(), cause })
 }
 
 impl Credentials {

@@ -273,6 +273,9 @@ enum NodeCommand {
         /// Seed this demo inventory (g60, yrd or yrd10) when the store is empty.
         #[arg(long)]
         seed: Option<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
 }
 
@@ -289,6 +292,9 @@ enum GatewayCommand {
         certs: PathBuf,
         #[arg(long, default_value = "gateway")]
         identity: String,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
 }
 
@@ -351,6 +357,17 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A metrics registry, served at `addr` when one is given.
+async fn serve_metrics(addr: Option<SocketAddr>) -> Result<std::sync::Arc<corridor_telemetry::Metrics>> {
+    let metrics = corridor_telemetry::Metrics::new();
+    if let Some(addr) = addr {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
+        tokio::spawn(corridor_telemetry::serve(listener, metrics.clone(), shutdown_signal()));
+    }
+    Ok(metrics)
+}
+
 /// Issues NAME from the CA in `dir`, valid for `days`, and writes it.
 fn issue_identity(dir: &std::path::Path, name: &str, days: u32, dns: Vec<String>) -> Result<()> {
     let id = corridor_certs::Identity::from_name(name)?;
@@ -393,7 +410,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
     match command {
         Command::Up(args) => up::up(args).await?,
-        Command::Node { command: NodeCommand::Run { city: slug, listen, data, certs, identity, seed } } => {
+        Command::Node { command: NodeCommand::Run { city: slug, listen, data, certs, identity, seed, metrics } } => {
             let city = city(&slug)?;
             let seed = match seed.as_deref() {
                 None => None,
@@ -406,13 +423,15 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let config = corridor_node::NodeConfig { city, data_dir: data, seed };
-            corridor_node::run(config, creds, listener, shutdown_signal()).await?;
+            let registry = serve_metrics(metrics).await?;
+            corridor_node::run(config, creds, listener, registry, shutdown_signal()).await?;
         }
-        Command::Gateway { command: GatewayCommand::Run { config, listen, certs, identity } } => {
+        Command::Gateway { command: GatewayCommand::Run { config, listen, certs, identity, metrics } } => {
             let config = corridor_gateway::GatewayConfig::load(&config)?;
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-            corridor_gateway::run(config, creds, listener, shutdown_signal()).await?;
+            let registry = serve_metrics(metrics).await?;
+            corridor_gateway::run(config, creds, listener, registry, shutdown_signal()).await?;
         }
         Command::Certs { command: CertsCommand::Issue { name, dir, days, dns } } => {
             issue_identity(&dir, &name, days, dns)?;

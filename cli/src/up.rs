@@ -1,7 +1,8 @@
 //! `corridor up`: the whole corridor on one machine. Each city node and the
 //! gateway run as separate OS processes of this same binary, each node with
 //! its own sled directory, so that killing one behaves as it would in
-//! production. Layout under `--data`: `certs/`, `nodes/<city>/` (sled),
+//! production. The gateway listens on P, nodes on P+1..P+9, and the same
+//! processes serve Prometheus metrics on P+10..P+19. Layout under `--data`: `certs/`, `nodes/<city>/` (sled),
 //! `logs/<name>.log`, `run/<name>.pid` and `gateway.toml`.
 
 use std::{
@@ -103,8 +104,8 @@ fn exited(procs: &mut [Proc]) -> Option<(String, ExitStatus, PathBuf)> {
 
 pub async fn up(args: UpArgs) -> Result<()> {
     let started = Instant::now();
-    if args.port_base > u16::MAX - 10 {
-        bail!("--port-base {} leaves no room for nine node ports above it", args.port_base);
+    if args.port_base > u16::MAX - 20 {
+        bail!("--port-base {} leaves no room for the nine node ports and the metrics ports above it", args.port_base);
     }
     let data = args.data.clone();
     let certs = data.join("certs");
@@ -136,6 +137,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
             &s(&certs),
             "--seed",
             &args.scale,
+            "--metrics",
+            &format!("127.0.0.1:{}", port + 10),
         ]
         .map(String::from);
         procs.push(spawn(&format!("node-{}", c.slug), &node_args, &logs.join(format!("node-{}.log", c.slug)))?);
@@ -149,6 +152,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
         &format!("127.0.0.1:{}", args.port_base),
         "--certs",
         &s(&certs),
+        "--metrics",
+        &format!("127.0.0.1:{}", args.port_base as usize + 10),
     ]
     .map(String::from);
     procs.push(spawn("gateway", &gw_args, &logs.join("gateway.log"))?);
@@ -173,8 +178,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
         }
     };
     println!(
-        "corridor ready: gateway {url}, {cities} cities, {instruments} instruments, in {:.1} s (logs in {}; Ctrl-C stops)",
+        "corridor ready: gateway {url}, {cities} cities, {instruments} instruments, in {:.1} s (metrics on http://127.0.0.1:{}-{}/metrics; logs in {}; Ctrl-C stops)",
         started.elapsed().as_secs_f64(),
+        args.port_base as usize + 10,
+        args.port_base as usize + 19,
         logs.display()
     );
 

@@ -95,20 +95,20 @@ async fn search_json_has_hits_nodes_and_partial() {
     }
 }
 
-/// Ten consecutive free ports, checked by binding them all.
+/// Twenty consecutive free ports (gRPC and metrics), checked by binding them all.
 fn free_port_base() -> u16 {
     for _ in 0..50 {
         let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = first.local_addr().unwrap().port();
-        if base > u16::MAX - 10 {
+        if base > u16::MAX - 20 {
             continue;
         }
-        let rest: Vec<_> = (1..10).map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
-        if rest.len() == 9 {
+        let rest: Vec<_> = (1..20).map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        if rest.len() == 19 {
             return base;
         }
     }
-    panic!("no ten consecutive free ports");
+    panic!("no twenty consecutive free ports");
 }
 
 struct Up(Child);
@@ -175,5 +175,27 @@ async fn up_runs_the_mesh_as_processes_and_survives_a_killed_node() {
     let suzhou = v["nodes"].as_array().unwrap().iter().find(|n| n["city"] == "suzhou").unwrap().clone();
     assert_ne!(suzhou["status"], "ok");
     assert!(!v["hits"].as_array().unwrap().is_empty());
+
+    // Every process serves Prometheus metrics, ten ports above its gRPC port.
+    let get = |port: u16| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let gw = get(base + 10);
+    assert!(gw.contains("corridor_rpc_requests_total{method=\"/corridor.v1.Gateway/Search\",code=\"0\"}"), "{gw}");
+    assert!(gw.contains("corridor_fanout_total{city=\"suzhou\",state=\"unavailable\"}"), "{gw}");
+    assert!(gw.contains("corridor_cert_not_after_seconds{identity=\"spiffe://corridor/gateway\"}"), "{gw}");
+    let hefei = get(base + 10 + 7);
+    for metric in [
+        "corridor_sled_disk_bytes{city=\"hefei\"}",
+        "corridor_open_holds{city=\"hefei\"} 0",
+        "corridor_rpc_duration_seconds_bucket",
+    ] {
+        assert!(hefei.contains(metric), "{metric} in {hefei}");
+    }
     drop(up);
 }

@@ -4,6 +4,7 @@ use std::{future::Future, sync::Arc};
 
 use corridor_certs::{CertError, CredentialSource, TlsAcceptOptions, tls_incoming};
 use corridor_proto::gateway_server::GatewayServer;
+use corridor_telemetry::{Metrics, MetricsLayer};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
@@ -25,6 +26,7 @@ pub async fn run(
     config: GatewayConfig,
     creds: Arc<CredentialSource>,
     listener: TcpListener,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     config.validate().map_err(|e| CertError::BadIdentity(e.to_string()))?;
@@ -35,11 +37,20 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
-    let service = GatewayServer::new(GatewayService::new(cities, &config))
+    let c = creds.clone();
+    metrics.gauge(
+        "corridor_cert_not_after_seconds",
+        "expiry of this process's certificate, unix seconds",
+        vec![("identity", c.credentials().identity().to_string())],
+        move || c.credentials().not_after() as f64,
+    );
+    let service = GatewayServer::new(GatewayService::new(cities, &config, metrics.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(cities = config.nodes.len(), "gateway serving");
     Server::builder()
+        // Outermost, so that every call is counted, refusals included.
+        .layer(MetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -29,16 +29,27 @@ pub struct GatewayService {
     default_deadline: Duration,
     max_deadline: Duration,
     stats_cache: std::sync::Mutex<HashMap<StatsKey, (Instant, pb::CorpusStats)>>,
+    metrics: std::sync::Arc<corridor_telemetry::Metrics>,
 }
 
 impl GatewayService {
-    pub fn new(cities: Cities, config: &GatewayConfig) -> Self {
+    pub fn new(cities: Cities, config: &GatewayConfig, metrics: std::sync::Arc<corridor_telemetry::Metrics>) -> Self {
         GatewayService {
             cities,
             default_deadline: config.default_deadline(),
             max_deadline: config.max_deadline(),
             stats_cache: Default::default(),
+            metrics,
         }
+    }
+
+    /// Counts one city's part in a fan-out.
+    fn fanout(&self, city: &str, state: NodeState) {
+        self.metrics.inc(
+            "corridor_fanout_total",
+            "per-city outcomes of the gateway's fan-out calls",
+            vec![("city", city.to_string()), ("state", state_label(state).to_string())],
+        );
     }
 
     /// Corpus-wide statistics for `msg`'s query over `targets`, and the
@@ -390,6 +401,9 @@ impl gateway_server::Gateway for GatewayService {
                     nodes.push(node_status(c, state, took, detail));
                 }
             }
+        }
+        for n in &nodes {
+            self.fanout(&n.city, NodeState::try_from(n.state).unwrap_or(NodeState::Unspecified));
         }
         let partial = nodes.iter().any(|n| n.state != NodeState::Ok as i32);
         // Report cities in corridor order, whatever order they answered in.

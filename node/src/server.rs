@@ -4,6 +4,7 @@ use std::{future::Future, path::PathBuf, sync::Arc};
 
 use corridor_certs::{CredentialSource, TlsAcceptOptions, tls_incoming};
 use corridor_proto::{cities::City, node_server::NodeServer};
+use corridor_telemetry::{Metrics, MetricsLayer};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
@@ -36,6 +37,7 @@ pub async fn run(
     config: NodeConfig,
     creds: Arc<CredentialSource>,
     listener: TcpListener,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
     let store = Arc::new(SledStore::open(&config.data_dir)?);
@@ -50,6 +52,8 @@ pub async fn run(
     // Certificates, keys and the CRL are reloaded when they change on disk.
     let _watch = creds.watch(RELOAD_EVERY);
 
+    register_gauges(&metrics, config.city.slug, &store, &node, &creds);
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<NodeService>>().await;
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
@@ -60,6 +64,8 @@ pub async fn run(
     let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
     tracing::info!(city = config.city.slug, "node serving");
     let served = Server::builder()
+        // Outermost, so that every call is counted, refusals included.
+        .layer(MetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -70,4 +76,31 @@ pub async fn run(
     store.flush()?;
     tracing::info!(city = config.city.slug, "node stopped");
     served.map_err(|e| NodeError::Serve(e.to_string()))
+}
+
+fn register_gauges(
+    metrics: &Metrics,
+    city: &str,
+    store: &Arc<SledStore>,
+    node: &Arc<Node>,
+    creds: &Arc<CredentialSource>,
+) {
+    let l = || vec![("city", city.to_string())];
+    let s = store.clone();
+    metrics.gauge("corridor_sled_disk_bytes", "size of the node's sled database on disk", l(), move || {
+        s.db().size_on_disk().unwrap_or(0) as f64
+    });
+    let n = node.clone();
+    metrics.gauge("corridor_open_holds", "bookings held and not yet confirmed", l(), move || {
+        n.bookings().open_holds().unwrap_or(0) as f64
+    });
+    let n = node.clone();
+    metrics.gauge("corridor_instruments", "instruments in the city's inventory", l(), move || n.len() as f64);
+    let c = creds.clone();
+    metrics.gauge(
+        "corridor_cert_not_after_seconds",
+        "expiry of this process's certificate, unix seconds",
+        vec![("identity", c.credentials().identity().to_string())],
+        move || c.credentials().not_after() as f64,
+    );
 }

@@ -125,7 +125,8 @@ impl Mesh {
             let config = NodeConfig { city, data_dir: dir.path().join("nodes").join(city.slug), seed };
             let (stop, wait) = shutdown_pair();
             let task = tokio::spawn(async move {
-                corridor_node::run(config, creds, listener, wait).await.expect("node runs");
+                let metrics = corridor_telemetry::Metrics::new();
+                corridor_node::run(config, creds, listener, metrics, wait).await.expect("node runs");
             });
             nodes.insert(city.slug, Running { stop, task });
             node_addrs.insert(city.slug, addr);
@@ -143,7 +144,8 @@ impl Mesh {
         let config = GatewayConfig::new(endpoints);
         let (stop, wait) = shutdown_pair();
         let task = tokio::spawn(async move {
-            corridor_gateway::run(config, creds, listener, wait).await.expect("gateway runs");
+            let metrics = corridor_telemetry::Metrics::new();
+            corridor_gateway::run(config, creds, listener, metrics, wait).await.expect("gateway runs");
         });
         let mesh = Mesh { dir, certs, gateway_addr, node_addrs, nodes, gateway: Some(Running { stop, task }), sources };
         mesh.wait_until_seeded(seed).await;

@@ -149,6 +149,23 @@ async fn bad_clients_are_refused_at_the_handshake() {
         "expired certificate",
     );
 
+    let mut early = IssueOptions::for_identity(&Identity::Gateway);
+    early.not_before = OffsetDateTime::now_utc() + time::Duration::days(1);
+    early.not_after = OffsetDateTime::now_utc() + time::Duration::days(30);
+    let early = mesh.ca().issue(&Identity::Gateway, &early).unwrap();
+    assert_refused_at_handshake(
+        raw_call(&url, &ca_pem, Some((&early.cert_pem, &early.key_pem))).await,
+        "certificate not yet valid",
+    );
+
+    let mut ca_leaf = IssueOptions::for_identity(&Identity::Gateway);
+    ca_leaf.is_ca = true;
+    let ca_leaf = mesh.ca().issue(&Identity::Gateway, &ca_leaf).unwrap();
+    assert_refused_at_handshake(
+        raw_call(&url, &ca_pem, Some((&ca_leaf.cert_pem, &ca_leaf.key_pem))).await,
+        "leaf with CA=true",
+    );
+
     let mut two = IssueOptions::for_identity(&Identity::Gateway);
     two.extra_uris.push("spiffe://corridor/city/hefei/admin".into());
     let two = mesh.ca().issue(&Identity::Gateway, &two).unwrap();
@@ -165,4 +182,16 @@ async fn bad_clients_are_refused_at_the_handshake() {
     // The corridor's own client code refuses to load a foreign leaf as an identity.
     let bad = Credentials::from_pem(ca_pem.as_bytes(), two.cert_pem.as_bytes(), two.key_pem.as_bytes());
     assert!(bad.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused_before_any_handler() {
+    let mesh = Mesh::start(None).await;
+    // 17 MiB of query text: over the 16 MiB limit every service declares.
+    let huge = pb::SearchRequest { query: "x".repeat(17 * 1024 * 1024), ..Default::default() };
+    let err = mesh.gateway("org-demo").max_encoding_message_size(64 << 20).search(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("too large"), "{}", err.message());
+    // The service is unharmed.
+    mesh.gateway("org-demo").search(pb::SearchRequest::default()).await.unwrap();
 }

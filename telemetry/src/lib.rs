@@ -1,0 +1,277 @@
+//! Prometheus metrics for Corridor processes: a registry of counters,
+//! latency histograms and gauges, a tower layer that counts every gRPC call
+//! by method and status, and a small `/metrics` endpoint in the text format.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tonic::codegen::http;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+type Labels = Vec<(&'static str, String)>;
+type Gauge = Box<dyn Fn() -> f64 + Send + Sync>;
+
+/// One process's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    gauges: Mutex<Vec<(&'static str, &'static str, Labels, Gauge)>>,
+    help: Mutex<BTreeMap<&'static str, &'static str>>,
+}
+
+fn labels(l: &Labels) -> String {
+    if l.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = l
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Metrics::default())
+    }
+
+    /// Adds one to a counter.
+    pub fn inc(&self, name: &'static str, help: &'static str, l: Labels) {
+        self.help.lock().expect("poisoned").insert(name, help);
+        *self.counters.lock().expect("poisoned").entry((name, l)).or_default() += 1;
+    }
+
+    /// Registers a gauge read at every scrape.
+    pub fn gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        l: Labels,
+        read: impl Fn() -> f64 + Send + Sync + 'static,
+    ) {
+        self.gauges.lock().expect("poisoned").push((name, help, l, Box::new(read)));
+    }
+
+    /// Records one finished gRPC call.
+    pub fn rpc(&self, method: &str, code: &str, took: Duration) {
+        self.inc(
+            "corridor_rpc_requests_total",
+            "gRPC calls served, by method and status code (0 is OK)",
+            vec![("method", method.to_string()), ("code", code.to_string())],
+        );
+        let mut lat = self.latency.lock().expect("poisoned");
+        let h = lat.entry(method.to_string()).or_default();
+        let secs = took.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let help = self.help.lock().expect("poisoned").clone();
+        let mut last = "";
+        for ((name, l), v) in self.counters.lock().expect("poisoned").iter() {
+            if *name != last {
+                let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", help.get(name).unwrap_or(&""));
+                last = name;
+            }
+            let _ = writeln!(out, "{name}{} {v}", labels(l));
+        }
+        let lat = self.latency.lock().expect("poisoned").clone();
+        if !lat.is_empty() {
+            let name = "corridor_rpc_duration_seconds";
+            let _ = writeln!(out, "# HELP {name} gRPC call latency by method\n# TYPE {name} histogram");
+            for (method, h) in &lat {
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(out, "{name}_bucket{{method=\"{method}\",le=\"{b}\"}} {}", h.counts[i]);
+                }
+                let _ = writeln!(out, "{name}_bucket{{method=\"{method}\",le=\"+Inf\"}} {}", h.count);
+                let _ = writeln!(out, "{name}_sum{{method=\"{method}\"}} {}", h.sum);
+                let _ = writeln!(out, "{name}_count{{method=\"{method}\"}} {}", h.count);
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, help, l, read) in self.gauges.lock().expect("poisoned").iter() {
+            if seen.insert(*name) {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            }
+            let _ = writeln!(out, "{name}{} {}", labels(l), read());
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` (HTTP/1.1, one request per connection) until
+/// `shutdown` resolves. Loopback or a pod network only: it has no TLS, and
+/// the metrics carry no data of any city.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()> + Send) {
+    tokio::pin!(shutdown);
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            // Read the request head, bounded in size and time.
+            let head = tokio::time::timeout(Duration::from_secs(5), async {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if head != Ok(true) {
+                return;
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
+                ("200 OK", metrics.render())
+            } else {
+                ("404 Not Found", "only /metrics is served here\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// A tower layer counting every gRPC call a server answers.
+#[derive(Clone)]
+pub struct MetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService { inner, metrics: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_string();
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            // Errors come trailers-only, with grpc-status in the headers; a
+            // success carries it in the trailers, after this point.
+            let code = match &result {
+                Ok(resp) => resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string(),
+                Err(_) => "transport".to_string(),
+            };
+            metrics.rpc(&method, &code, started.elapsed());
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        let m = Metrics::new();
+        m.rpc("/corridor.v1.Gateway/Search", "0", Duration::from_millis(3));
+        m.rpc("/corridor.v1.Gateway/Search", "14", Duration::from_millis(30));
+        m.gauge("corridor_open_holds", "holds not yet confirmed", vec![("city", "hefei".into())], || 2.0);
+        let text = m.render();
+        assert!(
+            text.contains("corridor_rpc_requests_total{method=\"/corridor.v1.Gateway/Search\",code=\"14\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "corridor_rpc_duration_seconds_bucket{method=\"/corridor.v1.Gateway/Search\",le=\"0.005\"} 1"
+            )
+        );
+        assert!(text.contains("corridor_rpc_duration_seconds_count{method=\"/corridor.v1.Gateway/Search\"} 2"));
+        assert!(text.contains("# TYPE corridor_open_holds gauge\ncorridor_open_holds{city=\"hefei\"} 2"));
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let m = Metrics::new();
+        m.inc("corridor_test_total", "a test counter", vec![]);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, m, async move {
+            let _ = rx.await;
+        }));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        assert!(body.contains("corridor_test_total 1"));
+        let _ = tx.send(());
+        server.await.unwrap();
+    }
+}
