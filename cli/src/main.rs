@@ -276,6 +276,9 @@ enum NodeCommand {
         /// Serve Prometheus metrics at http://ADDR/metrics.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Serve the gRPC health service alone, in plaintext, for probes.
+        #[arg(long)]
+        health: Option<SocketAddr>,
     },
 }
 
@@ -295,6 +298,9 @@ enum GatewayCommand {
         /// Serve Prometheus metrics at http://ADDR/metrics.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Serve the gRPC health service alone, in plaintext, for probes.
+        #[arg(long)]
+        health: Option<SocketAddr>,
     },
 }
 
@@ -410,7 +416,9 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
     match command {
         Command::Up(args) => up::up(args).await?,
-        Command::Node { command: NodeCommand::Run { city: slug, listen, data, certs, identity, seed, metrics } } => {
+        Command::Node {
+            command: NodeCommand::Run { city: slug, listen, data, certs, identity, seed, metrics, health },
+        } => {
             let city = city(&slug)?;
             let seed = match seed.as_deref() {
                 None => None,
@@ -422,16 +430,16 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let identity = identity.unwrap_or_else(|| format!("node-{slug}"));
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-            let config = corridor_node::NodeConfig { city, data_dir: data, seed };
+            let config = corridor_node::NodeConfig { city, data_dir: data, seed, health_addr: health };
             let registry = serve_metrics(metrics).await?;
             corridor_node::run(config, creds, listener, registry, shutdown_signal()).await?;
         }
-        Command::Gateway { command: GatewayCommand::Run { config, listen, certs, identity, metrics } } => {
+        Command::Gateway { command: GatewayCommand::Run { config, listen, certs, identity, metrics, health } } => {
             let config = corridor_gateway::GatewayConfig::load(&config)?;
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let registry = serve_metrics(metrics).await?;
-            corridor_gateway::run(config, creds, listener, registry, shutdown_signal()).await?;
+            corridor_gateway::run(config, creds, listener, registry, health, shutdown_signal()).await?;
         }
         Command::Certs { command: CertsCommand::Issue { name, dir, days, dns } } => {
             issue_identity(&dir, &name, days, dns)?;

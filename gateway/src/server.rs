@@ -19,6 +19,8 @@ pub enum RunError {
     Tls(#[from] CertError),
     #[error("serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("health port: {0}")]
+    Health(String),
 }
 
 /// Serves the gateway until `shutdown` resolves, then drains in-flight calls.
@@ -27,6 +29,7 @@ pub async fn run(
     creds: Arc<CredentialSource>,
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    health_addr: Option<std::net::SocketAddr>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     config.validate().map_err(|e| CertError::BadIdentity(e.to_string()))?;
@@ -36,6 +39,14 @@ pub async fn run(
     let _watch = creds.watch(std::time::Duration::from_secs(2));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
+    let probes = match health_addr {
+        Some(addr) => Some(
+            corridor_telemetry::serve_health(addr, health_service.clone())
+                .await
+                .map_err(|e| RunError::Health(format!("{addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
     let c = creds.clone();
     metrics.gauge(
@@ -57,5 +68,8 @@ pub async fn run(
         .add_service(service)
         .serve_with_incoming_shutdown(tls_incoming(listener, creds, TlsAcceptOptions::default()), shutdown)
         .await?;
+    if let Some(p) = probes {
+        p.abort();
+    }
     Ok(())
 }

@@ -29,6 +29,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Seed this demo inventory when the store is empty.
     pub seed: Option<Scale>,
+    /// Also serve the gRPC health service, and nothing else, in plaintext
+    /// here: for orchestrator probes, which cannot present a certificate.
+    pub health_addr: Option<std::net::SocketAddr>,
 }
 
 /// Serves one city node on an already-bound listener until `shutdown`
@@ -56,6 +59,14 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<NodeService>>().await;
+    let probes = match config.health_addr {
+        Some(addr) => Some(
+            corridor_telemetry::serve_health(addr, health_service.clone())
+                .await
+                .map_err(|e| NodeError::Serve(format!("health port {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
 
     let service = NodeServer::new(NodeService::new(node))
@@ -72,6 +83,9 @@ pub async fn run(
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
+    if let Some(p) = probes {
+        p.abort();
+    }
     // Flush even if serving failed: nothing acknowledged may be lost.
     store.flush()?;
     tracing::info!(city = config.city.slug, "node stopped");

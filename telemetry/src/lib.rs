@@ -178,6 +178,31 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl 
     }
 }
 
+/// Serves `health` (the standard grpc.health.v1 service) alone, in
+/// plaintext, on `addr`: orchestrators probe with it, and it says nothing but
+/// SERVING or NOT_SERVING. Abort the returned task to stop it.
+pub async fn serve_health<S>(addr: std::net::SocketAddr, health: S) -> std::io::Result<tokio::task::JoinHandle<()>>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming).await {
+            tracing::error!(error = %e, "health port failed");
+        }
+    }))
+}
+
 /// A tower layer counting every gRPC call a server answers.
 #[derive(Clone)]
 pub struct MetricsLayer(pub Arc<Metrics>);

@@ -122,7 +122,8 @@ impl Mesh {
             let addr = listener.local_addr().unwrap();
             let creds = CredentialSource::load(&certs, &format!("node-{}", city.slug)).expect("node creds");
             sources.push(creds.clone());
-            let config = NodeConfig { city, data_dir: dir.path().join("nodes").join(city.slug), seed };
+            let config =
+                NodeConfig { city, data_dir: dir.path().join("nodes").join(city.slug), seed, health_addr: None };
             let (stop, wait) = shutdown_pair();
             let task = tokio::spawn(async move {
                 let metrics = corridor_telemetry::Metrics::new();
@@ -145,7 +146,7 @@ impl Mesh {
         let (stop, wait) = shutdown_pair();
         let task = tokio::spawn(async move {
             let metrics = corridor_telemetry::Metrics::new();
-            corridor_gateway::run(config, creds, listener, metrics, wait).await.expect("gateway runs");
+            corridor_gateway::run(config, creds, listener, metrics, None, wait).await.expect("gateway runs");
         });
         let mesh = Mesh { dir, certs, gateway_addr, node_addrs, nodes, gateway: Some(Running { stop, task }), sources };
         mesh.wait_until_seeded(seed).await;
