@@ -96,6 +96,32 @@ pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &Clien
     Ok(ExitCode::SUCCESS)
 }
 
+/// Streams a node's backup into `out`, writing to a temporary file first so
+/// that a failed transfer never leaves a partial file under the real name.
+pub async fn backup(city: &City, out: &Path, node: Option<String>, opts: &ClientOpts) -> Result<ExitCode> {
+    let creds = opts.credentials(&format!("admin-{}", city.slug))?;
+    let endpoint = node.unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, city));
+    let channel = client_channel(&endpoint, &creds, Some(Identity::Node(city.slug.into())), CONNECT_TIMEOUT)?;
+    let mut stream = NodeClient::new(channel).backup(pb::BackupRequest {}).await.map_err(status_error)?.into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        bytes.extend(chunk.data);
+    }
+    let backup =
+        corridor_node::backup::verify(&bytes).map_err(|e| anyhow::anyhow!("the node sent a bad backup: {e}"))?;
+    let tmp = out.with_extension("partial");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    println!(
+        "backup of {} written to {}: {} entries, {} bytes, checksum verified",
+        city.slug,
+        out.display(),
+        backup.len(),
+        bytes.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn hit_json(h: &pb::SearchHit) -> serde_json::Value {
     let i = h.instrument.clone().unwrap_or_default();
     let inst = i.institution.unwrap_or_default();

@@ -256,6 +256,27 @@ enum Command {
 
 #[derive(Subcommand)]
 enum NodeCommand {
+    /// Take a consistent, checksummed backup of a city's store while its node serves (as the city's admin).
+    Backup {
+        #[arg(long)]
+        city: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// The node's endpoint; defaults to the demo's port for the city.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Verify a backup's checksum, then restore it into a new, empty data directory.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        /// Only verify the file.
+        #[arg(long)]
+        verify_only: bool,
+    },
     /// Serve one city's node until SIGTERM or Ctrl-C.
     Run {
         #[arg(long)]
@@ -433,6 +454,26 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let config = corridor_node::NodeConfig { city, data_dir: data, seed, health_addr: health };
             let registry = serve_metrics(metrics).await?;
             corridor_node::run(config, creds, listener, registry, shutdown_signal()).await?;
+        }
+        Command::Node { command: NodeCommand::Backup { city: slug, out, node, client } } => {
+            let city = city(&slug)?;
+            return client::backup(city, &out, node, &client).await;
+        }
+        Command::Node { command: NodeCommand::Restore { file, data, verify_only } } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let backup = corridor_node::backup::verify(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; nothing restored", file.display()))?;
+            println!(
+                "{}: a backup of {} taken {}, {} entries, checksum verified",
+                file.display(),
+                backup.city,
+                backup.taken_at,
+                backup.len()
+            );
+            if !verify_only {
+                corridor_node::backup::restore(&backup, &data).map_err(|e| anyhow::anyhow!("{e}; nothing restored"))?;
+                println!("restored into {}; start the node with --data {}", data.display(), data.display());
+            }
         }
         Command::Gateway { command: GatewayCommand::Run { config, listen, certs, identity, metrics, health } } => {
             let config = corridor_gateway::GatewayConfig::load(&config)?;

@@ -1,6 +1,7 @@
 //! A Corridor city node: the single owner of one city's instrument inventory,
 //! kept in sled and served over mutual TLS to the gateway and the city's admin.
 
+pub mod backup;
 pub mod booking;
 pub mod catalog;
 pub mod convert;

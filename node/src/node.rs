@@ -34,7 +34,12 @@ pub struct Node {
     /// One writer at a time, so that the catalog sees writes in store order.
     write: tokio::sync::Mutex<()>,
     bookings: Bookings,
+    /// Takes a backup; set by the server for sled-backed nodes.
+    snapshotter: Option<Snapshotter>,
 }
+
+/// Produces backup bytes while every writer is held off.
+pub type Snapshotter = Box<dyn Fn() -> Result<Vec<u8>, StoreError> + Send + Sync>;
 
 /// Now, in Asia/Shanghai, as RFC 3339.
 pub fn now_rfc3339() -> String {
@@ -63,11 +68,28 @@ impl Node {
             "search index rebuilt from the store"
         );
         let bookings = Bookings::new(city.slug, bookings, clock);
-        Ok(Node { city, store, catalog, write: tokio::sync::Mutex::new(()), bookings })
+        Ok(Node { city, store, catalog, write: tokio::sync::Mutex::new(()), bookings, snapshotter: None })
     }
 
     pub fn bookings(&self) -> &Bookings {
         &self.bookings
+    }
+
+    /// Makes [`Node::backup`] available.
+    pub fn with_snapshotter(mut self, s: Snapshotter) -> Self {
+        self.snapshotter = Some(s);
+        self
+    }
+
+    /// A consistent backup of the whole store. Inventory writes wait on the
+    /// node's write lock and bookings on the snapshotter's gate, so the
+    /// snapshot holds whole imports and whole booking steps only.
+    pub async fn backup(&self) -> Result<Vec<u8>, NodeError> {
+        let Some(snap) = &self.snapshotter else {
+            return Err(StoreError::Backend("this node's store cannot be backed up".into()).into());
+        };
+        let _writers = self.write.lock().await;
+        Ok(tokio::task::block_in_place(snap)?)
     }
 
     pub fn city(&self) -> &'static City {

@@ -44,8 +44,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
     let store = Arc::new(SledStore::open(&config.data_dir)?);
-    let bookings = Arc::new(SledBookings::open(store.db())?);
-    let node = Arc::new(Node::open(config.city, store.clone(), bookings, Arc::new(SystemClock))?);
+    let gate: Arc<std::sync::RwLock<()>> = Arc::default();
+    let bookings = Arc::new(SledBookings::open(store.db(), gate.clone())?);
+    let (db, city) = (store.db().clone(), config.city.slug);
+    let snapshotter: crate::node::Snapshotter = Box::new(move || {
+        // Exclusive: no booking step runs while the trees are read.
+        let _all = gate.write().expect("poisoned");
+        crate::backup::snapshot(&db, city, &crate::node::now_rfc3339())
+    });
+    let node = Arc::new(
+        Node::open(config.city, store.clone(), bookings, Arc::new(SystemClock))?.with_snapshotter(snapshotter),
+    );
     if let Some(scale) = config.seed {
         let n = node.seed_if_empty(scale).await?;
         if n > 0 {

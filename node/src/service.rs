@@ -20,6 +20,9 @@ use crate::{
     store::StoreError,
 };
 
+/// Bytes per streamed backup message: well under every message limit.
+const BACKUP_CHUNK: usize = 1 << 20;
+
 /// Largest number of rows one import may carry.
 const MAX_IMPORT_ROWS: usize = 1_000_000;
 /// Most hits one search may ask for.
@@ -425,6 +428,17 @@ impl node_server::Node for NodeService {
             .await
             .map_err(booking_status)?;
         Ok(Response::new(pb::GrantQualificationResponse {}))
+    }
+
+    type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::BackupChunk, Status>>>;
+
+    async fn backup(&self, req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let who = self.authorize_write(&req)?;
+        let bytes = self.node.backup().await.map_err(status)?;
+        tracing::info!(%who, bytes = bytes.len(), "backup taken");
+        let chunks: Vec<Result<pb::BackupChunk, Status>> =
+            bytes.chunks(BACKUP_CHUNK).map(|c| Ok(pb::BackupChunk { data: c.to_vec() })).collect();
+        Ok(Response::new(tokio_stream::iter(chunks)))
     }
 
     async fn upsert_instrument(

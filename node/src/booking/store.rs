@@ -145,6 +145,9 @@ impl BookingStore for MemBookings {
 pub struct SledBookings {
     tree: sled::Tree,
     flusher: Mutex<mpsc::Sender<oneshot::Sender<Result<(), String>>>>,
+    /// Held shared by every step, and exclusively by a backup, so that a
+    /// backup sees whole steps only.
+    gate: Arc<std::sync::RwLock<()>>,
 }
 
 struct SledTxn<'a> {
@@ -183,7 +186,7 @@ impl Txn for SledTxn<'_> {
 }
 
 impl SledBookings {
-    pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+    pub fn open(db: &sled::Db, gate: Arc<std::sync::RwLock<()>>) -> Result<Self, StoreError> {
         let tree = db.open_tree("bookings").map_err(|e| StoreError::Backend(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>();
         let db = db.clone();
@@ -203,13 +206,14 @@ impl SledBookings {
                 }
             })
             .map_err(|e| StoreError::Backend(format!("starting the flush thread: {e}")))?;
-        Ok(SledBookings { tree, flusher: Mutex::new(tx) })
+        Ok(SledBookings { tree, flusher: Mutex::new(tx), gate })
     }
 }
 
 impl BookingStore for SledBookings {
     fn atomically(&self, step: &mut Step<'_>) -> Result<(), BookingError> {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let _shared = self.gate.read().expect("poisoned");
         let step = RefCell::new(step);
         let result = self.tree.transaction(|tx| {
             let mut txn = SledTxn { tx, conflict: None };

@@ -16,7 +16,7 @@ fn backends() -> Vec<(&'static str, Arc<dyn BookingStore>, Option<tempfile::Temp
     let db = sled::Config::new().path(dir.path()).open().unwrap();
     vec![
         ("mem", Arc::new(MemBookings::default()) as Arc<dyn BookingStore>, None),
-        ("sled", Arc::new(SledBookings::open(&db).unwrap()), Some(dir)),
+        ("sled", Arc::new(SledBookings::open(&db, Default::default()).unwrap()), Some(dir)),
     ]
 }
 
