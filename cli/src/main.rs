@@ -368,12 +368,6 @@ enum CertsCommand {
     },
 }
 
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
-
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -422,8 +416,13 @@ fn city(slug: &str) -> Result<&'static corridor_proto::cities::City> {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Up(_) | Command::Node { .. } | Command::Gateway { .. });
-
-    init_tracing(if server { "info" } else { "warn" });
+    let service = match &cli.command {
+        Command::Node { command: NodeCommand::Run { city, .. } } => format!("corridor-node-{city}"),
+        Command::Gateway { .. } => "corridor-gateway".to_string(),
+        _ => "corridor-cli".to_string(),
+    };
+    // Kept to the end of main: dropping it flushes exported spans.
+    let _tracing = corridor_telemetry::init_tracing(if server { "info" } else { "warn" }, &service);
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {

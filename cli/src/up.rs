@@ -57,6 +57,8 @@ fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
     let err = out.try_clone()?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+    // Each process is its own service in traces.
+    cmd.env("OTEL_SERVICE_NAME", format!("corridor-{name}"));
     // If `up` itself dies, even by SIGKILL, its children must not linger.
     // SAFETY: prctl is async-signal-safe and touches only this child.
     unsafe {

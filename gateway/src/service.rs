@@ -7,6 +7,7 @@ use std::{
 };
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use corridor_certs::{Identity, caller_identity};
 use corridor_proto::{
@@ -135,11 +136,13 @@ impl GatewayService {
         F: FnOnce(NodeClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
+        let span = tracing::info_span!("gateway.city_call", otel.name = %format!("gateway.call.{}", c.city.slug), city = c.city.slug);
         let mut r = Request::new(msg);
         r.set_timeout(budget);
         let uri = caller.uri().parse().map_err(|_| Status::internal("identity is not valid metadata"))?;
         r.metadata_mut().insert(ON_BEHALF_OF, uri);
-        match tokio::time::timeout(budget, f(c.client.clone(), r)).await {
+        corridor_telemetry::inject(&span, r.metadata_mut());
+        match tokio::time::timeout(budget, f(c.client.clone(), r)).instrument(span).await {
             Ok(Ok(resp)) => Ok(Response::new(resp.into_inner())),
             Ok(Err(s)) => Err(match classify(&s) {
                 NodeState::Unavailable => {
@@ -216,9 +219,12 @@ where
         Ok(p) => p,
         Err(why) => return (Err((NodeState::Unavailable, why)), started.elapsed()),
     };
+    // One child span per city call; the node's server span joins it.
+    let span = tracing::info_span!("gateway.city_call", otel.name = %format!("gateway.call.{}", c.city.slug), city = c.city.slug);
     let mut req = Request::new(msg);
     req.set_timeout(budget);
-    let result = match tokio::time::timeout(budget, f(c.client.clone(), req)).await {
+    corridor_telemetry::inject(&span, req.metadata_mut());
+    let result = match tokio::time::timeout(budget, f(c.client.clone(), req)).instrument(span).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => Err((classify(&status), status.message().to_string())),
         Err(_) => Err((NodeState::Timeout, format!("no answer within {} ms", budget.as_millis()))),

@@ -1,6 +1,11 @@
-//! Prometheus metrics for Corridor processes: a registry of counters,
-//! latency histograms and gauges, a tower layer that counts every gRPC call
-//! by method and status, and a small `/metrics` endpoint in the text format.
+//! Observability for Corridor processes: Prometheus metrics (a registry of
+//! counters, latency histograms and gauges, a tower layer that counts and
+//! traces every gRPC call, a small `/metrics` endpoint) and OpenTelemetry
+//! tracing with W3C context propagation.
+
+mod trace;
+
+pub use trace::{TracingGuard, extract, init_tracing, inject, span_name};
 
 use std::{
     collections::BTreeMap,
@@ -203,7 +208,8 @@ where
     }))
 }
 
-/// A tower layer counting every gRPC call a server answers.
+/// A tower layer counting every gRPC call a server answers, and opening its
+/// server span (a child of the caller's, when the caller sent one).
 #[derive(Clone)]
 pub struct MetricsLayer(pub Arc<Metrics>);
 
@@ -238,21 +244,32 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
         let method = req.uri().path().to_string();
         let started = Instant::now();
         let metrics = self.metrics.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let result = fut.await;
-            // Errors come trailers-only, with grpc-status in the headers; a
-            // success carries it in the trailers, after this point.
-            let code = match &result {
-                Ok(resp) => resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string(),
-                Err(_) => "transport".to_string(),
-            };
-            metrics.rpc(&method, &code, started.elapsed());
-            result
-        })
+        // The server span of this call, joined to the caller's trace.
+        let span =
+            tracing::info_span!("rpc", otel.name = %span_name(&method), rpc.method = %method, otel.kind = "server");
+        let _ = span.set_parent(extract(req.headers()));
+        let fut = span.in_scope(|| self.inner.call(req));
+        Box::pin(
+            async move {
+                let result = fut.await;
+                // Errors come trailers-only, with grpc-status in the headers; a
+                // success carries it in the trailers, after this point.
+                let code = match &result {
+                    Ok(resp) => {
+                        resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string()
+                    }
+                    Err(_) => "transport".to_string(),
+                };
+                metrics.rpc(&method, &code, started.elapsed());
+                result
+            }
+            .instrument(span),
+        )
     }
 }
 
