@@ -1,12 +1,9 @@
 //! The `corridor` binary as a user runs it: against an in-process mesh, and
 //! `corridor up` as real processes.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod common;
+
+use std::{path::Path, process::Command, time::Duration};
 
 use corridor_node::demo::{Scale, city_inventory};
 use corridor_tests::{Mesh, pb};
@@ -95,57 +92,14 @@ async fn search_json_has_hits_nodes_and_partial() {
     }
 }
 
-/// Twenty consecutive free ports (gRPC and metrics), checked by binding them all.
-fn free_port_base() -> u16 {
-    for _ in 0..50 {
-        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = first.local_addr().unwrap().port();
-        if base > u16::MAX - 20 {
-            continue;
-        }
-        let rest: Vec<_> = (1..20).map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
-        if rest.len() == 19 {
-            return base;
-        }
-    }
-    panic!("no twenty consecutive free ports");
-}
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SIGTERM lets `up` stop its children; they also die with it.
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_the_mesh_as_processes_and_survives_a_killed_node() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_port_base();
+    let base = common::free_port_base();
     let data = dir.path().join("corridor");
     let gateway = format!("https://127.0.0.1:{base}");
     let certs = data.join("certs");
-    let mut up = Command::new(env!("CARGO_BIN_EXE_corridor"));
-    up.args(["up", "--data", data.to_str().unwrap(), "--port-base", &base.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = up.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let up = Up(child);
-    // Wait for the one ready line (or for `up` to give up and exit).
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    let (up, line) = common::start_up(&data, base, &[]).await;
     assert!(line.starts_with("corridor ready"), "{line:?}");
     assert!(line.contains("9 cities") && line.contains("1746 instruments"), "{line}");
 

@@ -1,10 +1,11 @@
 //! One search is one trace across ten processes: spans exported over OTLP
 //! to a receiver inside this test, then checked for their parent links.
 
+mod common;
+
 use std::{
     collections::{HashMap, HashSet},
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -55,20 +56,6 @@ impl TraceService for Receiver {
     }
 }
 
-fn free_port_base() -> u16 {
-    for _ in 0..50 {
-        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = first.local_addr().unwrap().port();
-        if base > u16::MAX - 20 {
-            continue;
-        }
-        if (1..20).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no twenty consecutive free ports");
-}
-
 /// The trace of the gateway's search, if it is complete: a `gateway.Search`
 /// span, and for each of the nine cities a `node.Search` span whose parent
 /// is the gateway's `gateway.call.<city>` span in the same trace.
@@ -100,24 +87,11 @@ async fn one_search_is_one_trace_across_ten_processes() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let base = free_port_base();
+    let base = common::free_port_base();
     let data = dir.path().join("corridor");
-    let mut up = Command::new(env!("CARGO_BIN_EXE_corridor"))
-        .args(["up", "--data", data.to_str().unwrap(), "--port-base", &base.to_string()])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = up.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    let (up, line) =
+        common::start_up(&data, base, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp), ("OTEL_BSP_SCHEDULE_DELAY", "100")])
+            .await;
     assert!(line.starts_with("corridor ready"), "{line:?}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_corridor"))
@@ -140,11 +114,7 @@ async fn one_search_is_one_trace_across_ten_processes() {
         }
     })
     .await;
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(up.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let _ = up.wait();
+    drop(up);
     server.abort();
     let services = found.unwrap_or_else(|_| {
         let spans = receiver.spans.lock().unwrap();

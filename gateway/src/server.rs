@@ -39,14 +39,9 @@ pub async fn run(
     let _watch = creds.watch(std::time::Duration::from_secs(2));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
-    let probes = match health_addr {
-        Some(addr) => Some(
-            corridor_telemetry::serve_health(addr, health_service.clone())
-                .await
-                .map_err(|e| RunError::Health(format!("{addr}: {e}")))?,
-        ),
-        None => None,
-    };
+    let probes = corridor_telemetry::serve_health_at(health_addr, &health_service)
+        .await
+        .map_err(|e| RunError::Health(e.to_string()))?;
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
     let c = creds.clone();
     metrics.gauge(

@@ -68,14 +68,9 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<NodeService>>().await;
-    let probes = match config.health_addr {
-        Some(addr) => Some(
-            corridor_telemetry::serve_health(addr, health_service.clone())
-                .await
-                .map_err(|e| NodeError::Serve(format!("health port {addr}: {e}")))?,
-        ),
-        None => None,
-    };
+    let probes = corridor_telemetry::serve_health_at(config.health_addr, &health_service)
+        .await
+        .map_err(|e| NodeError::Serve(format!("health port: {e}")))?;
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
 
     let service = NodeServer::new(NodeService::new(node))

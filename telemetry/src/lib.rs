@@ -208,6 +208,29 @@ where
     }))
 }
 
+/// [`serve_health`] when `addr` is given.
+pub async fn serve_health_at<S>(
+    addr: Option<std::net::SocketAddr>,
+    health: &S,
+) -> std::io::Result<Option<tokio::task::JoinHandle<()>>>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match addr {
+        Some(addr) => serve_health(addr, health.clone()).await.map(Some),
+        None => Ok(None),
+    }
+}
+
 /// A tower layer counting every gRPC call a server answers, and opening its
 /// server span (a child of the caller's, when the caller sent one).
 #[derive(Clone)]
