@@ -237,6 +237,11 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// The deterministic demo inventory, as JSON Lines that `corridor import` reads.
+    Demo {
+        #[command(subcommand)]
+        command: DemoCommand,
+    },
     /// Load generators against a running corridor.
     Bench {
         #[command(subcommand)]
@@ -300,6 +305,21 @@ enum NodeCommand {
         /// Serve the gRPC health service alone, in plaintext, for probes.
         #[arg(long)]
         health: Option<SocketAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Write the demo inventory (one city, or the whole corridor) as JSON Lines.
+    Export {
+        /// g60, yrd or yrd10.
+        #[arg(long, default_value = "g60")]
+        scale: String,
+        /// Only this city (the file can then be imported with `corridor import --city`).
+        #[arg(long)]
+        city: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -480,6 +500,24 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let registry = serve_metrics(metrics).await?;
             corridor_gateway::run(config, creds, listener, registry, health, shutdown_signal()).await?;
+        }
+        Command::Demo { command: DemoCommand::Export { scale, city: only, out } } => {
+            let scale = corridor_node::demo::Scale::parse(&scale)
+                .with_context(|| format!("--scale {scale:?}: use g60, yrd or yrd10"))?;
+            if let Some(c) = &only {
+                city(c)?;
+            }
+            let mut text = String::new();
+            let mut n = 0;
+            for (c, record) in corridor_node::demo::corridor_inventory(scale) {
+                if only.as_deref().is_none_or(|o| o == c.slug) {
+                    text.push_str(&serde_json::to_string(&record)?);
+                    text.push('\n');
+                    n += 1;
+                }
+            }
+            std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {n} instruments to {}", out.display());
         }
         Command::Certs { command: CertsCommand::Issue { name, dir, days, dns } } => {
             issue_identity(&dir, &name, days, dns)?;
