@@ -39,17 +39,11 @@ pub async fn run(
     let _watch = creds.watch(std::time::Duration::from_secs(2));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
-    let probes = corridor_telemetry::serve_health_at(health_addr, &health_service)
+    let probes = corridor_telemetry::serve_health(health_addr, &health_service)
         .await
         .map_err(|e| RunError::Health(e.to_string()))?;
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
-    let c = creds.clone();
-    metrics.gauge(
-        "corridor_cert_not_after_seconds",
-        "expiry of this process's certificate, unix seconds",
-        vec![("identity", c.credentials().identity().to_string())],
-        move || c.credentials().not_after() as f64,
-    );
+    corridor_telemetry::cert_expiry_gauge(&metrics, creds.clone());
     let service = GatewayServer::new(GatewayService::new(cities, &config, metrics.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -68,7 +68,7 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<NodeService>>().await;
-    let probes = corridor_telemetry::serve_health_at(config.health_addr, &health_service)
+    let probes = corridor_telemetry::serve_health(config.health_addr, &health_service)
         .await
         .map_err(|e| NodeError::Serve(format!("health port: {e}")))?;
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
@@ -114,11 +114,5 @@ fn register_gauges(
     });
     let n = node.clone();
     metrics.gauge("corridor_instruments", "instruments in the city's inventory", l(), move || n.len() as f64);
-    let c = creds.clone();
-    metrics.gauge(
-        "corridor_cert_not_after_seconds",
-        "expiry of this process's certificate, unix seconds",
-        vec![("identity", c.credentials().identity().to_string())],
-        move || c.credentials().not_after() as f64,
-    );
+    corridor_telemetry::cert_expiry_gauge(metrics, creds.clone());
 }

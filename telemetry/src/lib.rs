@@ -183,33 +183,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl 
     }
 }
 
-/// Serves `health` (the standard grpc.health.v1 service) alone, in
-/// plaintext, on `addr`: orchestrators probe with it, and it says nothing but
-/// SERVING or NOT_SERVING. Abort the returned task to stop it.
-pub async fn serve_health<S>(addr: std::net::SocketAddr, health: S) -> std::io::Result<tokio::task::JoinHandle<()>>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let listener = TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming).await {
-            tracing::error!(error = %e, "health port failed");
-        }
-    }))
-}
-
-/// [`serve_health`] when `addr` is given.
-pub async fn serve_health_at<S>(
+/// When `addr` is given, serves `health` (the standard grpc.health.v1
+/// service) alone, in plaintext, there: orchestrators probe with it, and it
+/// says nothing but SERVING or NOT_SERVING. Abort the returned task to stop it.
+pub async fn serve_health<S>(
     addr: Option<std::net::SocketAddr>,
     health: &S,
 ) -> std::io::Result<Option<tokio::task::JoinHandle<()>>>
@@ -225,10 +202,27 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    match addr {
-        Some(addr) => serve_health(addr, health.clone()).await.map(Some),
-        None => Ok(None),
-    }
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await?;
+    let health = health.clone();
+    Ok(Some(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming).await {
+            tracing::error!(error = %e, "health port failed");
+        }
+    })))
+}
+
+/// Exports the expiry of the process's current certificate, following
+/// renewals.
+pub fn cert_expiry_gauge(metrics: &Metrics, creds: Arc<corridor_certs::CredentialSource>) {
+    let identity = creds.credentials().identity().to_string();
+    metrics.gauge(
+        "corridor_cert_not_after_seconds",
+        "expiry of this process's certificate, unix seconds",
+        vec![("identity", identity)],
+        move || creds.credentials().not_after() as f64,
+    );
 }
 
 /// A tower layer counting every gRPC call a server answers, and opening its
