@@ -3,6 +3,8 @@
 //! The direct-to-node figures are measured in the same run as the baseline.
 
 use std::{
+    future::Future,
+    pin::Pin,
     process::ExitCode,
     sync::{
         Arc,
@@ -181,46 +183,35 @@ struct Run<'a> {
     json: bool,
 }
 
-async fn run_reserve(run: Run<'_>, targets: Vec<Target>, instruments: Arc<Vec<String>>) -> serde_json::Value {
-    let Run { label, concurrency, seconds, day0, contended, json: json_out } = run;
-    let counter = Arc::new(AtomicU64::new(0));
+/// What one call came to.
+enum Outcome {
+    Ok,
+    Refused,
+    Failed,
+}
+
+/// The `i`-th call of client `c`.
+type Call = Arc<dyn Fn(usize, u64) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
+
+/// Runs `concurrency` clients in a closed loop for `seconds`, each timing its
+/// calls one after another, and reports the tally.
+async fn drive(label: &str, concurrency: usize, seconds: u64, json_out: bool, call: Call) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|c| {
-            let mut target = targets[c % targets.len()].clone();
-            let (instruments, counter) = (instruments.clone(), counter.clone());
-            let run = format!("{label}-{}-{c}", std::process::id());
+            let call = call.clone();
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 let mut i = 0u64;
                 while Instant::now() < deadline {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    // Contended: every client fights over 4 instruments and one day.
-                    let (inst, start) = if contended {
-                        let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
-                        (&instruments[(x % 4) as usize], slot_start(day0, (x / 4) % 28))
-                    } else {
-                        (
-                            &instruments[(n % instruments.len() as u64) as usize],
-                            slot_start(day0, n / instruments.len() as u64),
-                        )
-                    };
-                    let req = pb::ReserveRequest {
-                        instrument_id: inst.clone(),
-                        start: rfc(start),
-                        end: rfc(start + 1800),
-                        hold_only: false,
-                        purpose: "bench".into(),
-                        idempotency_key: format!("{run}-{i}"),
-                    };
-                    i += 1;
                     let t = Instant::now();
-                    match target.reserve(req).await {
-                        Ok(_) => tally.ok.push(t.elapsed().as_micros() as u32),
-                        Err(s) if s.code() == tonic::Code::FailedPrecondition => tally.refused += 1,
-                        Err(_) => tally.failed += 1,
+                    match call(c, i).await {
+                        Outcome::Ok => tally.ok.push(t.elapsed().as_micros() as u32),
+                        Outcome::Refused => tally.refused += 1,
+                        Outcome::Failed => tally.failed += 1,
                     }
+                    i += 1;
                 }
                 tally
             })
@@ -231,6 +222,39 @@ async fn run_reserve(run: Run<'_>, targets: Vec<Target>, instruments: Arc<Vec<St
         total.merge(t.await.unwrap_or_default());
     }
     total.report(label, started.elapsed(), json_out)
+}
+
+async fn run_reserve(run: Run<'_>, targets: Vec<Target>, instruments: Arc<Vec<String>>) -> serde_json::Value {
+    let Run { label, concurrency, seconds, day0, contended, json } = run;
+    let counter = Arc::new(AtomicU64::new(0));
+    let prefix = format!("{label}-{}", std::process::id());
+    let call: Call = Arc::new(move |c, i| {
+        let mut target = targets[c % targets.len()].clone();
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        // Contended: every client fights over 4 instruments and one day.
+        let (inst, start) = if contended {
+            let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            (&instruments[(x % 4) as usize], slot_start(day0, (x / 4) % 28))
+        } else {
+            (&instruments[(n % instruments.len() as u64) as usize], slot_start(day0, n / instruments.len() as u64))
+        };
+        let req = pb::ReserveRequest {
+            instrument_id: inst.clone(),
+            start: rfc(start),
+            end: rfc(start + 1800),
+            hold_only: false,
+            purpose: "bench".into(),
+            idempotency_key: format!("{prefix}-{c}-{i}"),
+        };
+        Box::pin(async move {
+            match target.reserve(req).await {
+                Ok(_) => Outcome::Ok,
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => Outcome::Refused,
+                Err(_) => Outcome::Failed,
+            }
+        })
+    });
+    drive(label, concurrency, seconds, json, call).await
 }
 
 /// Counts pairs of live bookings that overlap, instrument by instrument.
@@ -344,38 +368,19 @@ async fn run_search(
     seconds: u64,
     json_out: bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|c| {
-            let mut t = targets[c % targets.len()].clone();
-            tokio::spawn(async move {
-                let mut tally = Tally::default();
-                let mut i = c as u64;
-                while Instant::now() < deadline {
-                    let at = Instant::now();
-                    let ok = match &mut t {
-                        SearchTarget::Gateway(g) => {
-                            g.search(search_req(i)).await.map(|r| !r.get_ref().partial).unwrap_or(false)
-                        }
-                        SearchTarget::Node(n) => n.search(search_req(i)).await.is_ok(),
-                    };
-                    if ok {
-                        tally.ok.push(at.elapsed().as_micros() as u32);
-                    } else {
-                        tally.failed += 1;
-                    }
-                    i += 1;
-                }
-                tally
-            })
+    let call: Call = Arc::new(move |c, i| {
+        let mut target = targets[c % targets.len()].clone();
+        // Clients start at different places in the query mix.
+        let req = search_req(c as u64 + i);
+        Box::pin(async move {
+            let ok = match &mut target {
+                SearchTarget::Gateway(g) => g.search(req).await.map(|r| !r.get_ref().partial).unwrap_or(false),
+                SearchTarget::Node(n) => n.search(req).await.is_ok(),
+            };
+            if ok { Outcome::Ok } else { Outcome::Failed }
         })
-        .collect();
-    let mut total = Tally::default();
-    for t in tasks {
-        total.merge(t.await.unwrap_or_default());
-    }
-    total.report(label, started.elapsed(), json_out)
+    });
+    drive(label, concurrency, seconds, json_out, call).await
 }
 
 #[derive(Clone)]
