@@ -245,6 +245,7 @@ async fn run_reserve(run: Run<'_>, targets: Vec<Target>, instruments: Arc<Vec<St
             hold_only: false,
             purpose: "bench".into(),
             idempotency_key: format!("{prefix}-{c}-{i}"),
+            ..Default::default()
         };
         Box::pin(async move {
             match target.reserve(req).await {

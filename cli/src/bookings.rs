@@ -39,6 +39,12 @@ fn state(s: i32) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+fn payment_state(s: i32) -> String {
+    pb::PaymentState::try_from(s)
+        .map(|s| s.as_str_name().trim_start_matches("PAYMENT_STATE_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn short(t: &str) -> String {
     t.get(..16).map(|p| p.replace('T', " ")).unwrap_or_else(|| t.to_string())
 }
@@ -49,6 +55,10 @@ fn booking_json(b: &pb::Booking) -> serde_json::Value {
         "start": b.start, "end": b.end, "occupied_start": b.occupied_start, "occupied_end": b.occupied_end,
         "hold_expires_at": b.hold_expires_at, "purpose": b.purpose, "fee_yuan": fen_to_yuan(b.fee_fen),
         "price_per_hour_yuan": fen_to_yuan(b.price_per_hour_fen), "actual_minutes": b.actual_minutes, "note": b.note,
+        "payment": b.payment.as_ref().map(|p| json!({
+            "voucher_id": p.voucher_id, "op_id": p.op_id, "state": payment_state(p.state),
+            "held_yuan": fen_to_yuan(p.held_fen), "posted_yuan": fen_to_yuan(p.posted_fen), "detail": p.detail,
+        })),
     })
 }
 
@@ -72,6 +82,18 @@ fn print_booking(b: &pb::Booking, opts: &ClientOpts) {
     }
     if b.fee_fen != 0 {
         line += &format!("; fee {} yuan", fen_to_yuan(b.fee_fen));
+    }
+    if let Some(p) = &b.payment {
+        line += &format!(
+            "; voucher {} {} (held {} yuan, posted {} yuan)",
+            p.voucher_id,
+            payment_state(p.state),
+            fen_to_yuan(p.held_fen),
+            fen_to_yuan(p.posted_fen)
+        );
+        if !p.detail.is_empty() {
+            line += &format!(": {}", p.detail);
+        }
     }
     println!("{line}");
 }

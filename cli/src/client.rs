@@ -23,7 +23,12 @@ const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 const IMPORT_CHUNK_ROWS: usize = 500;
 
 pub fn gateway(opts: &ClientOpts) -> Result<GatewayClient<Channel>> {
-    let creds = opts.credentials("org-demo")?;
+    gateway_as(opts, "org-demo")
+}
+
+/// The gateway, as `default_identity` unless `--identity` names another.
+pub fn gateway_as(opts: &ClientOpts, default_identity: &str) -> Result<GatewayClient<Channel>> {
+    let creds = opts.credentials(default_identity)?;
     let channel = client_channel(&opts.gateway, &creds, Some(Identity::Gateway), CONNECT_TIMEOUT)?;
     Ok(GatewayClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
 }

@@ -6,6 +6,7 @@ mod bookings;
 mod client;
 mod ics;
 mod up;
+mod vouchers;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -39,7 +40,7 @@ pub struct ClientOpts {
 }
 
 impl ClientOpts {
-    fn credentials(&self, default_identity: &str) -> Result<Credentials> {
+    pub(crate) fn credentials(&self, default_identity: &str) -> Result<Credentials> {
         let name = self.identity.as_deref().unwrap_or(default_identity);
         Credentials::load(&self.certs, name).with_context(|| {
             format!(
@@ -173,6 +174,9 @@ enum Command {
         hold_only: bool,
         #[arg(long, default_value = "")]
         purpose: String,
+        /// Pay the voucher's share of the fee with this voucher ("<city>/v-<n>").
+        #[arg(long)]
+        voucher: Option<String>,
         /// Idempotency key; give the same one to retry safely (default: a new one).
         #[arg(long)]
         key: Option<String>,
@@ -225,6 +229,14 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Innovation vouchers: issue one (as the issuing city's admin), or show one.
+    Voucher {
+        #[command(subcommand)]
+        command: vouchers::VoucherCommand,
+    },
+    /// Settle a month of voucher redemptions across all nodes (as the reconciler):
+    /// writes report.json and settlement.csv, and exits 1 if any break is found.
+    Reconcile(vouchers::ReconcileArgs),
     /// Your bookings (a city admin sees the whole city's).
     Bookings {
         #[arg(long)]
@@ -305,6 +317,10 @@ enum NodeCommand {
         /// Serve the gRPC health service alone, in plaintext, for probes.
         #[arg(long)]
         health: Option<SocketAddr>,
+        /// Another city's node (or this one's), CITY=https://host:port; repeat for
+        /// each. Needed for voucher payments, which reach the issuing city's node.
+        #[arg(long = "peer", env = "CORRIDOR_PEERS", value_delimiter = ',')]
+        peers: Vec<String>,
     },
 }
 
@@ -427,7 +443,7 @@ fn issue_identity(dir: &std::path::Path, name: &str, days: u32, dns: Vec<String>
     Ok(())
 }
 
-fn city(slug: &str) -> Result<&'static corridor_proto::cities::City> {
+pub(crate) fn city(slug: &str) -> Result<&'static corridor_proto::cities::City> {
     city_by_slug(slug)
         .with_context(|| format!("{slug:?} is not a corridor city; cities are {}", CITIES.map(|c| c.slug).join(", ")))
 }
@@ -457,7 +473,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
     match command {
         Command::Up(args) => up::up(args).await?,
         Command::Node {
-            command: NodeCommand::Run { city: slug, listen, data, certs, identity, seed, metrics, health },
+            command: NodeCommand::Run { city: slug, listen, data, certs, identity, seed, metrics, health, peers },
         } => {
             let city = city(&slug)?;
             let seed = match seed.as_deref() {
@@ -470,7 +486,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let identity = identity.unwrap_or_else(|| format!("node-{slug}"));
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-            let config = corridor_node::NodeConfig { city, data_dir: data, seed, health_addr: health };
+            let peers = corridor_node::parse_peers(&peers).map_err(anyhow::Error::msg)?;
+            let config = corridor_node::NodeConfig { city, data_dir: data, seed, health_addr: health, peers };
             let registry = serve_metrics(metrics).await?;
             corridor_node::run(config, creds, listener, registry, shutdown_signal()).await?;
         }
@@ -629,7 +646,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Availability { instrument, from, days, client } => {
             return bookings::availability(&instrument, from.as_deref(), days, &client).await;
         }
-        Command::Reserve { instrument, start, end, hold_only, purpose, key, client } => {
+        Command::Reserve { instrument, start, end, hold_only, purpose, voucher, key, client } => {
             let req = corridor_proto::ReserveRequest {
                 instrument_id: instrument,
                 start: bookings::cli_time(&start)?,
@@ -637,6 +654,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 hold_only,
                 purpose,
                 idempotency_key: key.unwrap_or_else(bookings::new_key),
+                voucher_id: voucher.unwrap_or_default(),
             };
             return bookings::reserve(req, &client).await;
         }
@@ -655,6 +673,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Complete { booking, minutes, key, client } => {
             return bookings::complete(booking, minutes, key, &client).await;
         }
+        Command::Voucher { command } => return vouchers::voucher(command).await,
+        Command::Reconcile(args) => return vouchers::reconcile(args).await,
         Command::Bookings { city, instrument, all, client } => {
             return bookings::list(city, instrument, all, &client).await;
         }

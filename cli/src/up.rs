@@ -142,7 +142,11 @@ pub async fn up(args: UpArgs) -> Result<()> {
             "--metrics",
             &format!("127.0.0.1:{}", port + 10),
         ]
-        .map(String::from);
+        .map(String::from)
+        .into_iter()
+        // Every node knows every node: voucher payments reach the issuing city.
+        .chain(CITIES.iter().map(|p| format!("--peer={}={}", p.slug, demo_node_endpoint(args.port_base, p))))
+        .collect::<Vec<_>>();
         procs.push(spawn(&format!("node-{}", c.slug), &node_args, &logs.join(format!("node-{}.log", c.slug)))?);
     }
     let gw_args = [

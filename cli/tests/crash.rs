@@ -96,6 +96,7 @@ async fn acknowledged_confirmations_survive_sigkill() {
                             hold_only: false,
                             purpose: String::new(),
                             idempotency_key: format!("cycle{cycle}-w{w}-{i}"),
+                            ..Default::default()
                         };
                         match client.reserve(req).await {
                             Ok(b) => acked.lock().unwrap().push(b.into_inner().id),

@@ -475,7 +475,21 @@ impl gateway_server::Gateway for GatewayService {
 
     async fn reserve(&self, req: Request<pb::ReserveRequest>) -> Result<Response<pb::Booking>, Status> {
         let id = req.get_ref().instrument_id.clone();
-        self.forward(req, &id, |mut c, r| async move { c.reserve(r).await }).await
+        corridor_telemetry::failpoint("gateway.before_forward");
+        let answer = self.forward(req, &id, |mut c, r| async move { c.reserve(r).await }).await;
+        corridor_telemetry::failpoint("gateway.after_forward");
+        answer
+    }
+
+    async fn issue_voucher(&self, req: Request<pb::IssueVoucherRequest>) -> Result<Response<pb::Voucher>, Status> {
+        // Routed like an id: "<city>/" names the issuing city's node.
+        let route = format!("{}/voucher", req.get_ref().city);
+        self.forward(req, &route, |mut c, r| async move { c.issue_voucher(r).await }).await
+    }
+
+    async fn get_voucher(&self, req: Request<pb::GetVoucherRequest>) -> Result<Response<pb::Voucher>, Status> {
+        let id = req.get_ref().voucher_id.clone();
+        self.forward(req, &id, |mut c, r| async move { c.get_voucher(r).await }).await
     }
 
     async fn confirm_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {

@@ -10,6 +10,8 @@ use crate::{
         time as t,
     },
     model::{AccessLevel, InstrumentRecord, PriceUnit, ServiceMode, Status},
+    payment::PayState,
+    voucher::{Debit, DebitState, IssueVoucher, Mode, Voucher},
     search::{Facets, index::CorpusStats},
     store::StoredInstrument,
 };
@@ -202,6 +204,92 @@ pub fn booking_to_proto(b: &Booking, city: &City, now: t::Instant) -> pb::Bookin
         fee_fen: b.fee_fen,
         actual_minutes: b.actual_minutes,
         note: b.note.clone(),
+        payment: b.payment.as_ref().map(|p| pb::VoucherPayment {
+            voucher_id: p.voucher.clone(),
+            op_id: p.op.clone(),
+            state: pay_state(p.state) as i32,
+            held_fen: p.held_fen,
+            posted_fen: p.posted_fen,
+            detail: p.detail.clone(),
+        }),
+    }
+}
+
+fn pay_state(s: PayState) -> pb::PaymentState {
+    match s {
+        PayState::Trying => pb::PaymentState::Trying,
+        PayState::Held => pb::PaymentState::Held,
+        PayState::Confirming => pb::PaymentState::Confirming,
+        PayState::Confirmed => pb::PaymentState::Confirmed,
+        PayState::Posting => pb::PaymentState::Posting,
+        PayState::Posted => pb::PaymentState::Posted,
+        PayState::Cancelling => pb::PaymentState::Cancelling,
+        PayState::Voided => pb::PaymentState::Voided,
+        PayState::Disputed => pb::PaymentState::Disputed,
+    }
+}
+
+pub fn voucher_to_proto(v: &Voucher) -> pb::Voucher {
+    let province = corridor_proto::cities::city_by_slug(&v.city).map(|c| c.province).unwrap_or_default();
+    pb::Voucher {
+        id: v.id.clone(),
+        city: v.city.clone(),
+        province: province.into(),
+        enterprise_uscc: v.enterprise_uscc.clone(),
+        enterprise_name: v.enterprise_name.clone(),
+        holder: v.holder.clone(),
+        face_fen: v.face_fen,
+        valid_from: v.valid_from.clone(),
+        valid_until: v.valid_until.clone(),
+        share_percent: v.share_percent,
+        per_use_cap_fen: v.per_use_cap_fen,
+        annual_cap_fen: v.annual_cap_fen,
+        mode: match v.mode {
+            Mode::ProviderRedeemed => pb::VoucherMode::ProviderRedeemed,
+            Mode::EnterpriseReimbursed => pb::VoucherMode::EnterpriseReimbursed,
+        } as i32,
+        cities: v.cities.clone(),
+        held_fen: v.held_fen,
+        spent_fen: v.spent_fen,
+        balance_fen: v.balance_fen(),
+        issued_at: t::format(v.issued_at),
+    }
+}
+
+pub fn issue_from_proto(r: pb::IssueVoucherRequest) -> Result<IssueVoucher, String> {
+    let mode = match pb::VoucherMode::try_from(r.mode).map_err(|_| enum_err("mode", r.mode))? {
+        pb::VoucherMode::Unspecified | pb::VoucherMode::ProviderRedeemed => Mode::ProviderRedeemed,
+        pb::VoucherMode::EnterpriseReimbursed => Mode::EnterpriseReimbursed,
+    };
+    Ok(IssueVoucher {
+        enterprise_uscc: r.enterprise_uscc,
+        enterprise_name: r.enterprise_name,
+        holder: r.holder,
+        face_fen: r.face_fen,
+        valid_from: r.valid_from,
+        valid_until: r.valid_until,
+        share_percent: r.share_percent,
+        per_use_cap_fen: r.per_use_cap_fen,
+        annual_cap_fen: r.annual_cap_fen,
+        mode,
+        cities: r.cities,
+        idempotency_key: r.idempotency_key,
+    })
+}
+
+pub fn debit_to_proto(d: &Debit) -> pb::Debit {
+    pb::Debit {
+        op_id: d.op.clone(),
+        voucher_id: d.voucher.clone(),
+        state: match d.state {
+            DebitState::Pending => pb::DebitState::Pending,
+            DebitState::Confirmed => pb::DebitState::Confirmed,
+            DebitState::Posted => pb::DebitState::Posted,
+            DebitState::Voided => pb::DebitState::Voided,
+        } as i32,
+        amount_fen: d.amount_fen,
+        share_percent: d.share_percent,
+        per_use_cap_fen: d.per_use_cap_fen,
     }
 }
 

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use corridor_proto::cities::City;
 
 use crate::{
-    booking::{Bookings, Clock, store::BookingStore},
+    booking::{BookingError, Bookings, Clock, store::BookingStore},
     catalog::{Catalog, Entry},
     demo::{self, Scale},
     import::{Row, RowError, check_rows},
+    payment::{Driven, Payments},
     search::{FreeWindow, Hits, Query, index::CorpusStats},
     store::{Store, StoreError, UpsertSummary},
 };
@@ -36,6 +37,9 @@ pub struct Node {
     bookings: Bookings,
     /// Takes a backup; set by the server for sled-backed nodes.
     snapshotter: Option<Snapshotter>,
+    /// Coordinates voucher payments with issuing cities; set when the node
+    /// knows its peers.
+    payments: Option<Payments>,
 }
 
 /// Produces backup bytes while every writer is held off.
@@ -68,11 +72,45 @@ impl Node {
             "search index rebuilt from the store"
         );
         let bookings = Bookings::new(city.slug, bookings, clock);
-        Ok(Node { city, store, catalog, write: tokio::sync::Mutex::new(()), bookings, snapshotter: None })
+        Ok(Node {
+            city,
+            store,
+            catalog,
+            write: tokio::sync::Mutex::new(()),
+            bookings,
+            snapshotter: None,
+            payments: None,
+        })
     }
 
     pub fn bookings(&self) -> &Bookings {
         &self.bookings
+    }
+
+    /// Makes voucher payments available.
+    pub fn with_payments(mut self, p: Payments) -> Self {
+        self.payments = Some(p);
+        self
+    }
+
+    pub fn payments(&self) -> Option<&Payments> {
+        self.payments.as_ref()
+    }
+
+    /// Advances one booking's voucher payment as far as it goes now.
+    pub async fn drive(&self, id: &str) -> Result<Driven, BookingError> {
+        match &self.payments {
+            Some(p) => p.drive(&self.bookings, id).await,
+            None => Err(BookingError::Invalid("this node takes no voucher payments: it has no peers configured".into())),
+        }
+    }
+
+    /// One recovery pass over unfinished voucher payments.
+    pub async fn recover(&self) -> Result<usize, BookingError> {
+        match &self.payments {
+            Some(p) => p.recover(&self.bookings).await,
+            None => self.bookings.expire_debits().await,
+        }
     }
 
     /// Makes [`Node::backup`] available.

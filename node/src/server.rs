@@ -1,6 +1,6 @@
 //! Running a node: open the store, seed it if asked, serve until shutdown.
 
-use std::{future::Future, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, future::Future, path::PathBuf, sync::Arc};
 
 use corridor_certs::{CredentialSource, TlsAcceptOptions, tls_incoming};
 use corridor_proto::{cities::City, node_server::NodeServer};
@@ -13,8 +13,14 @@ use crate::{
     booking::{SystemClock, store::SledBookings},
     demo::Scale,
     node::{Node, NodeError},
+    payment::Payments,
+    peers::GrpcIssuers,
     store::SledStore,
 };
+
+/// How often unfinished voucher payments are driven again, and expired
+/// voucher holds voided.
+pub const RECOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often certificate files are checked for changes.
 pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -32,6 +38,9 @@ pub struct NodeConfig {
     /// Also serve the gRPC health service, and nothing else, in plaintext
     /// here: for orchestrator probes, which cannot present a certificate.
     pub health_addr: Option<std::net::SocketAddr>,
+    /// Other cities' nodes (and this one's), by city slug: `https://host:port`.
+    /// Without them the node takes no voucher payments.
+    pub peers: BTreeMap<String, String>,
 }
 
 /// Serves one city node on an already-bound listener until `shutdown`
@@ -52,9 +61,12 @@ pub async fn run(
         let _all = gate.write().expect("poisoned");
         crate::backup::snapshot(&db, city, &crate::node::now_rfc3339())
     });
-    let node = Arc::new(
-        Node::open(config.city, store.clone(), bookings, Arc::new(SystemClock))?.with_snapshotter(snapshotter),
-    );
+    let mut node = Node::open(config.city, store.clone(), bookings, Arc::new(SystemClock))?.with_snapshotter(snapshotter);
+    if !config.peers.is_empty() {
+        let issuers = GrpcIssuers::new(config.city.slug, &config.peers, creds.clone())?;
+        node = node.with_payments(Payments::new(Arc::new(issuers)));
+    }
+    let node = Arc::new(node);
     if let Some(scale) = config.seed {
         let n = node.seed_if_empty(scale).await?;
         if n > 0 {
@@ -65,6 +77,22 @@ pub async fn run(
     let _watch = creds.watch(RELOAD_EVERY);
 
     register_gauges(&metrics, config.city.slug, &store, &node, &creds);
+
+    // Recovery: every payment a crash left halfway is carried on, at start
+    // and then on a timer, until it is final on both sides.
+    let recovery = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RECOVER_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = node.recover().await {
+                    tracing::warn!(error = %e, "voucher recovery pass failed");
+                }
+            }
+        })
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<NodeService>>().await;
@@ -90,6 +118,7 @@ pub async fn run(
     if let Some(p) = probes {
         p.abort();
     }
+    recovery.abort();
     // Flush even if serving failed: nothing acknowledged may be lost.
     store.flush()?;
     tracing::info!(city = config.city.slug, "node stopped");

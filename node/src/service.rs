@@ -9,9 +9,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     booking::{Actor, BookingError, Reserve, parse_window},
+    payment::{Driven, PayState},
     catalog::Entry,
     convert::{
-        booking_to_proto, facets_to_proto, from_proto, rules_from_proto, rules_to_proto, service_mode_from_proto,
+        booking_to_proto, debit_to_proto, facets_to_proto, issue_from_proto, voucher_to_proto, from_proto, rules_from_proto, rules_to_proto, service_mode_from_proto,
         stats_from_proto, stats_to_proto, status_from_proto, to_proto, to_summary,
     },
     import::RowError,
@@ -22,6 +23,9 @@ use crate::{
 
 /// Bytes per streamed backup message: well under every message limit.
 const BACKUP_CHUNK: usize = 1 << 20;
+
+/// Ledger entries per page.
+const LEDGER_PAGE: usize = 5_000;
 
 /// Largest number of rows one import may carry.
 const MAX_IMPORT_ROWS: usize = 1_000_000;
@@ -83,7 +87,55 @@ impl NodeService {
                 "{acting} has no bookings at {city}; organisations and {city}'s admin do"
             )));
         }
-        Ok(Actor { uri: acting.uri(), admin, may_book: true })
+        Ok(Actor { uri: acting.uri(), admin, may_book: true, reader: false })
+    }
+
+    /// Who reads a voucher: as [`NodeService::actor`], and the reconciler.
+    fn voucher_reader<T>(&self, req: &Request<T>) -> Result<Actor, Status> {
+        match self.caller(req)? {
+            Identity::Reconciler => {
+                Ok(Actor { uri: Identity::Reconciler.uri(), admin: false, may_book: false, reader: true })
+            }
+            _ => self.actor(req),
+        }
+    }
+
+    /// The provider city calling the issuer side of a voucher payment: only
+    /// a city's node, for its own operations.
+    fn provider_node<T>(&self, req: &Request<T>, named: &str) -> Result<String, Status> {
+        match self.caller(req)? {
+            Identity::Node(c) if named.is_empty() || named == c => Ok(c),
+            Identity::Node(c) => Err(Status::permission_denied(format!(
+                "node-{c} may not act for provider city {named:?}"
+            ))),
+            other => Err(Status::permission_denied(format!(
+                "{other} may not call the issuer side of voucher payments; only city nodes do"
+            ))),
+        }
+    }
+
+    /// Runs the voucher payment of `b` as far as it goes, in a task of its
+    /// own so that a caller who hangs up cannot stop it halfway.
+    async fn settle(&self, b: crate::booking::Booking) -> Result<crate::booking::Booking, Status> {
+        if b.payment.is_none() {
+            return Ok(b);
+        }
+        let (node, id) = (self.node.clone(), b.id.clone());
+        let driven = tokio::spawn(async move { node.drive(&id).await })
+            .await
+            .map_err(|e| Status::internal(format!("payment task failed: {e}")))?
+            .map_err(booking_status)?;
+        match driven {
+            Driven::Settled(b) => Ok(b),
+            Driven::Waiting(b, why) => match b.payment.as_ref().map(|p| p.state) {
+                Some(PayState::Trying) => Err(Status::unavailable(format!(
+                    "{why}; booking {} is held until {} and settles by itself; retry with the same idempotency key to see the outcome",
+                    b.id,
+                    b.hold_expires.map(crate::booking::time::format).unwrap_or_default()
+                ))),
+                _ => Ok(b),
+            },
+        }
     }
 
     /// The instrument an id names, if it is one of this city's.
@@ -93,6 +145,12 @@ impl NodeService {
             Status::invalid_argument(format!("{id:?} is not an instrument id of {0} (\"{0}/<local-id>\")", city.slug))
         })?;
         self.node.get(local).ok_or_else(|| Status::not_found(format!("no instrument {id:?}")))
+    }
+
+    fn debit_reply(&self, d: Result<crate::voucher::Debit, BookingError>, point: &str) -> Result<Response<pb::Debit>, Status> {
+        let d = d.map_err(booking_status)?;
+        crate::payment::failpoint(point);
+        Ok(Response::new(debit_to_proto(&d)))
     }
 
     fn booking_reply(&self, b: &crate::booking::Booking) -> Response<pb::Booking> {
@@ -276,14 +334,27 @@ impl node_server::Node for NodeService {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
         let entry = self.instrument(&r.instrument_id)?;
+        let voucher = (!r.voucher_id.is_empty()).then_some(r.voucher_id);
+        if voucher.is_some() && self.node.payments().is_none() {
+            return Err(Status::failed_precondition(format!(
+                "{} takes no voucher payments: its node has no peers configured",
+                self.node.city().slug
+            )));
+        }
         let cmd = Reserve {
             start: r.start,
             end: r.end,
             hold_only: r.hold_only,
             purpose: r.purpose,
             idempotency_key: r.idempotency_key,
+            voucher,
         };
         let b = self.node.bookings().reserve(&actor, &entry.stored.record, cmd).await.map_err(booking_status)?;
+        crate::payment::failpoint("provider.after_hold");
+        let b = self.settle(b).await?;
+        if let Some(e) = crate::payment::refusal(&b) {
+            return Err(booking_status(e));
+        }
         Ok(self.booking_reply(&b))
     }
 
@@ -292,6 +363,7 @@ impl node_server::Node for NodeService {
         let r = req.into_inner();
         let b =
             self.node.bookings().confirm(&actor, &r.booking_id, &r.idempotency_key).await.map_err(booking_status)?;
+        let b = self.settle(b).await?;
         Ok(self.booking_reply(&b))
     }
 
@@ -304,6 +376,7 @@ impl node_server::Node for NodeService {
             .cancel(&actor, &r.booking_id, &r.idempotency_key, &r.reason)
             .await
             .map_err(booking_status)?;
+        let b = self.settle(b).await?;
         Ok(self.booking_reply(&b))
     }
 
@@ -316,6 +389,7 @@ impl node_server::Node for NodeService {
             .decide(&actor, &r.booking_id, &r.idempotency_key, true, &r.reason)
             .await
             .map_err(booking_status)?;
+        let b = self.settle(b).await?;
         Ok(self.booking_reply(&b))
     }
 
@@ -328,6 +402,7 @@ impl node_server::Node for NodeService {
             .decide(&actor, &r.booking_id, &r.idempotency_key, false, &r.reason)
             .await
             .map_err(booking_status)?;
+        let b = self.settle(b).await?;
         Ok(self.booking_reply(&b))
     }
 
@@ -343,6 +418,7 @@ impl node_server::Node for NodeService {
             .complete(&actor, &r.booking_id, &r.idempotency_key, r.actual_minutes)
             .await
             .map_err(booking_status)?;
+        let b = self.settle(b).await?;
         Ok(self.booking_reply(&b))
     }
 
@@ -428,6 +504,93 @@ impl node_server::Node for NodeService {
             .await
             .map_err(booking_status)?;
         Ok(Response::new(pb::GrantQualificationResponse {}))
+    }
+
+    async fn issue_voucher(&self, req: Request<pb::IssueVoucherRequest>) -> Result<Response<pb::Voucher>, Status> {
+        let actor = self.actor(&req)?;
+        let r = req.into_inner();
+        let city = self.node.city();
+        if !r.city.is_empty() && r.city != city.slug {
+            return Err(Status::invalid_argument(format!(
+                "this is {}'s node; vouchers of {:?} are issued by that city's node",
+                city.slug, r.city
+            )));
+        }
+        let cmd = issue_from_proto(r).map_err(Status::invalid_argument)?;
+        let v = self.node.bookings().issue_voucher(&actor, cmd).await.map_err(booking_status)?;
+        Ok(Response::new(voucher_to_proto(&v)))
+    }
+
+    async fn get_voucher(&self, req: Request<pb::GetVoucherRequest>) -> Result<Response<pb::Voucher>, Status> {
+        let actor = self.voucher_reader(&req)?;
+        let v = self.node.bookings().voucher(&actor, &req.get_ref().voucher_id).map_err(booking_status)?;
+        Ok(Response::new(voucher_to_proto(&v)))
+    }
+
+    async fn try_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
+        let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
+        let r = req.into_inner();
+        let hold_expires = crate::booking::time::parse_any("expires_at", &r.expires_at).map_err(Status::invalid_argument)?;
+        let t = crate::voucher::TryDebit {
+            op: r.op_id,
+            voucher: r.voucher_id,
+            requester: r.requester,
+            provider_city,
+            instrument: r.instrument_id,
+            fee_fen: r.fee_fen,
+            hold_expires,
+        };
+        if !t.op.starts_with(&format!("{}/", t.provider_city)) {
+            return Err(Status::invalid_argument(format!("op_id {:?} is not a booking id of {}", t.op, t.provider_city)));
+        }
+        self.debit_reply(self.node.bookings().try_debit(t).await, "issuer.after_try")
+    }
+
+    async fn confirm_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
+        let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
+        let d = self.node.bookings().confirm_debit(&provider_city, &req.get_ref().op_id).await;
+        self.debit_reply(d, "issuer.after_confirm")
+    }
+
+    async fn cancel_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
+        let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
+        let r = req.into_inner();
+        if !r.op_id.starts_with(&format!("{provider_city}/")) {
+            return Err(Status::invalid_argument(format!("op_id {:?} is not a booking id of {provider_city}", r.op_id)));
+        }
+        let d = self.node.bookings().cancel_debit(&provider_city, &r.op_id, &r.voucher_id, &r.reason).await;
+        self.debit_reply(d, "issuer.after_cancel")
+    }
+
+    async fn post_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
+        let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
+        let r = req.into_inner();
+        let service_at = crate::booking::time::parse_any("service_at", &r.service_at).map_err(Status::invalid_argument)?;
+        let p = crate::voucher::PostDebit {
+            op: r.op_id,
+            amount_fen: r.amount_fen,
+            provider_institution: r.provider_institution,
+            provider_uscc: r.provider_uscc,
+            service_at,
+        };
+        self.debit_reply(self.node.bookings().post_debit(&provider_city, p).await, "issuer.after_post")
+    }
+
+    async fn read_ledger(&self, req: Request<pb::ReadLedgerRequest>) -> Result<Response<pb::LedgerPage>, Status> {
+        let who = self.caller(&req)?;
+        let city = self.node.city().slug;
+        if !matches!(&who, Identity::Reconciler) && !matches!(&who, Identity::Admin(c) if c == city) {
+            return Err(Status::permission_denied(format!(
+                "{who} may not read {city}'s ledger; the reconciler and {city}'s admin may"
+            )));
+        }
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => LEDGER_PAGE,
+            n => (n as usize).min(LEDGER_PAGE),
+        };
+        let (entries, head) = self.node.bookings().ledger_page(r.after_seq, limit).map_err(booking_status)?;
+        Ok(Response::new(pb::LedgerPage { entries, head_seq: head.seq, head_hash: head.hash }))
     }
 
     type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::BackupChunk, Status>>>;

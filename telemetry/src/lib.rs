@@ -23,6 +23,23 @@ use tokio::{
 };
 use tonic::codegen::http;
 
+/// Failure injection for crash tests: the process stops dead at `point`, as
+/// a crash would stop it there, when `CORRIDOR_FAILPOINTS` (a comma-separated
+/// list) names it. Unset, as in production, it costs one lookup in an empty
+/// list.
+pub fn failpoint(point: &str) {
+    static POINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let points = POINTS.get_or_init(|| {
+        std::env::var("CORRIDOR_FAILPOINTS")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    });
+    if points.iter().any(|p| p == point) {
+        eprintln!("failpoint {point}: stopping the process");
+        std::process::abort();
+    }
+}
+
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 

@@ -103,8 +103,23 @@ impl Mesh {
         let mut sources = Vec::new();
         let mut node_addrs = BTreeMap::new();
         let mut endpoints = Vec::new();
-        for city in CITIES.iter() {
-            let front = front(city.slug);
+        // Every listener first, so that each node starts knowing its peers.
+        let mut listeners = BTreeMap::new();
+        let mut peers = BTreeMap::new();
+        let fronts: Vec<Option<Front>> = CITIES.iter().map(|c| front(c.slug)).collect();
+        for (city, front) in CITIES.iter().zip(&fronts) {
+            let addr = match front {
+                Some(Front::BlackHole(l)) => l.local_addr().unwrap(),
+                _ => {
+                    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                    let addr = listener.local_addr().unwrap();
+                    listeners.insert(city.slug, listener);
+                    addr
+                }
+            };
+            peers.insert(city.slug.to_string(), format!("https://{addr}"));
+        }
+        for (city, front) in CITIES.iter().zip(fronts) {
             if let Some(Front::BlackHole(listener)) = front {
                 let addr = listener.local_addr().unwrap();
                 // Keep the listener open, and never accept from it.
@@ -118,12 +133,17 @@ impl Mesh {
                 endpoints.push(NodeEndpoint { city: city.slug.into(), endpoint: format!("https://{addr}") });
                 continue;
             }
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = listeners.remove(city.slug).expect("bound above");
             let addr = listener.local_addr().unwrap();
             let creds = CredentialSource::load(&certs, &format!("node-{}", city.slug)).expect("node creds");
             sources.push(creds.clone());
-            let config =
-                NodeConfig { city, data_dir: dir.path().join("nodes").join(city.slug), seed, health_addr: None };
+            let config = NodeConfig {
+                city,
+                data_dir: dir.path().join("nodes").join(city.slug),
+                seed,
+                health_addr: None,
+                peers: peers.clone(),
+            };
             let (stop, wait) = shutdown_pair();
             let task = tokio::spawn(async move {
                 let metrics = corridor_telemetry::Metrics::new();

@@ -19,9 +19,23 @@ use self::{
     time::{Instant, MINUTE},
 };
 use crate::{
+    ledger,
     model::{InstrumentRecord, PriceUnit, Status},
+    payment::{self, Payment},
     store::StoreError,
 };
+
+/// Writes a booking and keeps its outbox mark: present while its voucher
+/// payment still needs a call to the issuer, so that recovery finds it.
+pub(crate) fn save_booking(tx: &mut dyn Txn, b: &Booking) -> Result<(), BookingError> {
+    put_json(tx, &keys::booking(&b.id), b)?;
+    if b.payment.as_ref().is_some_and(|p| p.state.in_flight()) {
+        tx.put(&keys::outbox(&b.id), b.id.as_bytes().to_vec())?;
+    } else {
+        tx.remove(&keys::outbox(&b.id))?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,6 +76,14 @@ pub struct Booking {
     pub fee_fen: i64,
     pub actual_minutes: u32,
     pub note: String,
+    /// The owning institution, for the ledger's service entries.
+    #[serde(default)]
+    pub institution: String,
+    #[serde(default)]
+    pub institution_uscc: String,
+    /// Set when a voucher pays part of the fee.
+    #[serde(default)]
+    pub payment: Option<Payment>,
 }
 
 impl Booking {
@@ -108,6 +130,8 @@ pub struct Actor {
     pub admin: bool,
     /// May make bookings (organisations, and the city's admin).
     pub may_book: bool,
+    /// Reads every record but changes none (the reconciler).
+    pub reader: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,28 +217,18 @@ pub struct Reserve {
     pub hold_only: bool,
     pub purpose: String,
     pub idempotency_key: String,
+    /// Pay the voucher's share with this voucher.
+    pub voucher: Option<String>,
 }
 
 /// The first answer to an idempotent request, kept with its effect.
 #[derive(Serialize, Deserialize)]
-struct Idem {
+struct Idem<T> {
     fingerprint: String,
-    response: Booking,
+    response: T,
 }
 
-/// A service record: what completing a booking earned the provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRecord {
-    pub seq: u64,
-    pub booking: String,
-    pub instrument: String,
-    pub requester: String,
-    pub minutes: u32,
-    pub fee_fen: i64,
-    pub at: Instant,
-}
-
-fn get_json<T: DeserializeOwned>(tx: &mut dyn Txn, key: &[u8]) -> Result<Option<T>, BookingError> {
+pub(crate) fn get_json<T: DeserializeOwned>(tx: &mut dyn Txn, key: &[u8]) -> Result<Option<T>, BookingError> {
     match tx.get(key)? {
         None => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
@@ -223,7 +237,7 @@ fn get_json<T: DeserializeOwned>(tx: &mut dyn Txn, key: &[u8]) -> Result<Option<
     }
 }
 
-fn put_json<T: Serialize>(tx: &mut dyn Txn, key: &[u8], value: &T) -> Result<(), BookingError> {
+pub(crate) fn put_json<T: Serialize>(tx: &mut dyn Txn, key: &[u8], value: &T) -> Result<(), BookingError> {
     tx.put(key, serde_json::to_vec(value).expect("serialisable"))?;
     Ok(())
 }
@@ -264,7 +278,40 @@ impl Bookings {
         self.clock.now()
     }
 
-    async fn durable(&self) -> Result<(), BookingError> {
+    pub fn city(&self) -> &'static str {
+        self.city
+    }
+
+    pub(crate) fn atomically(&self, step: &mut store::Step<'_>) -> Result<(), BookingError> {
+        self.store.atomically(step)
+    }
+
+    pub(crate) fn read_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, BookingError> {
+        match self.store.get(key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                StoreError::Corrupt { key: String::from_utf8_lossy(key).into(), reason: e.to_string() }.into()
+            }),
+        }
+    }
+
+    pub(crate) fn scan_raw(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, BookingError> {
+        Ok(self.store.scan(prefix)?)
+    }
+
+    pub(crate) fn scan_json<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, BookingError> {
+        self.store
+            .scan(prefix)?
+            .iter()
+            .map(|b| {
+                serde_json::from_slice(b).map_err(|e| {
+                    StoreError::Corrupt { key: String::from_utf8_lossy(prefix).into(), reason: e.to_string() }.into()
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn durable(&self) -> Result<(), BookingError> {
         match self.store.durable().await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Backend(format!("flush failed: {e}")).into()),
@@ -275,27 +322,27 @@ impl Bookings {
     /// Runs an idempotent step: a retry with the same key and the same
     /// fingerprint returns the first answer; with another fingerprint it is
     /// refused. The answer is stored in the same atomic step as the effect.
-    async fn idempotent(
+    pub(crate) async fn idempotent<T: Serialize + DeserializeOwned + Clone>(
         &self,
         actor: &Actor,
         key: &str,
         fingerprint: String,
-        mut step: impl FnMut(&mut dyn Txn) -> Result<Booking, BookingError>,
-    ) -> Result<Booking, BookingError> {
+        mut step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
+    ) -> Result<T, BookingError> {
         check_key(key)?;
         let idem_key = keys::idempotency(&actor.uri, key);
         let mut out = None;
         self.store.atomically(&mut |tx| {
-            if let Some(prior) = get_json::<Idem>(tx, &idem_key)? {
+            if let Some(prior) = get_json::<Idem<T>>(tx, &idem_key)? {
                 if prior.fingerprint != fingerprint {
                     return Err(BookingError::KeyReused(key.into()));
                 }
                 out = Some(prior.response);
                 return Ok(());
             }
-            let booking = step(tx)?;
-            put_json(tx, &idem_key, &Idem { fingerprint: fingerprint.clone(), response: booking.clone() })?;
-            out = Some(booking);
+            let answer = step(tx)?;
+            put_json(tx, &idem_key, &Idem { fingerprint: fingerprint.clone(), response: answer.clone() })?;
+            out = Some(answer);
             Ok(())
         })?;
         // A replayed answer may not be durable yet either (its first caller
@@ -338,7 +385,8 @@ impl Bookings {
                 {
                     b.state = State::Expired;
                     b.updated_at = now;
-                    put_json(tx, &keys::booking(&id), &b)?;
+                    payment::release(&mut b);
+                    save_booking(tx, &b)?;
                 }
             }
             days.days.push((day, cal));
@@ -367,7 +415,17 @@ impl Bookings {
         if req.purpose.len() > 1_000 {
             return Err(BookingError::Invalid("purpose is at most 1,000 bytes".into()));
         }
-        let fingerprint = format!("reserve\n{}\n{start}\n{end}\n{}\n{}", record.local_id, req.hold_only, req.purpose);
+        let fingerprint = format!(
+            "reserve\n{}\n{start}\n{end}\n{}\n{}\n{}",
+            record.local_id,
+            req.hold_only,
+            req.purpose,
+            req.voucher.as_deref().unwrap_or("")
+        );
+        let voucher = match &req.voucher {
+            Some(v) => Some(payment::issuer_of(v)?),
+            None => None,
+        };
         let now = self.clock.now();
         let city = self.city;
         self.idempotent(actor, &req.idempotency_key, fingerprint, |tx| {
@@ -375,6 +433,13 @@ impl Bookings {
                 return Err(Violation::new(
                     "status",
                     format!("{} is not available for booking ({:?})", record.local_id, record.status),
+                )
+                .into());
+            }
+            if voucher.is_some() && !record.accepts_vouchers {
+                return Err(Violation::new(
+                    "accepts_vouchers",
+                    format!("{} does not accept innovation vouchers; book it without one", record.local_id),
                 )
                 .into());
             }
@@ -410,7 +475,9 @@ impl Bookings {
                 .into());
             }
             let id = format!("{city}/bk-{}", tx.next_id()?);
-            let state = if req.hold_only {
+            // A voucher booking is held until the issuer holds the money too.
+            let held = req.hold_only || voucher.is_some();
+            let state = if held {
                 State::Held
             } else if rules.approval_required {
                 State::Pending
@@ -418,7 +485,7 @@ impl Bookings {
                 State::Confirmed
             };
             let booking = Booking {
-                id,
+                id: id.clone(),
                 instrument: record.local_id.clone(),
                 requester: actor.uri.clone(),
                 start,
@@ -426,7 +493,7 @@ impl Bookings {
                 setup: rules.setup(),
                 cooldown: rules.cooldown(),
                 state,
-                hold_expires: req.hold_only.then(|| now + rules.hold_ttl()),
+                hold_expires: held.then(|| now + rules.hold_ttl()),
                 created_at: now,
                 updated_at: now,
                 purpose: req.purpose.clone(),
@@ -435,10 +502,13 @@ impl Bookings {
                 fee_fen: 0,
                 actual_minutes: 0,
                 note: String::new(),
+                institution: record.institution_name.clone(),
+                institution_uscc: record.institution_uscc.clone(),
+                payment: voucher.clone().map(|(voucher, issuer)| Payment::trying(voucher, issuer, &id, !req.hold_only)),
             };
             days.insert(&booking.entry());
             Self::save_days(tx, &record.local_id, &days)?;
-            put_json(tx, &keys::booking(&booking.id), &booking)?;
+            save_booking(tx, &booking)?;
             Ok(booking)
         })
         .await
@@ -469,26 +539,38 @@ impl Bookings {
         let now = self.clock.now();
         let fingerprint = format!("{action}\n{id}\n{extra}");
         self.idempotent(actor, key, fingerprint, |tx| {
-            let mut b = Self::owned(tx, actor, id)?;
-            let rules: Rules = get_json(tx, &keys::rules(&b.instrument))?.unwrap_or_else(|| Rules::default_for(false));
-            let (occ_start, occ_end) = (b.start - b.setup, b.end + b.cooldown);
-            let mut days = Self::days_in(tx, &b.instrument, occ_start, occ_end, now)?;
-            // The calendar may just have expired this booking's hold.
-            if let Some(fresh) = get_json::<Booking>(tx, &keys::booking(id))? {
-                b = fresh;
-            }
-            change(&mut b, &rules, now, tx)?;
-            b.updated_at = now;
-            if b.state.is_live() {
-                days.set_hold(&b.id, b.hold_expires);
-            } else {
-                days.remove(&b.id);
-            }
-            Self::save_days(tx, &b.instrument, &days)?;
-            put_json(tx, &keys::booking(&b.id), &b)?;
-            Ok(b)
+            Self::owned(tx, actor, id)?;
+            Self::apply_in(tx, id, now, &change)
         })
         .await
+    }
+
+    /// One change to a booking inside a step: loads it with its calendar
+    /// days (expiring holds that ran out), lets `change` decide, then writes
+    /// the booking, its calendar entry and its outbox mark.
+    pub(crate) fn apply_in(
+        tx: &mut dyn Txn,
+        id: &str,
+        now: Instant,
+        change: &dyn Fn(&mut Booking, &Rules, Instant, &mut dyn Txn) -> Result<(), BookingError>,
+    ) -> Result<Booking, BookingError> {
+        let b: Booking =
+            get_json(tx, &keys::booking(id))?.ok_or_else(|| BookingError::NotFound(format!("no booking {id:?}")))?;
+        let rules: Rules = get_json(tx, &keys::rules(&b.instrument))?.unwrap_or_else(|| Rules::default_for(false));
+        let (occ_start, occ_end) = (b.start - b.setup, b.end + b.cooldown);
+        let mut days = Self::days_in(tx, &b.instrument, occ_start, occ_end, now)?;
+        // The calendar may just have expired this booking's hold.
+        let mut b: Booking = get_json(tx, &keys::booking(id))?.unwrap_or(b);
+        change(&mut b, &rules, now, tx)?;
+        b.updated_at = now;
+        if b.state.is_live() {
+            days.set_hold(&b.id, b.hold_expires);
+        } else {
+            days.remove(&b.id);
+        }
+        Self::save_days(tx, &b.instrument, &days)?;
+        save_booking(tx, &b)?;
+        Ok(b)
     }
 
     fn not_in(b: &Booking, action: &str, now: Instant) -> BookingError {
@@ -507,6 +589,7 @@ impl Bookings {
             if b.state_at(now) != State::Held {
                 return Err(Self::not_in(b, "confirm", now));
             }
+            payment::on_confirm(b)?;
             b.hold_expires = None;
             b.state = if rules.approval_required { State::Pending } else { State::Confirmed };
             Ok(())
@@ -523,6 +606,7 @@ impl Bookings {
             if state == State::Confirmed {
                 b.fee_fen = rules.cancel_fee(b.start, now, b.expected_fee());
             }
+            payment::release(b);
             b.state = State::Cancelled;
             b.hold_expires = None;
             b.note = reason.to_string();
@@ -548,6 +632,9 @@ impl Bookings {
                 return Err(Self::not_in(b, action, now));
             }
             b.state = if approve { State::Confirmed } else { State::Declined };
+            if !approve {
+                payment::release(b);
+            }
             b.note = reason.to_string();
             Ok(())
         })
@@ -573,24 +660,27 @@ impl Bookings {
             if b.state_at(now) != State::Confirmed {
                 return Err(Self::not_in(b, "complete", now));
             }
-            b.state = State::Completed;
-            b.actual_minutes = actual_minutes;
-            b.fee_fen = match b.price_unit {
+            let fee_fen = match b.price_unit {
                 PriceUnit::Hour => fee_for_minutes(b.price_fen, actual_minutes as i64),
                 PriceUnit::Sample => b.price_fen,
             };
+            // Refuses while the voucher is not yet confirmed by its issuer.
+            let redemption = payment::on_complete(b, fee_fen, now)?;
+            b.state = State::Completed;
+            b.actual_minutes = actual_minutes;
+            b.fee_fen = fee_fen;
             // In the same step as the completion: both land or neither does.
-            let seq = tx.next_id()?;
-            let rec = ServiceRecord {
-                seq,
+            let body = crate::ledger::Body::Service {
                 booking: b.id.clone(),
                 instrument: b.instrument.clone(),
                 requester: b.requester.clone(),
+                institution: b.institution.clone(),
+                institution_uscc: b.institution_uscc.clone(),
                 minutes: actual_minutes,
-                fee_fen: b.fee_fen,
-                at: now,
+                fee_fen,
+                redemption,
             };
-            put_json(tx, &keys::ledger(seq), &rec)
+            crate::ledger::append(tx, now, body).map(|_| ())
         })
         .await
     }
@@ -705,23 +795,25 @@ impl Bookings {
         self.durable().await
     }
 
-    /// Service records, in order.
-    pub fn service_records(&self) -> Result<Vec<ServiceRecord>, BookingError> {
-        self.store
-            .scan(keys::LEDGER)?
-            .iter()
-            .map(|b| {
-                serde_json::from_slice(b)
-                    .map_err(|e| StoreError::Corrupt { key: "ledger".into(), reason: e.to_string() }.into())
-            })
-            .collect()
+    /// Up to `limit` ledger entries after `after_seq`, as stored, and the
+    /// chain's head.
+    pub fn ledger_page(&self, after_seq: u64, limit: usize) -> Result<(Vec<Vec<u8>>, ledger::Head), BookingError> {
+        let head: ledger::Head = self.read_json(ledger::HEAD)?.unwrap_or_default();
+        let mut out = Vec::new();
+        for seq in after_seq + 1..=head.seq.min(after_seq + limit as u64) {
+            // A missing entry is left out, for the reader's chain check to report.
+            if let Some(bytes) = self.store.get(&ledger::key(seq))? {
+                out.push(bytes);
+            }
+        }
+        Ok((out, head))
     }
 
     /// Holds still open at `now`.
     pub fn open_holds(&self) -> Result<usize, BookingError> {
         let now = self.clock.now();
         Ok(self
-            .list(&Actor { uri: String::new(), admin: true, may_book: false }, None, false)?
+            .list(&Actor { uri: String::new(), admin: true, may_book: false, reader: true }, None, false)?
             .iter()
             .filter(|b| b.state_at(now) == State::Held)
             .count())

@@ -33,11 +33,11 @@ pub mod keys {
     pub fn qualification(instrument: &str, holder: &str) -> Vec<u8> {
         format!("q/{instrument}\n{holder}").into_bytes()
     }
-    /// Ledger entries sort by sequence number.
-    pub fn ledger(seq: u64) -> Vec<u8> {
-        format!("l/{seq:020}").into_bytes()
+    /// Bookings whose voucher payment still needs a call to the issuer.
+    pub fn outbox(booking: &str) -> Vec<u8> {
+        format!("o/{booking}").into_bytes()
     }
-    pub const LEDGER: &[u8] = b"l/";
+    pub const OUTBOX: &[u8] = b"o/";
 }
 
 /// Reads and writes inside one atomic step.

@@ -17,6 +17,15 @@ pub const DAY: i64 = 86_400;
 /// time without an offset is refused: it would mean different instants in
 /// different places.
 pub fn parse(field: &str, s: &str) -> Result<Instant, String> {
+    let t = parse_any(field, s)?;
+    if t % 60 != 0 {
+        return Err(format!("{field} {s:?}: bookings are in whole minutes"));
+    }
+    Ok(t)
+}
+
+/// Parses an RFC 3339 time with an explicit offset, to the second.
+pub fn parse_any(field: &str, s: &str) -> Result<Instant, String> {
     let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
         let naive = time::PrimitiveDateTime::parse(
             s,
@@ -34,8 +43,8 @@ pub fn parse(field: &str, s: &str) -> Result<Instant, String> {
             format!("{field} {s:?} is not an RFC 3339 time such as 2026-12-01T09:00:00+08:00")
         }
     })?;
-    if t.second() != 0 || t.nanosecond() != 0 {
-        return Err(format!("{field} {s:?}: bookings are in whole minutes"));
+    if t.nanosecond() != 0 {
+        return Err(format!("{field} {s:?}: times are in whole seconds"));
     }
     Ok(t.unix_timestamp())
 }

@@ -10,3 +10,4 @@ mod reservations;
 mod rotation;
 mod search;
 mod trust;
+mod vouchers;

@@ -60,6 +60,7 @@ fn reserve(instrument: &str, start: i64, minutes: i64, key: &str) -> pb::Reserve
         hold_only: false,
         purpose: "test".into(),
         idempotency_key: key.into(),
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,399 @@
+//! Paying with a voucher: one operation across two cities.
+//!
+//! The provider's node coordinates a try/confirm/cancel protocol with the
+//! issuing city's node. The durable record that drives it is the booking
+//! itself: its payment state says which call to the issuer is owed, and an
+//! outbox mark (written in the same step) lets recovery find every booking
+//! that still owes one. Each state change is recorded *before* the call it
+//! implies, and every call is idempotent on the operation id, so a crash of
+//! either node at any point is repaired by calling again:
+//!
+//! ```text
+//! Trying ──try ok──▶ Held ──decide──▶ Confirming ──confirm ok──▶ Confirmed ──complete──▶ Posting ──post ok──▶ Posted
+//!   │                 │                   │                          │
+//!   └──refused/expired┴───────────────────┴──cancel/decline/expiry───┴──▶ Cancelling ──cancel ok──▶ Voided
+//! ```
+//!
+//! The issuer decides alone in one case only: a try never confirmed is voided
+//! once it expires; the provider then learns it at confirm and cancels too.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    booking::{
+        Booking, BookingError, Bookings, State,
+        rules::{Rules, Violation},
+        store::keys,
+        time::Instant,
+    },
+    ledger::Redemption,
+    voucher::{PostDebit, TryDebit, share_of},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayState {
+    Trying,
+    Held,
+    Confirming,
+    Confirmed,
+    Posting,
+    Posted,
+    Cancelling,
+    Voided,
+    /// The issuer refused a step it should have accepted; for the reconciler.
+    Disputed,
+}
+
+impl PayState {
+    /// Still owes the issuer a call, or waits on a hold: recovery looks at it.
+    pub fn in_flight(self) -> bool {
+        matches!(self, PayState::Trying | PayState::Held | PayState::Confirming | PayState::Posting | PayState::Cancelling)
+    }
+}
+
+/// The provider's record of a voucher payment, kept in the booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    pub voucher: String,
+    pub issuer: String,
+    /// The operation id on both sides: the booking id.
+    pub op: String,
+    pub state: PayState,
+    /// Confirm as soon as the issuer holds the money (a plain reserve), or
+    /// wait for the requester's confirm (a hold).
+    pub confirm_when_held: bool,
+    pub held_fen: i64,
+    pub posted_fen: i64,
+    pub share_percent: u32,
+    pub per_use_cap_fen: i64,
+    /// When the booking was completed: the service time both sides record.
+    pub service_at: Option<Instant>,
+    pub detail: String,
+}
+
+impl Payment {
+    pub fn trying(voucher: String, issuer: String, op: &str, confirm_when_held: bool) -> Self {
+        Payment {
+            voucher,
+            issuer,
+            op: op.into(),
+            state: PayState::Trying,
+            confirm_when_held,
+            held_fen: 0,
+            posted_fen: 0,
+            share_percent: 0,
+            per_use_cap_fen: 0,
+            service_at: None,
+            detail: String::new(),
+        }
+    }
+}
+
+/// The voucher id and its issuing city.
+pub fn issuer_of(voucher: &str) -> Result<(String, String), BookingError> {
+    match voucher.split_once('/') {
+        Some((city, rest)) if corridor_proto::cities::city_by_slug(city).is_some() && rest.starts_with("v-") => {
+            Ok((voucher.to_string(), city.to_string()))
+        }
+        _ => Err(BookingError::Invalid(format!("{voucher:?} is not a voucher id \"<issuing city>/v-<n>\""))),
+    }
+}
+
+/// The requester confirms a held booking: allowed once the issuer holds the
+/// money, and recorded as the decision to confirm there too.
+pub(crate) fn on_confirm(b: &mut Booking) -> Result<(), BookingError> {
+    let Some(p) = b.payment.as_mut() else { return Ok(()) };
+    match p.state {
+        PayState::Held => {
+            p.state = PayState::Confirming;
+            Ok(())
+        }
+        PayState::Trying => Err(BookingError::State(format!(
+            "the voucher payment for {} is still being arranged with {}; confirm again in a moment",
+            b.id, p.issuer
+        ))),
+        s => Err(BookingError::State(format!("cannot confirm {}: its voucher payment is {s:?}", b.id).to_lowercase())),
+    }
+}
+
+/// The booking ends without use (cancelled, declined, expired): the issuer
+/// must release the money.
+pub(crate) fn release(b: &mut Booking) {
+    if let Some(p) = b.payment.as_mut()
+        && matches!(p.state, PayState::Trying | PayState::Held | PayState::Confirming | PayState::Confirmed)
+    {
+        p.state = PayState::Cancelling;
+    }
+}
+
+/// The booking is completed with `fee_fen`: the voucher's share, within its
+/// caps and what the issuer holds, is to be posted.
+pub(crate) fn on_complete(b: &mut Booking, fee_fen: i64, now: Instant) -> Result<Option<Redemption>, BookingError> {
+    let Some(p) = b.payment.as_mut() else { return Ok(None) };
+    if p.state != PayState::Confirmed {
+        return Err(BookingError::State(format!(
+            "cannot complete {}: its voucher payment is {:?}, not yet confirmed by {}; try again shortly",
+            b.id, p.state, p.issuer
+        )));
+    }
+    let amount = share_of(fee_fen, p.share_percent, p.per_use_cap_fen).min(p.held_fen);
+    p.state = PayState::Posting;
+    p.posted_fen = amount;
+    p.service_at = Some(now);
+    Ok(Some(Redemption { op: p.op.clone(), voucher: p.voucher.clone(), issuer_city: p.issuer.clone(), amount_fen: amount }))
+}
+
+/// A call to an issuing city's node.
+#[derive(Debug, Clone)]
+pub enum IssuerCall {
+    Try(TryDebit),
+    Confirm { op: String },
+    Cancel { op: String, voucher: String, reason: String },
+    Post(PostDebit),
+}
+
+/// What the issuer answered to a call it accepted.
+#[derive(Debug, Clone)]
+pub struct IssuerReply {
+    pub amount_fen: i64,
+    pub share_percent: u32,
+    pub per_use_cap_fen: i64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// A definite no: retrying will not change it.
+    #[error("{0}")]
+    Refused(String),
+    /// No answer: the call may or may not have taken effect.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+pub type CallFuture<'a> = Pin<Box<dyn Future<Output = Result<IssuerReply, CallError>> + Send + 'a>>;
+
+/// How a provider's node reaches issuing cities' nodes.
+pub trait Issuers: Send + Sync + 'static {
+    fn call<'a>(&'a self, issuer: &'a str, call: IssuerCall) -> CallFuture<'a>;
+}
+
+pub use corridor_telemetry::failpoint;
+
+/// The provider's coordinator.
+pub struct Payments {
+    issuers: Arc<dyn Issuers>,
+    /// One driver per booking at a time (the request and recovery may race).
+    locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// How a drive ended.
+pub enum Driven {
+    /// Nothing more to do now (final, or waiting for the requester).
+    Settled(Booking),
+    /// The issuer did not answer; recovery will carry on.
+    Waiting(Booking, String),
+}
+
+impl Payments {
+    pub fn new(issuers: Arc<dyn Issuers>) -> Self {
+        Payments { issuers, locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect() }
+    }
+
+    fn lock(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        let h = id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        &self.locks[h % self.locks.len()]
+    }
+
+    /// Advances one booking's payment as far as it goes now.
+    pub async fn drive(&self, bookings: &Bookings, id: &str) -> Result<Driven, BookingError> {
+        let _one = self.lock(id).lock().await;
+        loop {
+            let b: Booking = bookings
+                .read_json(&keys::booking(id))?
+                .ok_or_else(|| BookingError::NotFound(format!("no booking {id:?}")))?;
+            let Some(p) = b.payment.clone() else { return Ok(Driven::Settled(b)) };
+            let now = bookings.now();
+            let live = b.state_at(now).is_live();
+            let call = match p.state {
+                PayState::Trying | PayState::Held if !live => {
+                    update(bookings, id, &|b, _, _| {
+                        release(b);
+                        Ok(())
+                    })
+                    .await?;
+                    continue;
+                }
+                PayState::Held | PayState::Confirmed | PayState::Posted | PayState::Voided | PayState::Disputed => {
+                    return Ok(Driven::Settled(b));
+                }
+                PayState::Trying => IssuerCall::Try(TryDebit {
+                    op: p.op.clone(),
+                    voucher: p.voucher.clone(),
+                    requester: b.requester.clone(),
+                    provider_city: bookings.city().into(),
+                    instrument: format!("{}/{}", bookings.city(), b.instrument),
+                    fee_fen: b.expected_fee(),
+                    hold_expires: b.hold_expires.unwrap_or(now),
+                }),
+                PayState::Confirming => IssuerCall::Confirm { op: p.op.clone() },
+                PayState::Cancelling => IssuerCall::Cancel {
+                    op: p.op.clone(),
+                    voucher: p.voucher.clone(),
+                    reason: if b.note.is_empty() { format!("booking {:?}", b.state_at(now)) } else { b.note.clone() },
+                },
+                PayState::Posting => IssuerCall::Post(PostDebit {
+                    op: p.op.clone(),
+                    amount_fen: p.posted_fen,
+                    provider_institution: b.institution.clone(),
+                    provider_uscc: b.institution_uscc.clone(),
+                    service_at: p.service_at.unwrap_or(b.updated_at),
+                }),
+            };
+            let answer = self.issuers.call(&p.issuer, call).await;
+            let from = p.state;
+            failpoint(&format!("provider.after_{}", step_name(from)));
+            match answer {
+                Err(CallError::Unreachable(why)) => {
+                    return Ok(Driven::Waiting(b, format!("{} did not answer: {why}", p.issuer)));
+                }
+                Ok(reply) => {
+                    update(bookings, id, &|b, rules, now| {
+                        accepted(b, rules, now, from, &reply);
+                        Ok(())
+                    })
+                    .await?;
+                }
+                Err(CallError::Refused(why)) => {
+                    update(bookings, id, &|b, _, _| {
+                        refused(b, from, &why);
+                        Ok(())
+                    })
+                    .await?;
+                }
+            }
+        }
+    }
+
+    /// Drives every booking that still owes its issuer a call, and voids this
+    /// node's own expired tries as an issuer. Returns how many are left
+    /// waiting on an issuer.
+    pub async fn recover(&self, bookings: &Bookings) -> Result<usize, BookingError> {
+        let ids: Vec<String> = bookings
+            .scan_raw(keys::OUTBOX)?
+            .into_iter()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .collect();
+        let mut waiting = 0;
+        for id in ids {
+            match self.drive(bookings, &id).await {
+                Ok(Driven::Waiting(_, why)) => {
+                    waiting += 1;
+                    tracing::debug!(booking = %id, %why, "voucher payment waits for its issuer");
+                }
+                Ok(Driven::Settled(_)) => {}
+                Err(e) => tracing::warn!(booking = %id, error = %e, "voucher payment could not advance"),
+            }
+        }
+        let expired = bookings.expire_debits().await?;
+        if expired > 0 {
+            tracing::info!(expired, "voided voucher holds that expired unconfirmed");
+        }
+        Ok(waiting)
+    }
+}
+
+fn step_name(s: PayState) -> &'static str {
+    match s {
+        PayState::Trying => "try",
+        PayState::Confirming => "confirm",
+        PayState::Cancelling => "cancel",
+        PayState::Posting => "post",
+        _ => "none",
+    }
+}
+
+/// One local step on a booking with a payment, durable before it returns.
+async fn update(
+    bookings: &Bookings,
+    id: &str,
+    change: &(dyn Fn(&mut Booking, &Rules, Instant) -> Result<(), BookingError> + Sync),
+) -> Result<Booking, BookingError> {
+    let mut out = None;
+    bookings.atomically(&mut |tx| {
+        out = Some(Bookings::apply_in(tx, id, bookings.now(), &|b, rules, now, _| change(b, rules, now))?);
+        Ok(())
+    })?;
+    bookings.durable().await?;
+    Ok(out.expect("set by the step"))
+}
+
+/// The issuer accepted the call made from state `from`. A state that moved
+/// on meanwhile (the requester cancelled during a try) is left as it is:
+/// its own call follows.
+fn accepted(b: &mut Booking, rules: &Rules, now: Instant, from: PayState, reply: &IssuerReply) {
+    let live_hold = b.state_at(now) == State::Held;
+    let Some(p) = b.payment.as_mut() else { return };
+    if p.state != from {
+        return;
+    }
+    match from {
+        PayState::Trying => {
+            p.held_fen = reply.amount_fen;
+            p.share_percent = reply.share_percent;
+            p.per_use_cap_fen = reply.per_use_cap_fen;
+            p.state = PayState::Held;
+            if p.confirm_when_held && live_hold {
+                // The decision, recorded before the issuer hears it.
+                p.state = PayState::Confirming;
+                b.hold_expires = None;
+                b.state = if rules.approval_required { State::Pending } else { State::Confirmed };
+            }
+        }
+        PayState::Confirming => p.state = PayState::Confirmed,
+        PayState::Cancelling => p.state = PayState::Voided,
+        PayState::Posting => p.state = PayState::Posted,
+        _ => {}
+    }
+}
+
+/// The issuer refused the call made from state `from`.
+fn refused(b: &mut Booking, from: PayState, why: &str) {
+    let Some(p) = b.payment.as_mut() else { return };
+    if p.state != from {
+        return;
+    }
+    p.detail = why.to_string();
+    match from {
+        // Nothing is held at the issuer: the booking is released here.
+        PayState::Trying => {
+            p.state = PayState::Voided;
+            if b.state.is_live() {
+                b.state = State::Cancelled;
+                b.hold_expires = None;
+                b.note = format!("voucher refused: {why}");
+            }
+        }
+        // The issuer gave up the hold (it expired there): cancel both sides.
+        PayState::Confirming => {
+            p.state = PayState::Cancelling;
+            if b.state.is_live() {
+                b.state = State::Cancelled;
+                b.hold_expires = None;
+                b.note = format!("voucher hold lost at the issuer: {why}");
+            }
+        }
+        PayState::Cancelling | PayState::Posting => p.state = PayState::Disputed,
+        _ => {}
+    }
+}
+
+/// A violation for a reserve whose voucher was refused.
+pub fn refusal(b: &Booking) -> Option<BookingError> {
+    let p = b.payment.as_ref()?;
+    (p.state == PayState::Voided && b.state == State::Cancelled && b.note.starts_with("voucher refused")).then(|| {
+        BookingError::Rule(Violation::new("voucher", format!("{}; booking {} was released", p.detail, b.id)))
+    })
+}

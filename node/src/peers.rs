@@ -1,0 +1,130 @@
+//! Node-to-node calls: a provider's node reaching issuing cities' nodes over
+//! mutual TLS, as its own `node-<city>` identity.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use corridor_certs::{CredentialSource, Identity, reloading_channel};
+use corridor_proto::{self as pb, node_client::NodeClient};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::{
+    booking::time,
+    payment::{CallError, CallFuture, IssuerCall, IssuerReply, Issuers},
+};
+
+/// A call to an issuer that takes longer than this counts as unanswered;
+/// recovery calls again.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Issuing cities' nodes, by city slug.
+pub struct GrpcIssuers {
+    city: &'static str,
+    clients: BTreeMap<String, NodeClient<Channel>>,
+}
+
+impl GrpcIssuers {
+    /// `peers` maps city slugs to `https://host:port`. Connections open
+    /// lazily, so a peer that is down at start is reached once it is up.
+    pub fn new(
+        city: &'static str,
+        peers: &BTreeMap<String, String>,
+        creds: Arc<CredentialSource>,
+    ) -> Result<Self, corridor_certs::CertError> {
+        let mut clients = BTreeMap::new();
+        for (peer, url) in peers {
+            let channel = reloading_channel(url, creds.clone(), Some(Identity::Node(peer.clone())), CONNECT_TIMEOUT)?;
+            clients.insert(peer.clone(), NodeClient::new(channel));
+        }
+        Ok(GrpcIssuers { city, clients })
+    }
+}
+
+/// A definite answer is a refusal; anything else may not have been seen.
+fn classify(s: Status) -> CallError {
+    match s.code() {
+        Code::FailedPrecondition
+        | Code::NotFound
+        | Code::InvalidArgument
+        | Code::PermissionDenied
+        | Code::AlreadyExists
+        | Code::OutOfRange => CallError::Refused(s.message().to_string()),
+        _ => CallError::Unreachable(format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
+impl Issuers for GrpcIssuers {
+    fn call<'a>(&'a self, issuer: &'a str, call: IssuerCall) -> CallFuture<'a> {
+        Box::pin(async move {
+            let mut client = self
+                .clients
+                .get(issuer)
+                .cloned()
+                .ok_or_else(|| CallError::Unreachable(format!("no endpoint is configured for {issuer}'s node")))?;
+            let provider_city = self.city.to_string();
+            let mut req = match &call {
+                IssuerCall::Try(t) => pb::DebitRequest {
+                    op_id: t.op.clone(),
+                    voucher_id: t.voucher.clone(),
+                    requester: t.requester.clone(),
+                    provider_city,
+                    instrument_id: t.instrument.clone(),
+                    fee_fen: t.fee_fen,
+                    expires_at: time::format(t.hold_expires),
+                    ..Default::default()
+                },
+                IssuerCall::Confirm { op } => pb::DebitRequest { op_id: op.clone(), provider_city, ..Default::default() },
+                IssuerCall::Cancel { op, voucher, reason } => pb::DebitRequest {
+                    op_id: op.clone(),
+                    voucher_id: voucher.clone(),
+                    provider_city,
+                    reason: reason.clone(),
+                    ..Default::default()
+                },
+                IssuerCall::Post(p) => pb::DebitRequest {
+                    op_id: p.op.clone(),
+                    provider_city,
+                    amount_fen: p.amount_fen,
+                    provider_institution: p.provider_institution.clone(),
+                    provider_uscc: p.provider_uscc.clone(),
+                    service_at: time::format(p.service_at),
+                    ..Default::default()
+                },
+            };
+            req.provider_city = self.city.to_string();
+            let mut r = tonic::Request::new(req);
+            r.set_timeout(CALL_TIMEOUT);
+            let fut = async {
+                match call {
+                    IssuerCall::Try(_) => client.try_debit(r).await,
+                    IssuerCall::Confirm { .. } => client.confirm_debit(r).await,
+                    IssuerCall::Cancel { .. } => client.cancel_debit(r).await,
+                    IssuerCall::Post(_) => client.post_debit(r).await,
+                }
+            };
+            let d = tokio::time::timeout(CALL_TIMEOUT, fut)
+                .await
+                .map_err(|_| CallError::Unreachable(format!("{issuer}'s node did not answer in time")))?
+                .map_err(classify)?
+                .into_inner();
+            Ok(IssuerReply { amount_fen: d.amount_fen, share_percent: d.share_percent, per_use_cap_fen: d.per_use_cap_fen })
+        })
+    }
+}
+
+/// Parses `--peer city=https://host:port` values.
+pub fn parse_peers(values: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        let (city, url) =
+            v.split_once('=').ok_or_else(|| format!("--peer {v:?}: expected CITY=https://host:port"))?;
+        if corridor_proto::cities::city_by_slug(city).is_none() {
+            return Err(format!("--peer {v:?}: {city:?} is not a corridor city"));
+        }
+        if !url.starts_with("https://") {
+            return Err(format!("--peer {v:?}: the endpoint must be https://host:port"));
+        }
+        out.insert(city.to_string(), url.to_string());
+    }
+    Ok(out)
+}

@@ -1,0 +1,603 @@
+//! Innovation vouchers, at the issuing city's node.
+//!
+//! A voucher's balance is derived from immutable ledger entries (pending,
+//! confirmed, posted, voided); the voucher record keeps running totals of
+//! those entries, updated in the same atomic step as each entry, so that a
+//! balance check is one read and can never race another debit.
+//!
+//! The issuer is the passive side of a voucher payment: the provider's node
+//! coordinates, and calls try, confirm, cancel and post here, each
+//! idempotent on the operation id. The issuer acts alone in one case only: a
+//! try that was never confirmed is voided once it expires.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    booking::{
+        Actor, BookingError, Bookings, get_json, put_json,
+        rules::Violation,
+        store::Txn,
+        time::{self, DAY, Instant},
+    },
+    ledger::{self, Body},
+    model::check_uscc,
+};
+
+/// 20,000 yuan per use, the typical cap.
+pub const DEFAULT_PER_USE_CAP_FEN: i64 = 2_000_000;
+/// 100,000 yuan per enterprise per year, the typical cap.
+pub const DEFAULT_ANNUAL_CAP_FEN: i64 = 10_000_000;
+/// How long after the provider's hold ends the issuer keeps an unconfirmed
+/// try, so that a provider that decided just in time can still confirm.
+pub const TRY_GRACE_SECONDS: i64 = 30;
+/// Largest face value one voucher may carry: 10 million yuan.
+const MAX_FACE_FEN: i64 = 1_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// 通兑: the enterprise pays its share, the issuing city pays the provider.
+    ProviderRedeemed,
+    /// 通用: the enterprise pays in full and its city refunds it.
+    EnterpriseReimbursed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voucher {
+    pub id: String,
+    pub city: String,
+    pub enterprise_uscc: String,
+    pub enterprise_name: String,
+    /// Identity URI that may spend it.
+    pub holder: String,
+    pub face_fen: i64,
+    /// YYYY-MM-DD, inclusive, Asia/Shanghai.
+    pub valid_from: String,
+    pub valid_until: String,
+    pub share_percent: u32,
+    pub per_use_cap_fen: i64,
+    pub annual_cap_fen: i64,
+    pub mode: Mode,
+    pub cities: Vec<String>,
+    /// Pending and confirmed debits.
+    pub held_fen: i64,
+    /// Posted debits.
+    pub spent_fen: i64,
+    pub issued_at: Instant,
+}
+
+impl Voucher {
+    pub fn balance_fen(&self) -> i64 {
+        self.face_fen - self.held_fen - self.spent_fen
+    }
+
+    /// The voucher's share of `fee_fen`, rounded half up to the fen, within
+    /// the per-use cap.
+    pub fn share_of(&self, fee_fen: i64) -> i64 {
+        share_of(fee_fen, self.share_percent, self.per_use_cap_fen)
+    }
+}
+
+pub fn share_of(fee_fen: i64, share_percent: u32, per_use_cap_fen: i64) -> i64 {
+    ((fee_fen * share_percent as i64 + 50) / 100).min(per_use_cap_fen)
+}
+
+/// What an issuing city's admin asks for.
+#[derive(Debug, Clone)]
+pub struct IssueVoucher {
+    pub enterprise_uscc: String,
+    pub enterprise_name: String,
+    pub holder: String,
+    pub face_fen: i64,
+    pub valid_from: String,
+    pub valid_until: String,
+    pub share_percent: u32,
+    pub per_use_cap_fen: i64,
+    pub annual_cap_fen: i64,
+    pub mode: Mode,
+    pub cities: Vec<String>,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DebitState {
+    Pending,
+    Confirmed,
+    Posted,
+    Voided,
+}
+
+/// The issuer's record of one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Debit {
+    pub op: String,
+    pub voucher: String,
+    pub state: DebitState,
+    pub amount_fen: i64,
+    pub provider_city: String,
+    /// When an unconfirmed try is voided.
+    pub expires_at: Instant,
+    /// The year whose enterprise cap the amount counts against.
+    pub year: i32,
+    pub share_percent: u32,
+    pub per_use_cap_fen: i64,
+}
+
+/// A provider's try.
+#[derive(Debug, Clone)]
+pub struct TryDebit {
+    pub op: String,
+    pub voucher: String,
+    pub requester: String,
+    pub provider_city: String,
+    pub instrument: String,
+    pub fee_fen: i64,
+    /// When the provider's hold ends.
+    pub hold_expires: Instant,
+}
+
+/// A provider's post: the settlement entry's fields.
+#[derive(Debug, Clone)]
+pub struct PostDebit {
+    pub op: String,
+    pub amount_fen: i64,
+    pub provider_institution: String,
+    pub provider_uscc: String,
+    pub service_at: Instant,
+}
+
+mod keys {
+    pub fn voucher(id: &str) -> Vec<u8> {
+        format!("v/{id}").into_bytes()
+    }
+    pub fn debit(op: &str) -> Vec<u8> {
+        format!("d/{op}").into_bytes()
+    }
+    pub const DEBITS: &[u8] = b"d/";
+    /// Held and spent at this city by one enterprise in one year.
+    pub fn annual(uscc: &str, year: i32) -> Vec<u8> {
+        format!("ya/{uscc}/{year}").into_bytes()
+    }
+}
+
+fn yuan(fen: i64) -> String {
+    format!("{}.{:02}", fen / 100, fen % 100)
+}
+
+fn local_date(t: Instant) -> ::time::Date {
+    ::time::OffsetDateTime::from_unix_timestamp(t).expect("in range").to_offset(time::SHANGHAI).date()
+}
+
+fn parse_date(field: &str, s: &str) -> Result<String, BookingError> {
+    let fmt = ::time::macros::format_description!("[year]-[month]-[day]");
+    ::time::Date::parse(s, &fmt)
+        .map(|_| s.to_string())
+        .map_err(|_| BookingError::Invalid(format!("{field} must be a date YYYY-MM-DD (Asia/Shanghai), not {s:?}")))
+}
+
+fn refused(rule: &'static str, detail: String) -> BookingError {
+    BookingError::Rule(Violation::new(rule, detail))
+}
+
+fn not_found(op: &str) -> BookingError {
+    BookingError::NotFound(format!("no voucher operation {op:?} at this city"))
+}
+
+impl Bookings {
+    pub async fn issue_voucher(&self, actor: &Actor, req: IssueVoucher) -> Result<Voucher, BookingError> {
+        if !actor.admin {
+            return Err(BookingError::Denied(format!("only {}'s admin may issue its vouchers", self.city())));
+        }
+        check_uscc(&req.enterprise_uscc).map_err(|e| BookingError::Invalid(format!("enterprise_uscc: {e}")))?;
+        let holder = corridor_certs::Identity::from_uri(&req.holder)
+            .map_err(|e| BookingError::Invalid(format!("holder: {e}")))?;
+        if !matches!(holder, corridor_certs::Identity::Org(_)) {
+            return Err(BookingError::Invalid(format!(
+                "holder must be an organisation's identity (spiffe://corridor/org/<name>), not {}",
+                req.holder
+            )));
+        }
+        if !(1..=MAX_FACE_FEN).contains(&req.face_fen) {
+            return Err(BookingError::Invalid(format!(
+                "face_fen must be between 1 and {MAX_FACE_FEN} fen (10 million yuan)"
+            )));
+        }
+        let from = parse_date("valid_from", &req.valid_from)?;
+        let until = parse_date("valid_until", &req.valid_until)?;
+        if until < from {
+            return Err(BookingError::Invalid("valid_until must not be before valid_from".into()));
+        }
+        if !(1..=100).contains(&req.share_percent) {
+            return Err(BookingError::Invalid("share_percent must be between 1 and 100".into()));
+        }
+        let per_use = if req.per_use_cap_fen == 0 { DEFAULT_PER_USE_CAP_FEN } else { req.per_use_cap_fen };
+        let annual = if req.annual_cap_fen == 0 { DEFAULT_ANNUAL_CAP_FEN } else { req.annual_cap_fen };
+        if per_use < 0 || annual < 0 {
+            return Err(BookingError::Invalid("caps must not be negative".into()));
+        }
+        let mut cities: Vec<String> = if req.cities.is_empty() {
+            corridor_proto::cities::CITIES.iter().map(|c| c.slug.to_string()).collect()
+        } else {
+            req.cities.clone()
+        };
+        for c in &cities {
+            if corridor_proto::cities::city_by_slug(c).is_none() {
+                return Err(BookingError::Invalid(format!("{c:?} is not a corridor city")));
+            }
+        }
+        cities.sort();
+        cities.dedup();
+        if req.enterprise_name.len() > 500 {
+            return Err(BookingError::Invalid("enterprise_name is at most 500 bytes".into()));
+        }
+        let fingerprint = format!(
+            "voucher\n{}\n{}\n{}\n{}\n{from}\n{until}\n{}\n{per_use}\n{annual}\n{:?}\n{}",
+            req.enterprise_uscc,
+            req.enterprise_name,
+            holder.uri(),
+            req.face_fen,
+            req.share_percent,
+            req.mode,
+            cities.join(",")
+        );
+        let now = self.now();
+        let city = self.city();
+        self.idempotent(actor, &req.idempotency_key, fingerprint, |tx| {
+            let v = Voucher {
+                id: format!("{city}/v-{}", tx.next_id()?),
+                city: city.to_string(),
+                enterprise_uscc: req.enterprise_uscc.clone(),
+                enterprise_name: req.enterprise_name.clone(),
+                holder: holder.uri(),
+                face_fen: req.face_fen,
+                valid_from: from.clone(),
+                valid_until: until.clone(),
+                share_percent: req.share_percent,
+                per_use_cap_fen: per_use,
+                annual_cap_fen: annual,
+                mode: req.mode,
+                cities: cities.clone(),
+                held_fen: 0,
+                spent_fen: 0,
+                issued_at: now,
+            };
+            put_json(tx, &keys::voucher(&v.id), &v)?;
+            ledger::append(
+                tx,
+                now,
+                Body::VoucherIssued {
+                    voucher: v.id.clone(),
+                    enterprise_uscc: v.enterprise_uscc.clone(),
+                    holder: v.holder.clone(),
+                    face_fen: v.face_fen,
+                },
+            )?;
+            Ok(v)
+        })
+        .await
+    }
+
+    /// A voucher, for its city's admin, its holder, or the reconciler.
+    pub fn voucher(&self, actor: &Actor, id: &str) -> Result<Voucher, BookingError> {
+        let v: Option<Voucher> = self.read_json(&keys::voucher(id))?;
+        match v {
+            Some(v) if actor.admin || actor.reader || v.holder == actor.uri => Ok(v),
+            // Someone else's voucher is reported as absent.
+            _ => Err(BookingError::NotFound(format!("no voucher {id:?}"))),
+        }
+    }
+
+    /// The issuer's record of one operation.
+    pub fn debit(&self, op: &str) -> Result<Option<Debit>, BookingError> {
+        self.read_json(&keys::debit(op))
+    }
+
+    /// Holds the voucher's share of the expected fee for a provider's
+    /// booking, or refuses. A retry returns the first answer.
+    pub async fn try_debit(&self, req: TryDebit) -> Result<Debit, BookingError> {
+        let now = self.now();
+        let mut out = None;
+        self.atomically(&mut |tx| {
+            out = Some(Self::try_in(tx, &req, now)?);
+            Ok(())
+        })?;
+        self.durable().await?;
+        Ok(out.expect("set by the step"))
+    }
+
+    fn try_in(tx: &mut dyn Txn, req: &TryDebit, now: Instant) -> Result<Debit, BookingError> {
+        if let Some(d) = get_json::<Debit>(tx, &keys::debit(&req.op))? {
+            if d.voucher != req.voucher || d.provider_city != req.provider_city {
+                return Err(BookingError::KeyReused(req.op.clone()));
+            }
+            if d.state == DebitState::Voided {
+                return Err(refused("voucher_operation", format!("operation {} was already voided", req.op)));
+            }
+            return Ok(d);
+        }
+        let mut v: Voucher =
+            get_json(tx, &keys::voucher(&req.voucher))?.ok_or_else(|| refused("voucher", format!("no voucher {:?}", req.voucher)))?;
+        if v.holder != req.requester {
+            return Err(refused("voucher_holder", format!("voucher {} does not belong to {}", v.id, req.requester)));
+        }
+        let today = local_date(now).to_string();
+        if today < v.valid_from || today > v.valid_until {
+            return Err(refused(
+                "voucher_validity",
+                format!("voucher {} is valid from {} to {}, not on {today}", v.id, v.valid_from, v.valid_until),
+            ));
+        }
+        if !v.cities.contains(&req.provider_city) {
+            return Err(refused(
+                "voucher_cities",
+                format!("voucher {} is not recognised in {}; it is in {}", v.id, req.provider_city, v.cities.join(", ")),
+            ));
+        }
+        let amount = v.share_of(req.fee_fen);
+        if amount <= 0 {
+            return Err(refused("voucher_amount", format!("the fee of {} yuan leaves nothing for the voucher to pay", yuan(req.fee_fen))));
+        }
+        if amount > v.balance_fen() {
+            return Err(refused(
+                "voucher_balance",
+                format!(
+                    "voucher {} has {} yuan left; this booking needs {} yuan ({}% of {} yuan)",
+                    v.id,
+                    yuan(v.balance_fen()),
+                    yuan(amount),
+                    v.share_percent,
+                    yuan(req.fee_fen)
+                ),
+            ));
+        }
+        let year = local_date(now).year();
+        let annual_key = keys::annual(&v.enterprise_uscc, year);
+        let used: i64 = get_json(tx, &annual_key)?.unwrap_or(0);
+        if used + amount > v.annual_cap_fen {
+            return Err(refused(
+                "voucher_annual_cap",
+                format!(
+                    "enterprise {} has used {} of its {} yuan for {year} at {}; this booking needs {} yuan",
+                    v.enterprise_uscc,
+                    yuan(used),
+                    yuan(v.annual_cap_fen),
+                    v.city,
+                    yuan(amount)
+                ),
+            ));
+        }
+        let d = Debit {
+            op: req.op.clone(),
+            voucher: v.id.clone(),
+            state: DebitState::Pending,
+            amount_fen: amount,
+            provider_city: req.provider_city.clone(),
+            expires_at: req.hold_expires.max(now) + TRY_GRACE_SECONDS,
+            year,
+            share_percent: v.share_percent,
+            per_use_cap_fen: v.per_use_cap_fen,
+        };
+        v.held_fen += amount;
+        put_json(tx, &annual_key, &(used + amount))?;
+        put_json(tx, &keys::voucher(&v.id), &v)?;
+        put_json(tx, &keys::debit(&d.op), &d)?;
+        ledger::append(
+            tx,
+            now,
+            Body::DebitPending {
+                op: d.op.clone(),
+                voucher: v.id.clone(),
+                enterprise_uscc: v.enterprise_uscc.clone(),
+                amount_fen: amount,
+                provider_city: d.provider_city.clone(),
+                expires_at: d.expires_at,
+            },
+        )?;
+        Ok(d)
+    }
+
+    /// Loads the operation for a follow-up call from `provider_city`.
+    fn op_for(tx: &mut dyn Txn, op: &str, provider_city: &str) -> Result<Option<Debit>, BookingError> {
+        match get_json::<Debit>(tx, &keys::debit(op))? {
+            Some(d) if d.provider_city != provider_city => Err(not_found(op)),
+            d => Ok(d),
+        }
+    }
+
+    /// Releases a hold in the same step as its ledger entry.
+    fn void_in(tx: &mut dyn Txn, d: &mut Debit, now: Instant, reason: &str) -> Result<(), BookingError> {
+        let mut v: Voucher = get_json(tx, &keys::voucher(&d.voucher))?.ok_or_else(|| not_found(&d.op))?;
+        v.held_fen -= d.amount_fen;
+        let annual_key = keys::annual(&v.enterprise_uscc, d.year);
+        let used: i64 = get_json(tx, &annual_key)?.unwrap_or(0);
+        put_json(tx, &annual_key, &(used - d.amount_fen))?;
+        put_json(tx, &keys::voucher(&v.id), &v)?;
+        ledger::append(
+            tx,
+            now,
+            Body::DebitVoided { op: d.op.clone(), voucher: d.voucher.clone(), amount_fen: d.amount_fen, reason: reason.into() },
+        )?;
+        d.state = DebitState::Voided;
+        put_json(tx, &keys::debit(&d.op), &*d)
+    }
+
+    /// The provider keeps the booking: the hold stops expiring.
+    pub async fn confirm_debit(&self, provider_city: &str, op: &str) -> Result<Debit, BookingError> {
+        let now = self.now();
+        let mut out = None;
+        let mut expired = false;
+        self.atomically(&mut |tx| {
+            expired = false;
+            let mut d = Self::op_for(tx, op, provider_city)?.ok_or_else(|| not_found(op))?;
+            match d.state {
+                DebitState::Confirmed | DebitState::Posted => {}
+                DebitState::Voided => {
+                    return Err(refused("voucher_operation", format!("operation {op} was voided; the hold is gone")));
+                }
+                DebitState::Pending if d.expires_at <= now => {
+                    // Too late: void it now, in this step, and refuse.
+                    Self::void_in(tx, &mut d, now, "expired before confirmation")?;
+                    expired = true;
+                }
+                DebitState::Pending => {
+                    d.state = DebitState::Confirmed;
+                    put_json(tx, &keys::debit(op), &d)?;
+                    ledger::append(tx, now, Body::DebitConfirmed { op: op.into(), voucher: d.voucher.clone(), amount_fen: d.amount_fen })?;
+                }
+            }
+            out = Some(d);
+            Ok(())
+        })?;
+        self.durable().await?;
+        if expired {
+            return Err(refused("voucher_operation", format!("operation {op} expired before it was confirmed; the hold is gone")));
+        }
+        Ok(out.expect("set by the step"))
+    }
+
+    /// The provider gives the booking up: the hold is released. Cancelling
+    /// an operation never seen leaves a voided record, so that a try still
+    /// on its way is refused when it arrives.
+    pub async fn cancel_debit(&self, provider_city: &str, op: &str, voucher: &str, reason: &str) -> Result<Debit, BookingError> {
+        let now = self.now();
+        let mut out = None;
+        self.atomically(&mut |tx| {
+            let d = match Self::op_for(tx, op, provider_city)? {
+                Some(mut d) => {
+                    match d.state {
+                        DebitState::Voided => {}
+                        DebitState::Posted => {
+                            return Err(refused("voucher_operation", format!("operation {op} is already posted")));
+                        }
+                        DebitState::Pending | DebitState::Confirmed => Self::void_in(tx, &mut d, now, reason)?,
+                    }
+                    d
+                }
+                None => {
+                    let d = Debit {
+                        op: op.into(),
+                        voucher: voucher.into(),
+                        state: DebitState::Voided,
+                        amount_fen: 0,
+                        provider_city: provider_city.into(),
+                        expires_at: now,
+                        year: local_date(now).year(),
+                        share_percent: 0,
+                        per_use_cap_fen: 0,
+                    };
+                    put_json(tx, &keys::debit(op), &d)?;
+                    ledger::append(
+                        tx,
+                        now,
+                        Body::DebitVoided { op: op.into(), voucher: voucher.into(), amount_fen: 0, reason: reason.into() },
+                    )?;
+                    d
+                }
+            };
+            out = Some(d);
+            Ok(())
+        })?;
+        self.durable().await?;
+        Ok(out.expect("set by the step"))
+    }
+
+    /// The booking was completed: debits the voucher share of the actual
+    /// fee, at most what is held, and releases the rest.
+    pub async fn post_debit(&self, provider_city: &str, req: PostDebit) -> Result<Debit, BookingError> {
+        let now = self.now();
+        let mut out = None;
+        self.atomically(&mut |tx| {
+            let mut d = Self::op_for(tx, &req.op, provider_city)?.ok_or_else(|| not_found(&req.op))?;
+            match d.state {
+                DebitState::Posted if d.amount_fen == req.amount_fen => {}
+                DebitState::Posted => {
+                    return Err(refused(
+                        "voucher_operation",
+                        format!("operation {} is already posted with {} yuan", req.op, yuan(d.amount_fen)),
+                    ));
+                }
+                DebitState::Pending | DebitState::Voided => {
+                    return Err(refused("voucher_operation", format!("operation {} is {:?}, not confirmed", req.op, d.state)));
+                }
+                DebitState::Confirmed => {
+                    if req.amount_fen < 0 || req.amount_fen > d.amount_fen {
+                        return Err(BookingError::Invalid(format!(
+                            "a post of {} yuan exceeds the {} yuan held for operation {}",
+                            yuan(req.amount_fen),
+                            yuan(d.amount_fen),
+                            req.op
+                        )));
+                    }
+                    let mut v: Voucher = get_json(tx, &keys::voucher(&d.voucher))?.ok_or_else(|| not_found(&req.op))?;
+                    v.held_fen -= d.amount_fen;
+                    v.spent_fen += req.amount_fen;
+                    let annual_key = keys::annual(&v.enterprise_uscc, d.year);
+                    let used: i64 = get_json(tx, &annual_key)?.unwrap_or(0);
+                    put_json(tx, &annual_key, &(used - d.amount_fen + req.amount_fen))?;
+                    put_json(tx, &keys::voucher(&v.id), &v)?;
+                    d.state = DebitState::Posted;
+                    d.amount_fen = req.amount_fen;
+                    put_json(tx, &keys::debit(&d.op), &d)?;
+                    ledger::append(
+                        tx,
+                        now,
+                        Body::DebitPosted {
+                            op: d.op.clone(),
+                            voucher: d.voucher.clone(),
+                            enterprise_uscc: v.enterprise_uscc.clone(),
+                            amount_fen: req.amount_fen,
+                            provider_city: provider_city.into(),
+                            provider_institution: req.provider_institution.clone(),
+                            provider_uscc: req.provider_uscc.clone(),
+                            service_at: req.service_at,
+                        },
+                    )?;
+                }
+            }
+            out = Some(d);
+            Ok(())
+        })?;
+        self.durable().await?;
+        Ok(out.expect("set by the step"))
+    }
+
+    /// Voids every try that expired unconfirmed; returns how many.
+    pub async fn expire_debits(&self) -> Result<usize, BookingError> {
+        let now = self.now();
+        let stale: Vec<Debit> = self
+            .scan_json::<Debit>(keys::DEBITS)?
+            .into_iter()
+            .filter(|d| d.state == DebitState::Pending && d.expires_at <= now)
+            .collect();
+        let mut voided = 0;
+        for d in stale {
+            let mut changed = false;
+            self.atomically(&mut |tx| {
+                changed = false;
+                if let Some(mut d) = get_json::<Debit>(tx, &keys::debit(&d.op))?
+                    && d.state == DebitState::Pending
+                    && d.expires_at <= now
+                {
+                    Self::void_in(tx, &mut d, now, "expired before confirmation")?;
+                    changed = true;
+                }
+                Ok(())
+            })?;
+            voided += changed as usize;
+        }
+        if voided > 0 {
+            self.durable().await?;
+        }
+        Ok(voided)
+    }
+}
+
+/// Days a voucher stays valid when the admin names no end: to the end of the
+/// next calendar year is common; the CLI uses one year.
+pub const DEFAULT_VALIDITY_DAYS: i64 = 365;
+
+/// Today and a year from today, as the CLI's defaults.
+pub fn default_validity(now: Instant) -> (String, String) {
+    (local_date(now).to_string(), local_date(now + DEFAULT_VALIDITY_DAYS * DAY).to_string())
+}
