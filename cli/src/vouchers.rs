@@ -16,6 +16,8 @@ use crate::{
     up,
 };
 
+// Parsed once per process; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum VoucherCommand {
     /// Issue a voucher to an enterprise (as the issuing city's admin).
@@ -195,11 +197,9 @@ pub async fn voucher(cmd: VoucherCommand) -> Result<ExitCode> {
 pub async fn reconcile(a: ReconcileArgs) -> Result<ExitCode> {
     let period = Period::parse(&a.period).map_err(anyhow::Error::msg)?;
     let endpoints: Vec<(String, String)> = match &a.nodes {
-        Some(path) => corridor_gateway::GatewayConfig::load(path)?
-            .nodes
-            .into_iter()
-            .map(|n| (n.city, n.endpoint))
-            .collect(),
+        Some(path) => {
+            corridor_gateway::GatewayConfig::load(path)?.nodes.into_iter().map(|n| (n.city, n.endpoint)).collect()
+        }
         None => corridor_proto::cities::CITIES
             .iter()
             .map(|c| (c.slug.to_string(), up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c)))

@@ -11,9 +11,9 @@ use crate::{
     },
     model::{AccessLevel, InstrumentRecord, PriceUnit, ServiceMode, Status},
     payment::PayState,
-    voucher::{Debit, DebitState, IssueVoucher, Mode, Voucher},
     search::{Facets, index::CorpusStats},
     store::StoredInstrument,
+    voucher::{Debit, DebitState, IssueVoucher, Mode, Voucher},
 };
 
 pub fn to_proto(s: &StoredInstrument, city: &City) -> pb::Instrument {

@@ -194,7 +194,12 @@ mod tests {
                     append(
                         tx,
                         1_000 + i as i64,
-                        Body::DebitVoided { op: format!("op-{i}"), voucher: "wuhu/v-1".into(), amount_fen: 5, reason: "x".into() },
+                        Body::DebitVoided {
+                            op: format!("op-{i}"),
+                            voucher: "wuhu/v-1".into(),
+                            amount_fen: 5,
+                            reason: "x".into(),
+                        },
                     )
                     .map(|_| ())
                 })
@@ -215,7 +220,8 @@ mod tests {
     #[test]
     fn an_edited_amount_is_caught() {
         let (mut raw, head) = chain(5);
-        raw[2] = String::from_utf8(raw[2].clone()).unwrap().replace("\"amount_fen\":5", "\"amount_fen\":6").into_bytes();
+        raw[2] =
+            String::from_utf8(raw[2].clone()).unwrap().replace("\"amount_fen\":5", "\"amount_fen\":6").into_bytes();
         assert_eq!(verify(&raw, &head).unwrap_err(), ChainError::Altered { seq: 3 });
     }
 
@@ -227,6 +233,44 @@ mod tests {
         e.hash = e.compute_hash();
         raw[1] = serde_json::to_vec(&e).unwrap();
         assert_eq!(verify(&raw, &head).unwrap_err(), ChainError::Unlinked { seq: 3 });
+    }
+
+    #[tokio::test]
+    async fn an_entry_edited_in_the_sled_store_is_caught() {
+        use crate::booking::{Actor, Bookings, TokioClock, store::SledBookings};
+        use crate::voucher::{IssueVoucher, Mode};
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let store = std::sync::Arc::new(SledBookings::open(&db, Default::default()).unwrap());
+        let engine = Bookings::new("wuhu", store, std::sync::Arc::new(TokioClock::starting_at(1_794_283_200)));
+        let admin =
+            Actor { uri: "spiffe://corridor/city/wuhu/admin".into(), admin: true, may_book: true, reader: false };
+        for (i, face) in [(1, 500_000), (2, 700_000)] {
+            let req = IssueVoucher {
+                enterprise_uscc: crate::model::uscc_with_check("91340200MA2N00000").unwrap(),
+                enterprise_name: String::new(),
+                holder: "spiffe://corridor/org/demo".into(),
+                face_fen: face,
+                valid_from: "2026-01-01".into(),
+                valid_until: "2026-12-31".into(),
+                share_percent: 50,
+                per_use_cap_fen: 0,
+                annual_cap_fen: 0,
+                mode: Mode::ProviderRedeemed,
+                cities: vec![],
+                idempotency_key: format!("k{i}"),
+            };
+            engine.issue_voucher(&admin, req).await.unwrap();
+        }
+        let (raw, head) = engine.ledger_page(0, 100).unwrap();
+        assert_eq!(verify(&raw, &head).unwrap().len(), 2);
+        // Someone with access to the disk raises the first face value.
+        let tree = db.open_tree("bookings").unwrap();
+        let old = tree.get(key(1)).unwrap().unwrap();
+        let edited = String::from_utf8(old.to_vec()).unwrap().replace("500000", "900000");
+        tree.insert(key(1), edited.as_bytes()).unwrap();
+        let (raw, head) = engine.ledger_page(0, 100).unwrap();
+        assert_eq!(verify(&raw, &head).unwrap_err(), ChainError::Altered { seq: 1 });
     }
 
     #[test]

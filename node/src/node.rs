@@ -101,7 +101,9 @@ impl Node {
     pub async fn drive(&self, id: &str) -> Result<Driven, BookingError> {
         match &self.payments {
             Some(p) => p.drive(&self.bookings, id).await,
-            None => Err(BookingError::Invalid("this node takes no voucher payments: it has no peers configured".into())),
+            None => {
+                Err(BookingError::Invalid("this node takes no voucher payments: it has no peers configured".into()))
+            }
         }
     }
 

@@ -50,7 +50,10 @@ pub enum PayState {
 impl PayState {
     /// Still owes the issuer a call, or waits on a hold: recovery looks at it.
     pub fn in_flight(self) -> bool {
-        matches!(self, PayState::Trying | PayState::Held | PayState::Confirming | PayState::Posting | PayState::Cancelling)
+        matches!(
+            self,
+            PayState::Trying | PayState::Held | PayState::Confirming | PayState::Posting | PayState::Cancelling
+        )
     }
 }
 
@@ -143,7 +146,12 @@ pub(crate) fn on_complete(b: &mut Booking, fee_fen: i64, now: Instant) -> Result
     p.state = PayState::Posting;
     p.posted_fen = amount;
     p.service_at = Some(now);
-    Ok(Some(Redemption { op: p.op.clone(), voucher: p.voucher.clone(), issuer_city: p.issuer.clone(), amount_fen: amount }))
+    Ok(Some(Redemption {
+        op: p.op.clone(),
+        voucher: p.voucher.clone(),
+        issuer_city: p.issuer.clone(),
+        amount_fen: amount,
+    }))
 }
 
 /// A call to an issuing city's node.
@@ -281,11 +289,8 @@ impl Payments {
     /// node's own expired tries as an issuer. Returns how many are left
     /// waiting on an issuer.
     pub async fn recover(&self, bookings: &Bookings) -> Result<usize, BookingError> {
-        let ids: Vec<String> = bookings
-            .scan_raw(keys::OUTBOX)?
-            .into_iter()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .collect();
+        let ids: Vec<String> =
+            bookings.scan_raw(keys::OUTBOX)?.into_iter().map(|v| String::from_utf8_lossy(&v).into_owned()).collect();
         let mut waiting = 0;
         for id in ids {
             match self.drive(bookings, &id).await {
@@ -393,7 +398,6 @@ fn refused(b: &mut Booking, from: PayState, why: &str) {
 /// A violation for a reserve whose voucher was refused.
 pub fn refusal(b: &Booking) -> Option<BookingError> {
     let p = b.payment.as_ref()?;
-    (p.state == PayState::Voided && b.state == State::Cancelled && b.note.starts_with("voucher refused")).then(|| {
-        BookingError::Rule(Violation::new("voucher", format!("{}; booking {} was released", p.detail, b.id)))
-    })
+    (p.state == PayState::Voided && b.state == State::Cancelled && b.note.starts_with("voucher refused"))
+        .then(|| BookingError::Rule(Violation::new("voucher", format!("{}; booking {} was released", p.detail, b.id))))
 }

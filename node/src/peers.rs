@@ -73,7 +73,9 @@ impl Issuers for GrpcIssuers {
                     expires_at: time::format(t.hold_expires),
                     ..Default::default()
                 },
-                IssuerCall::Confirm { op } => pb::DebitRequest { op_id: op.clone(), provider_city, ..Default::default() },
+                IssuerCall::Confirm { op } => {
+                    pb::DebitRequest { op_id: op.clone(), provider_city, ..Default::default() }
+                }
                 IssuerCall::Cancel { op, voucher, reason } => pb::DebitRequest {
                     op_id: op.clone(),
                     voucher_id: voucher.clone(),
@@ -107,7 +109,11 @@ impl Issuers for GrpcIssuers {
                 .map_err(|_| CallError::Unreachable(format!("{issuer}'s node did not answer in time")))?
                 .map_err(classify)?
                 .into_inner();
-            Ok(IssuerReply { amount_fen: d.amount_fen, share_percent: d.share_percent, per_use_cap_fen: d.per_use_cap_fen })
+            Ok(IssuerReply {
+                amount_fen: d.amount_fen,
+                share_percent: d.share_percent,
+                per_use_cap_fen: d.per_use_cap_fen,
+            })
         })
     }
 }
@@ -116,8 +122,7 @@ impl Issuers for GrpcIssuers {
 pub fn parse_peers(values: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for v in values {
-        let (city, url) =
-            v.split_once('=').ok_or_else(|| format!("--peer {v:?}: expected CITY=https://host:port"))?;
+        let (city, url) = v.split_once('=').ok_or_else(|| format!("--peer {v:?}: expected CITY=https://host:port"))?;
         if corridor_proto::cities::city_by_slug(city).is_none() {
             return Err(format!("--peer {v:?}: {city:?} is not a corridor city"));
         }

@@ -340,7 +340,13 @@ pub fn reconcile(period: Period, ledgers: &[NodeLedger], now: Instant) -> Report
             (Some(p), Some(i)) if p.amount_fen != i.amount_fen => breaks.push(brk(
                 BreakKind::AmountMismatch,
                 &p.city,
-                format!("{} recorded {} yuan, {} posted {} yuan", p.city, yuan(p.amount_fen), i.city, yuan(i.amount_fen)),
+                format!(
+                    "{} recorded {} yuan, {} posted {} yuan",
+                    p.city,
+                    yuan(p.amount_fen),
+                    i.city,
+                    yuan(i.amount_fen)
+                ),
             )),
             (Some(p), Some(_)) => {
                 let row = settlement
@@ -489,8 +495,9 @@ pub async fn fetch(
     use corridor_proto::{ReadLedgerRequest, node_client::NodeClient};
     let calls = endpoints.iter().map(|(city, url)| async move {
         let fail = |why: String| format!("{city}'s node ({url}) {why}; no statement written");
-        let channel = corridor_certs::client_channel(url, creds, Some(corridor_certs::Identity::Node(city.clone())), timeout)
-            .map_err(|e| fail(format!("cannot be reached: {e}")))?;
+        let channel =
+            corridor_certs::client_channel(url, creds, Some(corridor_certs::Identity::Node(city.clone())), timeout)
+                .map_err(|e| fail(format!("cannot be reached: {e}")))?;
         let mut client = NodeClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let mut raw = Vec::new();
         let mut head: Head;

@@ -61,7 +61,8 @@ pub async fn run(
         let _all = gate.write().expect("poisoned");
         crate::backup::snapshot(&db, city, &crate::node::now_rfc3339())
     });
-    let mut node = Node::open(config.city, store.clone(), bookings, Arc::new(SystemClock))?.with_snapshotter(snapshotter);
+    let mut node =
+        Node::open(config.city, store.clone(), bookings, Arc::new(SystemClock))?.with_snapshotter(snapshotter);
     if !config.peers.is_empty() {
         let issuers = GrpcIssuers::new(config.city.slug, &config.peers, creds.clone())?;
         node = node.with_payments(Payments::new(Arc::new(issuers)));

@@ -9,14 +9,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     booking::{Actor, BookingError, Reserve, parse_window},
-    payment::{Driven, PayState},
     catalog::Entry,
     convert::{
-        booking_to_proto, debit_to_proto, facets_to_proto, issue_from_proto, voucher_to_proto, from_proto, rules_from_proto, rules_to_proto, service_mode_from_proto,
-        stats_from_proto, stats_to_proto, status_from_proto, to_proto, to_summary,
+        booking_to_proto, debit_to_proto, facets_to_proto, from_proto, issue_from_proto, rules_from_proto,
+        rules_to_proto, service_mode_from_proto, stats_from_proto, stats_to_proto, status_from_proto, to_proto,
+        to_summary, voucher_to_proto,
     },
     import::RowError,
     node::{Node, NodeError},
+    payment::{Driven, PayState},
     search::{FreeWindow, Query},
     store::StoreError,
 };
@@ -105,9 +106,9 @@ impl NodeService {
     fn provider_node<T>(&self, req: &Request<T>, named: &str) -> Result<String, Status> {
         match self.caller(req)? {
             Identity::Node(c) if named.is_empty() || named == c => Ok(c),
-            Identity::Node(c) => Err(Status::permission_denied(format!(
-                "node-{c} may not act for provider city {named:?}"
-            ))),
+            Identity::Node(c) => {
+                Err(Status::permission_denied(format!("node-{c} may not act for provider city {named:?}")))
+            }
             other => Err(Status::permission_denied(format!(
                 "{other} may not call the issuer side of voucher payments; only city nodes do"
             ))),
@@ -147,7 +148,11 @@ impl NodeService {
         self.node.get(local).ok_or_else(|| Status::not_found(format!("no instrument {id:?}")))
     }
 
-    fn debit_reply(&self, d: Result<crate::voucher::Debit, BookingError>, point: &str) -> Result<Response<pb::Debit>, Status> {
+    fn debit_reply(
+        &self,
+        d: Result<crate::voucher::Debit, BookingError>,
+        point: &str,
+    ) -> Result<Response<pb::Debit>, Status> {
         let d = d.map_err(booking_status)?;
         crate::payment::failpoint(point);
         Ok(Response::new(debit_to_proto(&d)))
@@ -530,7 +535,8 @@ impl node_server::Node for NodeService {
     async fn try_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
         let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
         let r = req.into_inner();
-        let hold_expires = crate::booking::time::parse_any("expires_at", &r.expires_at).map_err(Status::invalid_argument)?;
+        let hold_expires =
+            crate::booking::time::parse_any("expires_at", &r.expires_at).map_err(Status::invalid_argument)?;
         let t = crate::voucher::TryDebit {
             op: r.op_id,
             voucher: r.voucher_id,
@@ -541,7 +547,10 @@ impl node_server::Node for NodeService {
             hold_expires,
         };
         if !t.op.starts_with(&format!("{}/", t.provider_city)) {
-            return Err(Status::invalid_argument(format!("op_id {:?} is not a booking id of {}", t.op, t.provider_city)));
+            return Err(Status::invalid_argument(format!(
+                "op_id {:?} is not a booking id of {}",
+                t.op, t.provider_city
+            )));
         }
         self.debit_reply(self.node.bookings().try_debit(t).await, "issuer.after_try")
     }
@@ -556,7 +565,10 @@ impl node_server::Node for NodeService {
         let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
         let r = req.into_inner();
         if !r.op_id.starts_with(&format!("{provider_city}/")) {
-            return Err(Status::invalid_argument(format!("op_id {:?} is not a booking id of {provider_city}", r.op_id)));
+            return Err(Status::invalid_argument(format!(
+                "op_id {:?} is not a booking id of {provider_city}",
+                r.op_id
+            )));
         }
         let d = self.node.bookings().cancel_debit(&provider_city, &r.op_id, &r.voucher_id, &r.reason).await;
         self.debit_reply(d, "issuer.after_cancel")
@@ -565,7 +577,8 @@ impl node_server::Node for NodeService {
     async fn post_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
         let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
         let r = req.into_inner();
-        let service_at = crate::booking::time::parse_any("service_at", &r.service_at).map_err(Status::invalid_argument)?;
+        let service_at =
+            crate::booking::time::parse_any("service_at", &r.service_at).map_err(Status::invalid_argument)?;
         let p = crate::voucher::PostDebit {
             op: r.op_id,
             amount_fen: r.amount_fen,

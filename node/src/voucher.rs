@@ -316,8 +316,8 @@ impl Bookings {
             }
             return Ok(d);
         }
-        let mut v: Voucher =
-            get_json(tx, &keys::voucher(&req.voucher))?.ok_or_else(|| refused("voucher", format!("no voucher {:?}", req.voucher)))?;
+        let mut v: Voucher = get_json(tx, &keys::voucher(&req.voucher))?
+            .ok_or_else(|| refused("voucher", format!("no voucher {:?}", req.voucher)))?;
         if v.holder != req.requester {
             return Err(refused("voucher_holder", format!("voucher {} does not belong to {}", v.id, req.requester)));
         }
@@ -331,12 +331,20 @@ impl Bookings {
         if !v.cities.contains(&req.provider_city) {
             return Err(refused(
                 "voucher_cities",
-                format!("voucher {} is not recognised in {}; it is in {}", v.id, req.provider_city, v.cities.join(", ")),
+                format!(
+                    "voucher {} is not recognised in {}; it is in {}",
+                    v.id,
+                    req.provider_city,
+                    v.cities.join(", ")
+                ),
             ));
         }
         let amount = v.share_of(req.fee_fen);
         if amount <= 0 {
-            return Err(refused("voucher_amount", format!("the fee of {} yuan leaves nothing for the voucher to pay", yuan(req.fee_fen))));
+            return Err(refused(
+                "voucher_amount",
+                format!("the fee of {} yuan leaves nothing for the voucher to pay", yuan(req.fee_fen)),
+            ));
         }
         if amount > v.balance_fen() {
             return Err(refused(
@@ -416,7 +424,12 @@ impl Bookings {
         ledger::append(
             tx,
             now,
-            Body::DebitVoided { op: d.op.clone(), voucher: d.voucher.clone(), amount_fen: d.amount_fen, reason: reason.into() },
+            Body::DebitVoided {
+                op: d.op.clone(),
+                voucher: d.voucher.clone(),
+                amount_fen: d.amount_fen,
+                reason: reason.into(),
+            },
         )?;
         d.state = DebitState::Voided;
         put_json(tx, &keys::debit(&d.op), &*d)
@@ -443,7 +456,11 @@ impl Bookings {
                 DebitState::Pending => {
                     d.state = DebitState::Confirmed;
                     put_json(tx, &keys::debit(op), &d)?;
-                    ledger::append(tx, now, Body::DebitConfirmed { op: op.into(), voucher: d.voucher.clone(), amount_fen: d.amount_fen })?;
+                    ledger::append(
+                        tx,
+                        now,
+                        Body::DebitConfirmed { op: op.into(), voucher: d.voucher.clone(), amount_fen: d.amount_fen },
+                    )?;
                 }
             }
             out = Some(d);
@@ -451,7 +468,10 @@ impl Bookings {
         })?;
         self.durable().await?;
         if expired {
-            return Err(refused("voucher_operation", format!("operation {op} expired before it was confirmed; the hold is gone")));
+            return Err(refused(
+                "voucher_operation",
+                format!("operation {op} expired before it was confirmed; the hold is gone"),
+            ));
         }
         Ok(out.expect("set by the step"))
     }
@@ -459,7 +479,13 @@ impl Bookings {
     /// The provider gives the booking up: the hold is released. Cancelling
     /// an operation never seen leaves a voided record, so that a try still
     /// on its way is refused when it arrives.
-    pub async fn cancel_debit(&self, provider_city: &str, op: &str, voucher: &str, reason: &str) -> Result<Debit, BookingError> {
+    pub async fn cancel_debit(
+        &self,
+        provider_city: &str,
+        op: &str,
+        voucher: &str,
+        reason: &str,
+    ) -> Result<Debit, BookingError> {
         let now = self.now();
         let mut out = None;
         self.atomically(&mut |tx| {
@@ -490,7 +516,12 @@ impl Bookings {
                     ledger::append(
                         tx,
                         now,
-                        Body::DebitVoided { op: op.into(), voucher: voucher.into(), amount_fen: 0, reason: reason.into() },
+                        Body::DebitVoided {
+                            op: op.into(),
+                            voucher: voucher.into(),
+                            amount_fen: 0,
+                            reason: reason.into(),
+                        },
                     )?;
                     d
                 }
@@ -518,7 +549,10 @@ impl Bookings {
                     ));
                 }
                 DebitState::Pending | DebitState::Voided => {
-                    return Err(refused("voucher_operation", format!("operation {} is {:?}, not confirmed", req.op, d.state)));
+                    return Err(refused(
+                        "voucher_operation",
+                        format!("operation {} is {:?}, not confirmed", req.op, d.state),
+                    ));
                 }
                 DebitState::Confirmed => {
                     if req.amount_fen < 0 || req.amount_fen > d.amount_fen {

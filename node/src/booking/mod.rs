@@ -25,6 +25,9 @@ use crate::{
     store::StoreError,
 };
 
+/// A decision about one booking, made inside an atomic step.
+pub(crate) type Change<'a> = dyn Fn(&mut Booking, &Rules, Instant, &mut dyn Txn) -> Result<(), BookingError> + 'a;
+
 /// Writes a booking and keeps its outbox mark: present while its voucher
 /// payment still needs a call to the issuer, so that recovery finds it.
 pub(crate) fn save_booking(tx: &mut dyn Txn, b: &Booking) -> Result<(), BookingError> {
@@ -552,7 +555,7 @@ impl Bookings {
         tx: &mut dyn Txn,
         id: &str,
         now: Instant,
-        change: &dyn Fn(&mut Booking, &Rules, Instant, &mut dyn Txn) -> Result<(), BookingError>,
+        change: &Change<'_>,
     ) -> Result<Booking, BookingError> {
         let b: Booking =
             get_json(tx, &keys::booking(id))?.ok_or_else(|| BookingError::NotFound(format!("no booking {id:?}")))?;

@@ -194,7 +194,10 @@ async fn cancellation_fees_and_completion_records() {
         let records = crate::ledger::verify(&raw, &head).unwrap();
         assert_eq!(records.len(), 1, "{name}: a retried completion writes one record");
         assert!(
-            matches!(records[0].body, crate::ledger::Body::Service { minutes: 90, fee_fen: 90_000, redemption: None, .. }),
+            matches!(
+                records[0].body,
+                crate::ledger::Body::Service { minutes: 90, fee_fen: 90_000, redemption: None, .. }
+            ),
             "{name}: {:?}",
             records[0]
         );

@@ -24,8 +24,8 @@ impl Book {
         self.store.atomically(&mut |tx| ledger::append(tx, at, body.clone()).map(|_| ())).unwrap();
     }
     fn raw(&self) -> (Vec<Vec<u8>>, Head) {
-        let head = serde_json::from_slice(&self.store.get(ledger::HEAD).unwrap().unwrap_or_default())
-            .unwrap_or_default();
+        let head =
+            serde_json::from_slice(&self.store.get(ledger::HEAD).unwrap().unwrap_or_default()).unwrap_or_default();
         (self.store.scan(ledger::PREFIX).unwrap(), head)
     }
     fn ledger(&self) -> NodeLedger {
@@ -37,7 +37,12 @@ impl Book {
 fn issued(book: &Book, voucher: &str, face: i64) {
     book.add(
         T - 100,
-        Body::VoucherIssued { voucher: voucher.into(), enterprise_uscc: "U".into(), holder: "h".into(), face_fen: face },
+        Body::VoucherIssued {
+            voucher: voucher.into(),
+            enterprise_uscc: "U".into(),
+            holder: "h".into(),
+            face_fen: face,
+        },
     );
 }
 

@@ -34,7 +34,10 @@ fn voucher_instruments(city: &str, n: usize) -> Vec<(String, i64)> {
     city_inventory(Scale::G60, city)
         .into_iter()
         .filter(|r| {
-            r.accepts_vouchers && r.status == Status::Available && r.price_unit == PriceUnit::Hour && r.price_external_fen > 0
+            r.accepts_vouchers
+                && r.status == Status::Available
+                && r.price_unit == PriceUnit::Hour
+                && r.price_external_fen > 0
         })
         .take(n)
         .map(|r| (format!("{city}/{}", r.local_id), r.price_external_fen))
@@ -86,8 +89,7 @@ async fn voucher(mesh: &Mesh, id: &str) -> pb::Voucher {
 }
 
 async fn reconcile_now(mesh: &Mesh) -> reconcile::Report {
-    let endpoints: Vec<(String, String)> =
-        mesh.node_addrs.keys().map(|c| (c.to_string(), mesh.node_url(c))).collect();
+    let endpoints: Vec<(String, String)> = mesh.node_addrs.keys().map(|c| (c.to_string(), mesh.node_url(c))).collect();
     let ledgers = reconcile::fetch(&endpoints, &mesh.creds("reconciler"), Duration::from_secs(10)).await.unwrap();
     let now = OffsetDateTime::now_utc();
     let local = now.to_offset(time::macros::offset!(+8));
@@ -175,11 +177,8 @@ async fn a_refused_voucher_releases_the_slot_and_says_why() {
     mesh.gateway("org-demo").reserve(reserve(&inst, start, 60, "", "r2")).await.unwrap();
     assert_eq!(voucher(&mesh, &v.id).await.held_fen, 0);
     // Another city's admin has no business with Wuhu's vouchers.
-    let err = mesh
-        .gateway("admin-hefei")
-        .get_voucher(pb::GetVoucherRequest { voucher_id: v.id.clone() })
-        .await
-        .unwrap_err();
+    let err =
+        mesh.gateway("admin-hefei").get_voucher(pb::GetVoucherRequest { voucher_id: v.id.clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     // Only the issuing city's admin issues.
     let mut req = pb::IssueVoucherRequest { city: "wuhu".into(), ..Default::default() };
@@ -187,7 +186,8 @@ async fn a_refused_voucher_releases_the_slot_and_says_why() {
     let err = mesh.gateway("admin-hefei").issue_voucher(req).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     // A malformed voucher id is refused before anything is held.
-    let err = mesh.gateway("org-demo").reserve(reserve(&inst, start + 7200, 60, "nowhere/v-1", "r3")).await.unwrap_err();
+    let err =
+        mesh.gateway("org-demo").reserve(reserve(&inst, start + 7200, 60, "nowhere/v-1", "r3")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
 
