@@ -75,10 +75,12 @@ pub struct IssueArgs {
 
 #[derive(Args)]
 pub struct ReconcileArgs {
-    /// The month to settle, YYYY-MM (Asia/Shanghai).
+    /// The month to settle, YYYY-MM (Asia/Shanghai), or "previous" for the
+    /// month before this one (for a monthly job).
     #[arg(long)]
     period: String,
-    /// Where report.json and settlement.csv are written.
+    /// Where report.json and settlement.csv are written; "{period}" in it is
+    /// replaced by the month, e.g. /reports/{period}.
     #[arg(long, default_value = ".")]
     out: PathBuf,
     /// The nodes, as a gateway config file (TOML, [[nodes]] city/endpoint);
@@ -195,7 +197,18 @@ pub async fn voucher(cmd: VoucherCommand) -> Result<ExitCode> {
 /// Runs the reconciliation: exit 0 when clean, 1 when it found breaks; an
 /// error (and no files) when a node cannot be read.
 pub async fn reconcile(a: ReconcileArgs) -> Result<ExitCode> {
-    let period = Period::parse(&a.period).map_err(anyhow::Error::msg)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let period = if a.period == "previous" {
+        let local = time::OffsetDateTime::now_utc().to_offset(time::macros::offset!(+8));
+        let (y, m) = match local.month() as u8 {
+            1 => (local.year() - 1, 12),
+            m => (local.year(), m - 1),
+        };
+        Period { year: y, month: m }
+    } else {
+        Period::parse(&a.period).map_err(anyhow::Error::msg)?
+    };
+    let out = PathBuf::from(a.out.to_string_lossy().replace("{period}", &period.to_string()));
     let endpoints: Vec<(String, String)> = match &a.nodes {
         Some(path) => {
             corridor_gateway::GatewayConfig::load(path)?.nodes.into_iter().map(|n| (n.city, n.endpoint)).collect()
@@ -211,14 +224,13 @@ pub async fn reconcile(a: ReconcileArgs) -> Result<ExitCode> {
     let creds = a.client.credentials("reconciler")?;
     let ledgers =
         reconcile::fetch(&endpoints, &creds, Duration::from_secs(a.timeout)).await.map_err(anyhow::Error::msg)?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let report = reconcile::reconcile(period, &ledgers, now);
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let json_path = a.out.join("report.json");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let json_path = out.join("report.json");
     let mut body = serde_json::to_string_pretty(&report).expect("serialisable");
     body.push('\n');
     std::fs::write(&json_path, body).with_context(|| format!("writing {}", json_path.display()))?;
-    let csv_path = a.out.join("settlement.csv");
+    let csv_path = out.join("settlement.csv");
     std::fs::write(&csv_path, reconcile::settlement_csv(&report))
         .with_context(|| format!("writing {}", csv_path.display()))?;
     print!("{}", reconcile::summary(&report));
