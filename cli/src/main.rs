@@ -40,6 +40,10 @@ pub struct ClientOpts {
 }
 
 impl ClientOpts {
+    pub(crate) fn certs_dir(&self) -> &std::path::Path {
+        &self.certs
+    }
+
     pub(crate) fn credentials(&self, default_identity: &str) -> Result<Credentials> {
         let name = self.identity.as_deref().unwrap_or(default_identity);
         Credentials::load(&self.certs, name).with_context(|| {

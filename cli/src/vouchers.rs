@@ -84,7 +84,8 @@ pub struct ReconcileArgs {
     #[arg(long, default_value = ".")]
     out: PathBuf,
     /// The nodes, as a gateway config file (TOML, [[nodes]] city/endpoint);
-    /// default: the demo's ports.
+    /// default: gateway.toml beside --certs (as `corridor up` writes it),
+    /// else the demo's ports.
     #[arg(long)]
     nodes: Option<PathBuf>,
     /// Per-node time limit, in seconds.
@@ -209,7 +210,10 @@ pub async fn reconcile(a: ReconcileArgs) -> Result<ExitCode> {
         Period::parse(&a.period).map_err(anyhow::Error::msg)?
     };
     let out = PathBuf::from(a.out.to_string_lossy().replace("{period}", &period.to_string()));
-    let endpoints: Vec<(String, String)> = match &a.nodes {
+    // `corridor up` writes gateway.toml beside its certs directory: use it
+    // when no file is named, so a demo on any port base is found.
+    let beside_certs = a.client.certs_dir().parent().map(|d| d.join("gateway.toml")).filter(|p| p.exists());
+    let endpoints: Vec<(String, String)> = match a.nodes.as_ref().or(beside_certs.as_ref()) {
         Some(path) => {
             corridor_gateway::GatewayConfig::load(path)?.nodes.into_iter().map(|n| (n.city, n.endpoint)).collect()
         }

@@ -22,12 +22,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    booking::{
-        Booking, BookingError, Bookings, State,
-        rules::{Rules, Violation},
-        store::keys,
-        time::Instant,
-    },
+    booking::{Booking, BookingError, Bookings, State, rules::Rules, store::keys, time::Instant},
     ledger::Redemption,
     voucher::{PostDebit, TryDebit, share_of},
 };
@@ -398,6 +393,10 @@ fn refused(b: &mut Booking, from: PayState, why: &str) {
 /// A violation for a reserve whose voucher was refused.
 pub fn refusal(b: &Booking) -> Option<BookingError> {
     let p = b.payment.as_ref()?;
-    (p.state == PayState::Voided && b.state == State::Cancelled && b.note.starts_with("voucher refused"))
-        .then(|| BookingError::Rule(Violation::new("voucher", format!("{}; booking {} was released", p.detail, b.id))))
+    (p.state == PayState::Voided && b.state == State::Cancelled && b.note.starts_with("voucher refused")).then(|| {
+        BookingError::State(format!(
+            "voucher {} was refused by {}: {}; booking {} was released",
+            p.voucher, p.issuer, p.detail, b.id
+        ))
+    })
 }

@@ -245,7 +245,7 @@ impl Bookings {
         let city = self.city();
         self.idempotent(actor, &req.idempotency_key, fingerprint, |tx| {
             let v = Voucher {
-                id: format!("{city}/v-{}", tx.next_id()?),
+                id: format!("{city}/v-{}", tx.next_id()? + 1),
                 city: city.to_string(),
                 enterprise_uscc: req.enterprise_uscc.clone(),
                 enterprise_name: req.enterprise_name.clone(),

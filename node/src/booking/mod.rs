@@ -477,7 +477,8 @@ impl Bookings {
                 )
                 .into());
             }
-            let id = format!("{city}/bk-{}", tx.next_id()?);
+            // sled counts from 0; ids count from 1.
+            let id = format!("{city}/bk-{}", tx.next_id()? + 1);
             // A voucher booking is held until the issuer holds the money too.
             let held = req.hold_only || voucher.is_some();
             let state = if held {
