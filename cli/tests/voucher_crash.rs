@@ -14,9 +14,8 @@ use std::{
 
 use corridor_certs::{Credentials, Identity, client_channel};
 use corridor_node::{
-    demo::{Scale, city_inventory},
+    demo::{Scale, voucher_instruments},
     ledger::Body,
-    model::{PriceUnit, Status},
     reconcile,
 };
 use corridor_proto::{self as pb, gateway_client::GatewayClient, node_client::NodeClient};
@@ -195,16 +194,7 @@ async fn settled(c: &Cluster, id: &str) -> pb::Booking {
 async fn every_crash_point_ends_final_and_matched_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(dir.path());
-    let inst = city_inventory(Scale::G60, "hefei")
-        .into_iter()
-        .find(|r| {
-            r.accepts_vouchers
-                && r.status == Status::Available
-                && r.price_unit == PriceUnit::Hour
-                && r.price_external_fen > 0
-        })
-        .map(|r| format!("hefei/{}", r.local_id))
-        .unwrap();
+    let (inst, _) = voucher_instruments(Scale::G60, "hefei").remove(0);
     let rules = pb::BookingRules { min_minutes: 15, max_minutes: 600, max_advance_days: 365, ..Default::default() };
     c.gateway("admin-hefei")
         .set_booking_rules(pb::SetBookingRulesRequest { instrument_id: inst.clone(), rules: Some(rules) })

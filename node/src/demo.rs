@@ -614,6 +614,21 @@ pub fn city_inventory(scale: Scale, city: &str) -> Vec<InstrumentRecord> {
     corridor_inventory(scale).into_iter().filter(|(c, _)| c.slug == city).map(|(_, r)| r).collect()
 }
 
+/// `city`'s instruments that take vouchers and are priced by the hour, as
+/// (id, price per hour in fen): the ones a voucher demo books.
+pub fn voucher_instruments(scale: Scale, city: &str) -> Vec<(String, i64)> {
+    city_inventory(scale, city)
+        .into_iter()
+        .filter(|r| {
+            r.accepts_vouchers
+                && r.status == crate::model::Status::Available
+                && r.price_unit == crate::model::PriceUnit::Hour
+                && r.price_external_fen > 0
+        })
+        .map(|r| (format!("{city}/{}", r.local_id), r.price_external_fen))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use corridor_node::{
-    demo::{Scale, city_inventory},
-    model::{PriceUnit, Status},
+    demo::Scale,
     reconcile::{self, Period},
 };
 use corridor_tests::{Mesh, pb};
@@ -29,19 +28,8 @@ fn next_week_nine() -> i64 {
     (now + 8 * 3600) / day * day - 8 * 3600 + 7 * day + 9 * 3600
 }
 
-/// Instruments of `city` that take vouchers and are priced by the hour.
 fn voucher_instruments(city: &str, n: usize) -> Vec<(String, i64)> {
-    city_inventory(Scale::G60, city)
-        .into_iter()
-        .filter(|r| {
-            r.accepts_vouchers
-                && r.status == Status::Available
-                && r.price_unit == PriceUnit::Hour
-                && r.price_external_fen > 0
-        })
-        .take(n)
-        .map(|r| (format!("{city}/{}", r.local_id), r.price_external_fen))
-        .collect()
+    corridor_node::demo::voucher_instruments(Scale::G60, city).into_iter().take(n).collect()
 }
 
 async fn open_rules(mesh: &Mesh, city: &str, instrument: &str) {
