@@ -162,15 +162,39 @@ pub fn node_budget(client: Option<Duration>, default: Duration, max: Duration) -
 pub fn classify(status: &Status) -> NodeState {
     match status.code() {
         Code::Unavailable => NodeState::Unavailable,
+        // A connection that breaks under a call (the node was killed) comes
+        // back as Unknown with the transport's error inside: the node is
+        // gone, not wrong.
+        Code::Unknown if broken_connection(status) => NodeState::Unavailable,
         // tonic answers Cancelled when a server-side deadline expires.
         Code::DeadlineExceeded | Code::Cancelled => NodeState::Timeout,
         _ => NodeState::Error,
     }
 }
 
+fn broken_connection(status: &Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    let m = status.message();
+    ["transport error", "h2 protocol error", "connection", "broken pipe"].iter().any(|p| m.contains(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_is_unavailable_not_an_error() {
+        assert_eq!(classify(&Status::unknown("transport error")), NodeState::Unavailable);
+        assert_eq!(classify(&Status::unknown("h2 protocol error: stream reset")), NodeState::Unavailable);
+        assert_eq!(classify(&Status::unknown("the handler panicked")), NodeState::Error);
+        assert_eq!(classify(&Status::internal("transport error")), NodeState::Error);
+    }
 
     #[test]
     fn grpc_timeout_header_is_parsed() {
