@@ -154,10 +154,25 @@ mod keys {
     pub fn debit(op: &str) -> Vec<u8> {
         format!("d/{op}").into_bytes()
     }
-    pub const DEBITS: &[u8] = b"d/";
+    /// Tries not yet confirmed or voided, for the expiry pass.
+    pub fn pending(op: &str) -> Vec<u8> {
+        format!("dp/{op}").into_bytes()
+    }
+    pub const PENDING: &[u8] = b"dp/";
     /// Held and spent at this city by one enterprise in one year.
     pub fn annual(uscc: &str, year: i32) -> Vec<u8> {
         format!("ya/{uscc}/{year}").into_bytes()
+    }
+}
+
+/// Writes a debit, and keeps the index of pending ones that the expiry pass
+/// reads, so that it never scans settled operations.
+fn save_debit(tx: &mut dyn Txn, d: &Debit) -> Result<(), BookingError> {
+    put_json(tx, &keys::debit(&d.op), d)?;
+    if d.state == DebitState::Pending {
+        put_json(tx, &keys::pending(&d.op), d)
+    } else {
+        tx.remove(&keys::pending(&d.op)).map_err(Into::into)
     }
 }
 
@@ -389,7 +404,7 @@ impl Bookings {
         v.held_fen += amount;
         put_json(tx, &annual_key, &(used + amount))?;
         put_json(tx, &keys::voucher(&v.id), &v)?;
-        put_json(tx, &keys::debit(&d.op), &d)?;
+        save_debit(tx, &d)?;
         ledger::append(
             tx,
             now,
@@ -432,7 +447,7 @@ impl Bookings {
             },
         )?;
         d.state = DebitState::Voided;
-        put_json(tx, &keys::debit(&d.op), &*d)
+        save_debit(tx, &d)
     }
 
     /// The provider keeps the booking: the hold stops expiring.
@@ -455,7 +470,7 @@ impl Bookings {
                 }
                 DebitState::Pending => {
                     d.state = DebitState::Confirmed;
-                    put_json(tx, &keys::debit(op), &d)?;
+                    save_debit(tx, &d)?;
                     ledger::append(
                         tx,
                         now,
@@ -512,7 +527,7 @@ impl Bookings {
                         share_percent: 0,
                         per_use_cap_fen: 0,
                     };
-                    put_json(tx, &keys::debit(op), &d)?;
+                    save_debit(tx, &d)?;
                     ledger::append(
                         tx,
                         now,
@@ -572,7 +587,7 @@ impl Bookings {
                     put_json(tx, &keys::voucher(&v.id), &v)?;
                     d.state = DebitState::Posted;
                     d.amount_fen = req.amount_fen;
-                    put_json(tx, &keys::debit(&d.op), &d)?;
+                    save_debit(tx, &d)?;
                     ledger::append(
                         tx,
                         now,
@@ -600,7 +615,7 @@ impl Bookings {
     pub async fn expire_debits(&self) -> Result<usize, BookingError> {
         let now = self.now();
         let stale: Vec<Debit> = self
-            .scan_json::<Debit>(keys::DEBITS)?
+            .scan_json::<Debit>(keys::PENDING)?
             .into_iter()
             .filter(|d| d.state == DebitState::Pending && d.expires_at <= now)
             .collect();
@@ -634,4 +649,190 @@ pub const DEFAULT_VALIDITY_DAYS: i64 = 365;
 /// Today and a year from today, as the CLI's defaults.
 pub fn default_validity(now: Instant) -> (String, String) {
     (local_date(now).to_string(), local_date(now + DEFAULT_VALIDITY_DAYS * DAY).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::booking::{TokioClock, store::MemBookings};
+
+    /// 2026-11-10 12:00 in Shanghai.
+    const NOW: Instant = 1_794_283_200;
+    const HOLDER: &str = "spiffe://corridor/org/demo";
+
+    fn engine() -> Bookings {
+        Bookings::new("wuhu", Arc::new(MemBookings::default()), Arc::new(TokioClock::starting_at(NOW)))
+    }
+
+    fn admin() -> Actor {
+        Actor { uri: "spiffe://corridor/city/wuhu/admin".into(), admin: true, may_book: true, reader: false }
+    }
+
+    fn terms(face_fen: i64, share: u32, key: &str) -> IssueVoucher {
+        IssueVoucher {
+            enterprise_uscc: crate::model::uscc_with_check("91340200MA2N00000").unwrap(),
+            enterprise_name: "示范".into(),
+            holder: HOLDER.into(),
+            face_fen,
+            valid_from: "2026-11-01".into(),
+            valid_until: "2026-12-31".into(),
+            share_percent: share,
+            per_use_cap_fen: 0,
+            annual_cap_fen: 0,
+            mode: Mode::ProviderRedeemed,
+            cities: vec![],
+            idempotency_key: key.into(),
+        }
+    }
+
+    fn try_(op: &str, voucher: &str, fee_fen: i64) -> TryDebit {
+        TryDebit {
+            op: op.into(),
+            voucher: voucher.into(),
+            requester: HOLDER.into(),
+            provider_city: "hefei".into(),
+            instrument: "hefei/tem-1".into(),
+            fee_fen,
+            hold_expires: NOW + 600,
+        }
+    }
+
+    fn rule(e: BookingError) -> &'static str {
+        match e {
+            BookingError::Rule(v) => v.rule,
+            other => panic!("expected a rule, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_try_holds_the_share_within_the_caps_and_the_balance() {
+        let e = engine();
+        let v = e.issue_voucher(&admin(), terms(3_000_000, 50, "a")).await.unwrap();
+        assert_eq!((v.id.as_str(), v.cities.len()), ("wuhu/v-1", 9));
+        // Half of 1,000.01 yuan, rounded half up.
+        let d = e.try_debit(try_("hefei/bk-1", &v.id, 100_001)).await.unwrap();
+        assert_eq!((d.state, d.amount_fen), (DebitState::Pending, 50_001));
+        // A retry is the same operation, and holds nothing more.
+        assert_eq!(e.try_debit(try_("hefei/bk-1", &v.id, 100_001)).await.unwrap(), d);
+        // The per-use cap (20,000 yuan) bounds the share of a large fee.
+        let big = e.try_debit(try_("hefei/bk-2", &v.id, 10_000_000)).await.unwrap();
+        assert_eq!(big.amount_fen, DEFAULT_PER_USE_CAP_FEN);
+        let v = e.voucher(&admin(), &v.id).unwrap();
+        assert_eq!((v.held_fen, v.balance_fen()), (50_001 + 2_000_000, 3_000_000 - 2_050_001));
+        // More than the balance is refused, naming both amounts.
+        let err = e.try_debit(try_("hefei/bk-3", &v.id, 2_000_000)).await.unwrap_err();
+        assert!(err.to_string().contains("has 9499.99 yuan left; this booking needs 10000.00 yuan"), "{err}");
+        assert_eq!(rule(err), "voucher_balance");
+    }
+
+    #[tokio::test]
+    async fn the_holder_the_cities_and_the_dates_are_checked() {
+        let e = engine();
+        let mut t = terms(1_000_000, 50, "a");
+        t.cities = vec!["hangzhou".into()];
+        let v = e.issue_voucher(&admin(), t).await.unwrap();
+        let mut other = try_("hefei/bk-1", &v.id, 1_000);
+        other.requester = "spiffe://corridor/org/other".into();
+        assert_eq!(rule(e.try_debit(other).await.unwrap_err()), "voucher_holder");
+        assert_eq!(rule(e.try_debit(try_("hefei/bk-2", &v.id, 1_000)).await.unwrap_err()), "voucher_cities");
+        let mut later = terms(1_000_000, 50, "b");
+        later.valid_from = "2027-01-01".into();
+        later.valid_until = "2027-12-31".into();
+        let later = e.issue_voucher(&admin(), later).await.unwrap();
+        assert_eq!(rule(e.try_debit(try_("hefei/bk-3", &later.id, 1_000)).await.unwrap_err()), "voucher_validity");
+        let missing = e.try_debit(try_("hefei/bk-4", "wuhu/v-99", 1_000)).await.unwrap_err();
+        assert_eq!(rule(missing), "voucher");
+        // Bad terms are refused at issue, field by field.
+        let mut bad = terms(1_000_000, 0, "c");
+        assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("share_percent"));
+        bad.share_percent = 50;
+        bad.valid_until = "2026-10-01".into();
+        assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("valid_until"));
+        bad.valid_until = "31/12/2026".into();
+        assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("YYYY-MM-DD"));
+        bad.valid_until = "2026-12-31".into();
+        bad.holder = "spiffe://corridor/city/wuhu/admin".into();
+        assert!(e.issue_voucher(&admin(), bad).await.unwrap_err().to_string().contains("organisation"));
+        let org = Actor { uri: HOLDER.into(), admin: false, may_book: true, reader: false };
+        assert!(matches!(e.issue_voucher(&org, terms(1, 50, "d")).await.unwrap_err(), BookingError::Denied(_)));
+    }
+
+    #[tokio::test]
+    async fn the_yearly_cap_counts_every_voucher_of_the_enterprise() {
+        let e = engine();
+        let mut t = terms(9_000_000, 100, "a");
+        t.annual_cap_fen = 3_000_000;
+        let a = e.issue_voucher(&admin(), t.clone()).await.unwrap();
+        t.idempotency_key = "b".into();
+        let b = e.issue_voucher(&admin(), t).await.unwrap();
+        e.try_debit(try_("hefei/bk-1", &a.id, 2_000_000)).await.unwrap();
+        let err = e.try_debit(try_("hefei/bk-2", &b.id, 1_500_000)).await.unwrap_err();
+        assert_eq!(rule(err), "voucher_annual_cap");
+        // Releasing the first hold frees the year's room.
+        e.cancel_debit("hefei", "hefei/bk-1", &a.id, "cancelled").await.unwrap();
+        e.try_debit(try_("hefei/bk-2", &b.id, 1_500_000)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn post_debits_the_real_share_and_releases_the_rest() {
+        let e = engine();
+        let v = e.issue_voucher(&admin(), terms(1_000_000, 50, "a")).await.unwrap();
+        e.try_debit(try_("hefei/bk-1", &v.id, 100_000)).await.unwrap();
+        let post = |amount_fen| PostDebit {
+            op: "hefei/bk-1".into(),
+            amount_fen,
+            provider_institution: "USTC".into(),
+            provider_uscc: "P".into(),
+            service_at: NOW + 7_200,
+        };
+        // Not before it is confirmed.
+        assert_eq!(rule(e.post_debit("hefei", post(40_000)).await.unwrap_err()), "voucher_operation");
+        e.confirm_debit("hefei", "hefei/bk-1").await.unwrap();
+        // Another provider city cannot touch it.
+        assert!(matches!(e.confirm_debit("hangzhou", "hefei/bk-1").await.unwrap_err(), BookingError::NotFound(_)));
+        assert!(matches!(e.post_debit("hefei", post(50_001)).await.unwrap_err(), BookingError::Invalid(_)));
+        let d = e.post_debit("hefei", post(40_000)).await.unwrap();
+        assert_eq!((d.state, d.amount_fen), (DebitState::Posted, 40_000));
+        assert_eq!(e.post_debit("hefei", post(40_000)).await.unwrap(), d, "a retry is the same post");
+        assert_eq!(rule(e.post_debit("hefei", post(30_000)).await.unwrap_err()), "voucher_operation");
+        let v = e.voucher(&admin(), &v.id).unwrap();
+        assert_eq!((v.held_fen, v.spent_fen, v.balance_fen()), (0, 40_000, 960_000));
+        assert_eq!(rule(e.cancel_debit("hefei", "hefei/bk-1", &v.id, "x").await.unwrap_err()), "voucher_operation");
+    }
+
+    #[tokio::test]
+    async fn a_cancel_before_the_try_arrives_blocks_the_late_try() {
+        let e = engine();
+        let v = e.issue_voucher(&admin(), terms(1_000_000, 50, "a")).await.unwrap();
+        let d = e.cancel_debit("hefei", "hefei/bk-1", &v.id, "gave up").await.unwrap();
+        assert_eq!((d.state, d.amount_fen), (DebitState::Voided, 0));
+        assert_eq!(rule(e.try_debit(try_("hefei/bk-1", &v.id, 1_000)).await.unwrap_err()), "voucher_operation");
+        assert_eq!(e.voucher(&admin(), &v.id).unwrap().held_fen, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unconfirmed_try_expires_and_a_late_confirm_is_refused() {
+        let e = engine();
+        let v = e.issue_voucher(&admin(), terms(1_000_000, 50, "a")).await.unwrap();
+        e.try_debit(try_("hefei/bk-1", &v.id, 10_000)).await.unwrap();
+        e.try_debit(try_("hefei/bk-2", &v.id, 10_000)).await.unwrap();
+        e.confirm_debit("hefei", "hefei/bk-2").await.unwrap();
+        assert_eq!(e.expire_debits().await.unwrap(), 0, "nothing has expired yet");
+        // Past the provider's hold and the grace.
+        tokio::time::advance(std::time::Duration::from_secs(600 + TRY_GRACE_SECONDS as u64 + 1)).await;
+        assert_eq!(e.expire_debits().await.unwrap(), 1, "only the unconfirmed try");
+        assert_eq!(rule(e.confirm_debit("hefei", "hefei/bk-1").await.unwrap_err()), "voucher_operation");
+        let v = e.voucher(&admin(), &v.id).unwrap();
+        assert_eq!(v.held_fen, 5_000, "the confirmed hold stays");
+        // The ledger holds every step, chained.
+        let (raw, head) = e.ledger_page(0, 100).unwrap();
+        let kinds: Vec<String> = crate::ledger::verify(&raw, &head)
+            .unwrap()
+            .iter()
+            .map(|x| serde_json::to_value(&x.body).unwrap()["kind"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kinds, ["voucher_issued", "debit_pending", "debit_pending", "debit_confirmed", "debit_voided"]);
+    }
 }

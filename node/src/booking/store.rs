@@ -97,9 +97,10 @@ impl Txn for MemTxn<'_> {
         self.writes.insert(key.to_vec(), None);
         Ok(())
     }
+    /// From 0, like sled's `generate_id`.
     fn next_id(&mut self) -> Result<u64, StoreError> {
         self.next += 1;
-        Ok(self.next)
+        Ok(self.next - 1)
     }
 }
 
