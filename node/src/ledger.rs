@@ -247,17 +247,19 @@ mod tests {
             Actor { uri: "spiffe://corridor/city/wuhu/admin".into(), admin: true, may_book: true, reader: false };
         for (i, face) in [(1, 500_000), (2, 700_000)] {
             let req = IssueVoucher {
-                enterprise_uscc: crate::model::uscc_with_check("91340200MA2N00000").unwrap(),
-                enterprise_name: String::new(),
-                holder: "spiffe://corridor/org/demo".into(),
-                face_fen: face,
-                valid_from: "2026-01-01".into(),
-                valid_until: "2026-12-31".into(),
-                share_percent: 50,
-                per_use_cap_fen: 0,
-                annual_cap_fen: 0,
-                mode: Mode::ProviderRedeemed,
-                cities: vec![],
+                terms: crate::voucher::Terms {
+                    enterprise_uscc: crate::model::uscc_with_check("91340200MA2N00000").unwrap(),
+                    enterprise_name: String::new(),
+                    holder: "spiffe://corridor/org/demo".into(),
+                    face_fen: face,
+                    valid_from: "2026-01-01".into(),
+                    valid_until: "2026-12-31".into(),
+                    share_percent: 50,
+                    per_use_cap_fen: 0,
+                    annual_cap_fen: 0,
+                    mode: Mode::ProviderRedeemed,
+                    cities: vec![],
+                },
                 idempotency_key: format!("k{i}"),
             };
             engine.issue_voucher(&admin, req).await.unwrap();

@@ -321,13 +321,7 @@ async fn update(
     id: &str,
     change: &(dyn Fn(&mut Booking, &Rules, Instant) -> Result<(), BookingError> + Sync),
 ) -> Result<Booking, BookingError> {
-    let mut out = None;
-    bookings.atomically(&mut |tx| {
-        out = Some(Bookings::apply_in(tx, id, bookings.now(), &|b, rules, now, _| change(b, rules, now))?);
-        Ok(())
-    })?;
-    bookings.durable().await?;
-    Ok(out.expect("set by the step"))
+    bookings.durably(|tx| Bookings::apply_in(tx, id, bookings.now(), &|b, rules, now, _| change(b, rules, now))).await
 }
 
 /// The issuer accepted the call made from state `from`. A state that moved

@@ -42,10 +42,9 @@ pub enum Mode {
     EnterpriseReimbursed,
 }
 
+/// What a voucher grants: set when it is issued, never changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Voucher {
-    pub id: String,
-    pub city: String,
+pub struct Terms {
     pub enterprise_uscc: String,
     pub enterprise_name: String,
     /// Identity URI that may spend it.
@@ -55,10 +54,70 @@ pub struct Voucher {
     pub valid_from: String,
     pub valid_until: String,
     pub share_percent: u32,
+    /// 0 at issue means the default.
     pub per_use_cap_fen: i64,
     pub annual_cap_fen: i64,
     pub mode: Mode,
+    /// Where it is recognised; empty at issue means all nine.
     pub cities: Vec<String>,
+}
+
+impl Terms {
+    /// Checks every field and fills in the defaults, so that equal requests
+    /// give equal terms.
+    fn normalised(mut self) -> Result<Terms, BookingError> {
+        let invalid = |m: String| Err(BookingError::Invalid(m));
+        check_uscc(&self.enterprise_uscc).map_err(|e| BookingError::Invalid(format!("enterprise_uscc: {e}")))?;
+        if self.enterprise_name.len() > 500 {
+            return invalid("enterprise_name is at most 500 bytes".into());
+        }
+        let holder = corridor_certs::Identity::from_uri(&self.holder)
+            .map_err(|e| BookingError::Invalid(format!("holder: {e}")))?;
+        if !matches!(holder, corridor_certs::Identity::Org(_)) {
+            return invalid(format!(
+                "holder must be an organisation's identity (spiffe://corridor/org/<name>), not {}",
+                self.holder
+            ));
+        }
+        self.holder = holder.uri();
+        if !(1..=MAX_FACE_FEN).contains(&self.face_fen) {
+            return invalid(format!("face_fen must be between 1 and {MAX_FACE_FEN} fen (10 million yuan)"));
+        }
+        parse_date("valid_from", &self.valid_from)?;
+        parse_date("valid_until", &self.valid_until)?;
+        if self.valid_until < self.valid_from {
+            return invalid("valid_until must not be before valid_from".into());
+        }
+        if !(1..=100).contains(&self.share_percent) {
+            return invalid("share_percent must be between 1 and 100".into());
+        }
+        if self.per_use_cap_fen == 0 {
+            self.per_use_cap_fen = DEFAULT_PER_USE_CAP_FEN;
+        }
+        if self.annual_cap_fen == 0 {
+            self.annual_cap_fen = DEFAULT_ANNUAL_CAP_FEN;
+        }
+        if self.per_use_cap_fen < 0 || self.annual_cap_fen < 0 {
+            return invalid("caps must not be negative".into());
+        }
+        if self.cities.is_empty() {
+            self.cities = corridor_proto::cities::CITIES.iter().map(|c| c.slug.to_string()).collect();
+        }
+        if let Some(c) = self.cities.iter().find(|c| corridor_proto::cities::city_by_slug(c).is_none()) {
+            return invalid(format!("{c:?} is not a corridor city"));
+        }
+        self.cities.sort();
+        self.cities.dedup();
+        Ok(self)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voucher {
+    pub id: String,
+    pub city: String,
+    #[serde(flatten)]
+    pub terms: Terms,
     /// Pending and confirmed debits.
     pub held_fen: i64,
     /// Posted debits.
@@ -68,13 +127,13 @@ pub struct Voucher {
 
 impl Voucher {
     pub fn balance_fen(&self) -> i64 {
-        self.face_fen - self.held_fen - self.spent_fen
+        self.terms.face_fen - self.held_fen - self.spent_fen
     }
 
     /// The voucher's share of `fee_fen`, rounded half up to the fen, within
     /// the per-use cap.
     pub fn share_of(&self, fee_fen: i64) -> i64 {
-        share_of(fee_fen, self.share_percent, self.per_use_cap_fen)
+        share_of(fee_fen, self.terms.share_percent, self.terms.per_use_cap_fen)
     }
 }
 
@@ -85,17 +144,7 @@ pub fn share_of(fee_fen: i64, share_percent: u32, per_use_cap_fen: i64) -> i64 {
 /// What an issuing city's admin asks for.
 #[derive(Debug, Clone)]
 pub struct IssueVoucher {
-    pub enterprise_uscc: String,
-    pub enterprise_name: String,
-    pub holder: String,
-    pub face_fen: i64,
-    pub valid_from: String,
-    pub valid_until: String,
-    pub share_percent: u32,
-    pub per_use_cap_fen: i64,
-    pub annual_cap_fen: i64,
-    pub mode: Mode,
-    pub cities: Vec<String>,
+    pub terms: Terms,
     pub idempotency_key: String,
 }
 
@@ -204,75 +253,15 @@ impl Bookings {
         if !actor.admin {
             return Err(BookingError::Denied(format!("only {}'s admin may issue its vouchers", self.city())));
         }
-        check_uscc(&req.enterprise_uscc).map_err(|e| BookingError::Invalid(format!("enterprise_uscc: {e}")))?;
-        let holder = corridor_certs::Identity::from_uri(&req.holder)
-            .map_err(|e| BookingError::Invalid(format!("holder: {e}")))?;
-        if !matches!(holder, corridor_certs::Identity::Org(_)) {
-            return Err(BookingError::Invalid(format!(
-                "holder must be an organisation's identity (spiffe://corridor/org/<name>), not {}",
-                req.holder
-            )));
-        }
-        if !(1..=MAX_FACE_FEN).contains(&req.face_fen) {
-            return Err(BookingError::Invalid(format!(
-                "face_fen must be between 1 and {MAX_FACE_FEN} fen (10 million yuan)"
-            )));
-        }
-        let from = parse_date("valid_from", &req.valid_from)?;
-        let until = parse_date("valid_until", &req.valid_until)?;
-        if until < from {
-            return Err(BookingError::Invalid("valid_until must not be before valid_from".into()));
-        }
-        if !(1..=100).contains(&req.share_percent) {
-            return Err(BookingError::Invalid("share_percent must be between 1 and 100".into()));
-        }
-        let per_use = if req.per_use_cap_fen == 0 { DEFAULT_PER_USE_CAP_FEN } else { req.per_use_cap_fen };
-        let annual = if req.annual_cap_fen == 0 { DEFAULT_ANNUAL_CAP_FEN } else { req.annual_cap_fen };
-        if per_use < 0 || annual < 0 {
-            return Err(BookingError::Invalid("caps must not be negative".into()));
-        }
-        let mut cities: Vec<String> = if req.cities.is_empty() {
-            corridor_proto::cities::CITIES.iter().map(|c| c.slug.to_string()).collect()
-        } else {
-            req.cities.clone()
-        };
-        for c in &cities {
-            if corridor_proto::cities::city_by_slug(c).is_none() {
-                return Err(BookingError::Invalid(format!("{c:?} is not a corridor city")));
-            }
-        }
-        cities.sort();
-        cities.dedup();
-        if req.enterprise_name.len() > 500 {
-            return Err(BookingError::Invalid("enterprise_name is at most 500 bytes".into()));
-        }
-        let fingerprint = format!(
-            "voucher\n{}\n{}\n{}\n{}\n{from}\n{until}\n{}\n{per_use}\n{annual}\n{:?}\n{}",
-            req.enterprise_uscc,
-            req.enterprise_name,
-            holder.uri(),
-            req.face_fen,
-            req.share_percent,
-            req.mode,
-            cities.join(",")
-        );
+        let terms = req.terms.normalised()?;
+        let fingerprint = format!("voucher\n{}", serde_json::to_string(&terms).expect("serialisable"));
         let now = self.now();
         let city = self.city();
         self.idempotent(actor, &req.idempotency_key, fingerprint, |tx| {
             let v = Voucher {
                 id: format!("{city}/v-{}", tx.next_id()? + 1),
                 city: city.to_string(),
-                enterprise_uscc: req.enterprise_uscc.clone(),
-                enterprise_name: req.enterprise_name.clone(),
-                holder: holder.uri(),
-                face_fen: req.face_fen,
-                valid_from: from.clone(),
-                valid_until: until.clone(),
-                share_percent: req.share_percent,
-                per_use_cap_fen: per_use,
-                annual_cap_fen: annual,
-                mode: req.mode,
-                cities: cities.clone(),
+                terms: terms.clone(),
                 held_fen: 0,
                 spent_fen: 0,
                 issued_at: now,
@@ -283,9 +272,9 @@ impl Bookings {
                 now,
                 Body::VoucherIssued {
                     voucher: v.id.clone(),
-                    enterprise_uscc: v.enterprise_uscc.clone(),
-                    holder: v.holder.clone(),
-                    face_fen: v.face_fen,
+                    enterprise_uscc: v.terms.enterprise_uscc.clone(),
+                    holder: v.terms.holder.clone(),
+                    face_fen: v.terms.face_fen,
                 },
             )?;
             Ok(v)
@@ -297,7 +286,7 @@ impl Bookings {
     pub fn voucher(&self, actor: &Actor, id: &str) -> Result<Voucher, BookingError> {
         let v: Option<Voucher> = self.read_json(&keys::voucher(id))?;
         match v {
-            Some(v) if actor.admin || actor.reader || v.holder == actor.uri => Ok(v),
+            Some(v) if actor.admin || actor.reader || v.terms.holder == actor.uri => Ok(v),
             // Someone else's voucher is reported as absent.
             _ => Err(BookingError::NotFound(format!("no voucher {id:?}"))),
         }
@@ -312,13 +301,7 @@ impl Bookings {
     /// booking, or refuses. A retry returns the first answer.
     pub async fn try_debit(&self, req: TryDebit) -> Result<Debit, BookingError> {
         let now = self.now();
-        let mut out = None;
-        self.atomically(&mut |tx| {
-            out = Some(Self::try_in(tx, &req, now)?);
-            Ok(())
-        })?;
-        self.durable().await?;
-        Ok(out.expect("set by the step"))
+        self.durably(|tx| Self::try_in(tx, &req, now)).await
     }
 
     fn try_in(tx: &mut dyn Txn, req: &TryDebit, now: Instant) -> Result<Debit, BookingError> {
@@ -333,24 +316,27 @@ impl Bookings {
         }
         let mut v: Voucher = get_json(tx, &keys::voucher(&req.voucher))?
             .ok_or_else(|| refused("voucher", format!("no voucher {:?}", req.voucher)))?;
-        if v.holder != req.requester {
+        if v.terms.holder != req.requester {
             return Err(refused("voucher_holder", format!("voucher {} does not belong to {}", v.id, req.requester)));
         }
         let today = local_date(now).to_string();
-        if today < v.valid_from || today > v.valid_until {
+        if today < v.terms.valid_from || today > v.terms.valid_until {
             return Err(refused(
                 "voucher_validity",
-                format!("voucher {} is valid from {} to {}, not on {today}", v.id, v.valid_from, v.valid_until),
+                format!(
+                    "voucher {} is valid from {} to {}, not on {today}",
+                    v.id, v.terms.valid_from, v.terms.valid_until
+                ),
             ));
         }
-        if !v.cities.contains(&req.provider_city) {
+        if !v.terms.cities.contains(&req.provider_city) {
             return Err(refused(
                 "voucher_cities",
                 format!(
                     "voucher {} is not recognised in {}; it is in {}",
                     v.id,
                     req.provider_city,
-                    v.cities.join(", ")
+                    v.terms.cities.join(", ")
                 ),
             ));
         }
@@ -369,22 +355,22 @@ impl Bookings {
                     v.id,
                     yuan(v.balance_fen()),
                     yuan(amount),
-                    v.share_percent,
+                    v.terms.share_percent,
                     yuan(req.fee_fen)
                 ),
             ));
         }
         let year = local_date(now).year();
-        let annual_key = keys::annual(&v.enterprise_uscc, year);
+        let annual_key = keys::annual(&v.terms.enterprise_uscc, year);
         let used: i64 = get_json(tx, &annual_key)?.unwrap_or(0);
-        if used + amount > v.annual_cap_fen {
+        if used + amount > v.terms.annual_cap_fen {
             return Err(refused(
                 "voucher_annual_cap",
                 format!(
                     "enterprise {} has used {} of its {} yuan for {year} at {}; this booking needs {} yuan",
-                    v.enterprise_uscc,
+                    v.terms.enterprise_uscc,
                     yuan(used),
-                    yuan(v.annual_cap_fen),
+                    yuan(v.terms.annual_cap_fen),
                     v.city,
                     yuan(amount)
                 ),
@@ -398,8 +384,8 @@ impl Bookings {
             provider_city: req.provider_city.clone(),
             expires_at: req.hold_expires.max(now) + TRY_GRACE_SECONDS,
             year,
-            share_percent: v.share_percent,
-            per_use_cap_fen: v.per_use_cap_fen,
+            share_percent: v.terms.share_percent,
+            per_use_cap_fen: v.terms.per_use_cap_fen,
         };
         v.held_fen += amount;
         put_json(tx, &annual_key, &(used + amount))?;
@@ -411,7 +397,7 @@ impl Bookings {
             Body::DebitPending {
                 op: d.op.clone(),
                 voucher: v.id.clone(),
-                enterprise_uscc: v.enterprise_uscc.clone(),
+                enterprise_uscc: v.terms.enterprise_uscc.clone(),
                 amount_fen: amount,
                 provider_city: d.provider_city.clone(),
                 expires_at: d.expires_at,
@@ -432,7 +418,7 @@ impl Bookings {
     fn void_in(tx: &mut dyn Txn, d: &mut Debit, now: Instant, reason: &str) -> Result<(), BookingError> {
         let mut v: Voucher = get_json(tx, &keys::voucher(&d.voucher))?.ok_or_else(|| not_found(&d.op))?;
         v.held_fen -= d.amount_fen;
-        let annual_key = keys::annual(&v.enterprise_uscc, d.year);
+        let annual_key = keys::annual(&v.terms.enterprise_uscc, d.year);
         let used: i64 = get_json(tx, &annual_key)?.unwrap_or(0);
         put_json(tx, &annual_key, &(used - d.amount_fen))?;
         put_json(tx, &keys::voucher(&v.id), &v)?;
@@ -447,48 +433,53 @@ impl Bookings {
             },
         )?;
         d.state = DebitState::Voided;
-        save_debit(tx, &d)
+        save_debit(tx, d)
     }
 
     /// The provider keeps the booking: the hold stops expiring.
     pub async fn confirm_debit(&self, provider_city: &str, op: &str) -> Result<Debit, BookingError> {
         let now = self.now();
-        let mut out = None;
-        let mut expired = false;
-        self.atomically(&mut |tx| {
-            expired = false;
-            let mut d = Self::op_for(tx, op, provider_city)?.ok_or_else(|| not_found(op))?;
-            match d.state {
-                DebitState::Confirmed | DebitState::Posted => {}
-                DebitState::Voided => {
-                    return Err(refused("voucher_operation", format!("operation {op} was voided; the hold is gone")));
+        let (d, expired) = self
+            .durably(|tx| {
+                let mut expired = false;
+                let mut d = Self::op_for(tx, op, provider_city)?.ok_or_else(|| not_found(op))?;
+                match d.state {
+                    DebitState::Confirmed | DebitState::Posted => {}
+                    DebitState::Voided => {
+                        return Err(refused(
+                            "voucher_operation",
+                            format!("operation {op} was voided; the hold is gone"),
+                        ));
+                    }
+                    DebitState::Pending if d.expires_at <= now => {
+                        // Too late: void it now, in this step, and refuse.
+                        Self::void_in(tx, &mut d, now, "expired before confirmation")?;
+                        expired = true;
+                    }
+                    DebitState::Pending => {
+                        d.state = DebitState::Confirmed;
+                        save_debit(tx, &d)?;
+                        ledger::append(
+                            tx,
+                            now,
+                            Body::DebitConfirmed {
+                                op: op.into(),
+                                voucher: d.voucher.clone(),
+                                amount_fen: d.amount_fen,
+                            },
+                        )?;
+                    }
                 }
-                DebitState::Pending if d.expires_at <= now => {
-                    // Too late: void it now, in this step, and refuse.
-                    Self::void_in(tx, &mut d, now, "expired before confirmation")?;
-                    expired = true;
-                }
-                DebitState::Pending => {
-                    d.state = DebitState::Confirmed;
-                    save_debit(tx, &d)?;
-                    ledger::append(
-                        tx,
-                        now,
-                        Body::DebitConfirmed { op: op.into(), voucher: d.voucher.clone(), amount_fen: d.amount_fen },
-                    )?;
-                }
-            }
-            out = Some(d);
-            Ok(())
-        })?;
-        self.durable().await?;
+                Ok((d, expired))
+            })
+            .await?;
         if expired {
             return Err(refused(
                 "voucher_operation",
                 format!("operation {op} expired before it was confirmed; the hold is gone"),
             ));
         }
-        Ok(out.expect("set by the step"))
+        Ok(d)
     }
 
     /// The provider gives the booking up: the hold is released. Cancelling
@@ -502,8 +493,7 @@ impl Bookings {
         reason: &str,
     ) -> Result<Debit, BookingError> {
         let now = self.now();
-        let mut out = None;
-        self.atomically(&mut |tx| {
+        self.durably(|tx| {
             let d = match Self::op_for(tx, op, provider_city)? {
                 Some(mut d) => {
                     match d.state {
@@ -541,19 +531,16 @@ impl Bookings {
                     d
                 }
             };
-            out = Some(d);
-            Ok(())
-        })?;
-        self.durable().await?;
-        Ok(out.expect("set by the step"))
+            Ok(d)
+        })
+        .await
     }
 
     /// The booking was completed: debits the voucher share of the actual
     /// fee, at most what is held, and releases the rest.
     pub async fn post_debit(&self, provider_city: &str, req: PostDebit) -> Result<Debit, BookingError> {
         let now = self.now();
-        let mut out = None;
-        self.atomically(&mut |tx| {
+        self.durably(|tx| {
             let mut d = Self::op_for(tx, &req.op, provider_city)?.ok_or_else(|| not_found(&req.op))?;
             match d.state {
                 DebitState::Posted if d.amount_fen == req.amount_fen => {}
@@ -581,7 +568,7 @@ impl Bookings {
                     let mut v: Voucher = get_json(tx, &keys::voucher(&d.voucher))?.ok_or_else(|| not_found(&req.op))?;
                     v.held_fen -= d.amount_fen;
                     v.spent_fen += req.amount_fen;
-                    let annual_key = keys::annual(&v.enterprise_uscc, d.year);
+                    let annual_key = keys::annual(&v.terms.enterprise_uscc, d.year);
                     let used: i64 = get_json(tx, &annual_key)?.unwrap_or(0);
                     put_json(tx, &annual_key, &(used - d.amount_fen + req.amount_fen))?;
                     put_json(tx, &keys::voucher(&v.id), &v)?;
@@ -594,7 +581,7 @@ impl Bookings {
                         Body::DebitPosted {
                             op: d.op.clone(),
                             voucher: d.voucher.clone(),
-                            enterprise_uscc: v.enterprise_uscc.clone(),
+                            enterprise_uscc: v.terms.enterprise_uscc.clone(),
                             amount_fen: req.amount_fen,
                             provider_city: provider_city.into(),
                             provider_institution: req.provider_institution.clone(),
@@ -604,11 +591,9 @@ impl Bookings {
                     )?;
                 }
             }
-            out = Some(d);
-            Ok(())
-        })?;
-        self.durable().await?;
-        Ok(out.expect("set by the step"))
+            Ok(d)
+        })
+        .await
     }
 
     /// Voids every try that expired unconfirmed; returns how many.
@@ -672,17 +657,19 @@ mod tests {
 
     fn terms(face_fen: i64, share: u32, key: &str) -> IssueVoucher {
         IssueVoucher {
-            enterprise_uscc: crate::model::uscc_with_check("91340200MA2N00000").unwrap(),
-            enterprise_name: "示范".into(),
-            holder: HOLDER.into(),
-            face_fen,
-            valid_from: "2026-11-01".into(),
-            valid_until: "2026-12-31".into(),
-            share_percent: share,
-            per_use_cap_fen: 0,
-            annual_cap_fen: 0,
-            mode: Mode::ProviderRedeemed,
-            cities: vec![],
+            terms: Terms {
+                enterprise_uscc: crate::model::uscc_with_check("91340200MA2N00000").unwrap(),
+                enterprise_name: "示范".into(),
+                holder: HOLDER.into(),
+                face_fen,
+                valid_from: "2026-11-01".into(),
+                valid_until: "2026-12-31".into(),
+                share_percent: share,
+                per_use_cap_fen: 0,
+                annual_cap_fen: 0,
+                mode: Mode::ProviderRedeemed,
+                cities: vec![],
+            },
             idempotency_key: key.into(),
         }
     }
@@ -710,7 +697,7 @@ mod tests {
     async fn a_try_holds_the_share_within_the_caps_and_the_balance() {
         let e = engine();
         let v = e.issue_voucher(&admin(), terms(3_000_000, 50, "a")).await.unwrap();
-        assert_eq!((v.id.as_str(), v.cities.len()), ("wuhu/v-1", 9));
+        assert_eq!((v.id.as_str(), v.terms.cities.len()), ("wuhu/v-1", 9));
         // Half of 1,000.01 yuan, rounded half up.
         let d = e.try_debit(try_("hefei/bk-1", &v.id, 100_001)).await.unwrap();
         assert_eq!((d.state, d.amount_fen), (DebitState::Pending, 50_001));
@@ -731,15 +718,15 @@ mod tests {
     async fn the_holder_the_cities_and_the_dates_are_checked() {
         let e = engine();
         let mut t = terms(1_000_000, 50, "a");
-        t.cities = vec!["hangzhou".into()];
+        t.terms.cities = vec!["hangzhou".into()];
         let v = e.issue_voucher(&admin(), t).await.unwrap();
         let mut other = try_("hefei/bk-1", &v.id, 1_000);
         other.requester = "spiffe://corridor/org/other".into();
         assert_eq!(rule(e.try_debit(other).await.unwrap_err()), "voucher_holder");
         assert_eq!(rule(e.try_debit(try_("hefei/bk-2", &v.id, 1_000)).await.unwrap_err()), "voucher_cities");
         let mut later = terms(1_000_000, 50, "b");
-        later.valid_from = "2027-01-01".into();
-        later.valid_until = "2027-12-31".into();
+        later.terms.valid_from = "2027-01-01".into();
+        later.terms.valid_until = "2027-12-31".into();
         let later = e.issue_voucher(&admin(), later).await.unwrap();
         assert_eq!(rule(e.try_debit(try_("hefei/bk-3", &later.id, 1_000)).await.unwrap_err()), "voucher_validity");
         let missing = e.try_debit(try_("hefei/bk-4", "wuhu/v-99", 1_000)).await.unwrap_err();
@@ -747,13 +734,13 @@ mod tests {
         // Bad terms are refused at issue, field by field.
         let mut bad = terms(1_000_000, 0, "c");
         assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("share_percent"));
-        bad.share_percent = 50;
-        bad.valid_until = "2026-10-01".into();
+        bad.terms.share_percent = 50;
+        bad.terms.valid_until = "2026-10-01".into();
         assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("valid_until"));
-        bad.valid_until = "31/12/2026".into();
+        bad.terms.valid_until = "31/12/2026".into();
         assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("YYYY-MM-DD"));
-        bad.valid_until = "2026-12-31".into();
-        bad.holder = "spiffe://corridor/city/wuhu/admin".into();
+        bad.terms.valid_until = "2026-12-31".into();
+        bad.terms.holder = "spiffe://corridor/city/wuhu/admin".into();
         assert!(e.issue_voucher(&admin(), bad).await.unwrap_err().to_string().contains("organisation"));
         let org = Actor { uri: HOLDER.into(), admin: false, may_book: true, reader: false };
         assert!(matches!(e.issue_voucher(&org, terms(1, 50, "d")).await.unwrap_err(), BookingError::Denied(_)));
@@ -763,7 +750,7 @@ mod tests {
     async fn the_yearly_cap_counts_every_voucher_of_the_enterprise() {
         let e = engine();
         let mut t = terms(9_000_000, 100, "a");
-        t.annual_cap_fen = 3_000_000;
+        t.terms.annual_cap_fen = 3_000_000;
         let a = e.issue_voucher(&admin(), t.clone()).await.unwrap();
         t.idempotency_key = "b".into();
         let b = e.issue_voucher(&admin(), t).await.unwrap();

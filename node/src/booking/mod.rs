@@ -289,6 +289,21 @@ impl Bookings {
         self.store.atomically(step)
     }
 
+    /// Runs `step` atomically, waits until it is on disk, and returns what
+    /// it returned. The step may run more than once (after a conflict).
+    pub(crate) async fn durably<T>(
+        &self,
+        mut step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
+    ) -> Result<T, BookingError> {
+        let mut out = None;
+        self.store.atomically(&mut |tx| {
+            out = Some(step(tx)?);
+            Ok(())
+        })?;
+        self.durable().await?;
+        Ok(out.expect("set by the step"))
+    }
+
     pub(crate) fn read_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, BookingError> {
         match self.store.get(key)? {
             None => Ok(None),
@@ -334,24 +349,20 @@ impl Bookings {
     ) -> Result<T, BookingError> {
         check_key(key)?;
         let idem_key = keys::idempotency(&actor.uri, key);
-        let mut out = None;
-        self.store.atomically(&mut |tx| {
+        // A replayed answer may not be durable yet either (its first caller
+        // may still be waiting): `durably` waits for the flush in every case.
+        self.durably(|tx| {
             if let Some(prior) = get_json::<Idem<T>>(tx, &idem_key)? {
                 if prior.fingerprint != fingerprint {
                     return Err(BookingError::KeyReused(key.into()));
                 }
-                out = Some(prior.response);
-                return Ok(());
+                return Ok(prior.response);
             }
             let answer = step(tx)?;
             put_json(tx, &idem_key, &Idem { fingerprint: fingerprint.clone(), response: answer.clone() })?;
-            out = Some(answer);
-            Ok(())
-        })?;
-        // A replayed answer may not be durable yet either (its first caller
-        // may still be waiting): wait for the flush in every case.
-        self.durable().await?;
-        Ok(out.expect("set by the step"))
+            Ok(answer)
+        })
+        .await
     }
 
     /// The instrument's rules: its own, or the defaults.
