@@ -45,6 +45,11 @@ pub struct ReserveArgs {
     /// The node endpoint for --direct; defaults to the demo's.
     #[arg(long)]
     node: Option<String>,
+    /// Pay every booking partly with this voucher (held by the client's
+    /// identity): each call is then a try/confirm across two cities. Runs the
+    /// uncontended case through the gateway only.
+    #[arg(long)]
+    voucher: Option<String>,
     #[command(flatten)]
     client: ClientOpts,
 }
@@ -127,9 +132,14 @@ fn rfc(t: i64) -> String {
 async fn available_instruments(
     gw: &mut corridor_proto::gateway_client::GatewayClient<Channel>,
     city: &str,
+    vouchers: bool,
 ) -> Result<Vec<String>> {
     let req = pb::SearchRequest {
-        filter: Some(pb::SearchFilter { cities: vec![city.into()], ..Default::default() }),
+        filter: Some(pb::SearchFilter {
+            cities: vec![city.into()],
+            accepts_vouchers: vouchers.then_some(true),
+            ..Default::default()
+        }),
         limit: 200,
         allow_partial: Some(false),
         ..Default::default()
@@ -181,6 +191,7 @@ struct Run<'a> {
     day0: i64,
     contended: bool,
     json: bool,
+    voucher: Option<&'a str>,
 }
 
 /// What one call came to.
@@ -225,7 +236,8 @@ async fn drive(label: &str, concurrency: usize, seconds: u64, json_out: bool, ca
 }
 
 async fn run_reserve(run: Run<'_>, targets: Vec<Target>, instruments: Arc<Vec<String>>) -> serde_json::Value {
-    let Run { label, concurrency, seconds, day0, contended, json } = run;
+    let Run { label, concurrency, seconds, day0, contended, json, voucher } = run;
+    let voucher = voucher.unwrap_or_default().to_string();
     let counter = Arc::new(AtomicU64::new(0));
     let prefix = format!("{label}-{}", std::process::id());
     let call: Call = Arc::new(move |c, i| {
@@ -245,7 +257,7 @@ async fn run_reserve(run: Run<'_>, targets: Vec<Target>, instruments: Arc<Vec<St
             hold_only: false,
             purpose: "bench".into(),
             idempotency_key: format!("{prefix}-{c}-{i}"),
-            ..Default::default()
+            voucher_id: voucher.clone(),
         };
         Box::pin(async move {
             match target.reserve(req).await {
@@ -281,7 +293,7 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
     let mut admin_opts = args.client.clone();
     admin_opts.identity = Some(format!("admin-{}", c.slug));
     let mut admin = gateway(&admin_opts)?;
-    let instruments = Arc::new(available_instruments(&mut admin, c.slug).await?);
+    let instruments = Arc::new(available_instruments(&mut admin, c.slug, args.voucher.is_some()).await?);
     // A day offset per run, 20 to 50 days ahead, so that every run's days
     // (about 12 each) stay inside the default 90-day window and apart.
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -310,11 +322,18 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
         day0,
         contended,
         json: args.client.json,
+        voucher: None,
     };
-    results.push(run_reserve(run("gateway uncontended", day0, false), gw_targets.clone(), instruments.clone()).await);
-    let contended = run("gateway contended (4 instr, 1 day)", today + 5 * 86_400, true);
-    results.push(run_reserve(contended, gw_targets, instruments.clone()).await);
-    if args.direct {
+    if let Some(v) = args.voucher.as_deref() {
+        let paid = Run { voucher: Some(v), ..run("gateway uncontended, voucher-paid", day0, false) };
+        results.push(run_reserve(paid, gw_targets, instruments.clone()).await);
+    } else {
+        results
+            .push(run_reserve(run("gateway uncontended", day0, false), gw_targets.clone(), instruments.clone()).await);
+        let contended = run("gateway contended (4 instr, 1 day)", today + 5 * 86_400, true);
+        results.push(run_reserve(contended, gw_targets, instruments.clone()).await);
+    }
+    if args.direct && args.voucher.is_none() {
         let creds = args.client.credentials(&format!("admin-{}", c.slug))?;
         let url = args.node.clone().unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c));
         let targets: Vec<Target> = (0..channels)
