@@ -42,7 +42,7 @@ pub async fn run(
     let probes = corridor_telemetry::serve_health(health_addr, &health_service)
         .await
         .map_err(|e| RunError::Health(e.to_string()))?;
-    let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
+    let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services("corridor.v1.Gateway");
     corridor_telemetry::cert_expiry_gauge(&metrics, creds.clone());
     let service = GatewayServer::new(GatewayService::new(cities, &config, metrics.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -22,7 +22,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    booking::{Booking, BookingError, Bookings, State, rules::Rules, store::keys, time::Instant},
+    booking::{Booking, BookingError, Bookings, Flush, State, rules::Rules, store::keys, time::Instant},
     ledger::Redemption,
     voucher::{PostDebit, TryDebit, share_of},
 };
@@ -222,7 +222,8 @@ impl Payments {
             let live = b.state_at(now).is_live();
             let call = match p.state {
                 PayState::Trying | PayState::Held if !live => {
-                    update(bookings, id, &|b, _, _| {
+                    // Repeated after a crash if lost: the next call is a cancel.
+                    update(bookings, id, Flush::Later, &|b, _, _| {
                         release(b);
                         Ok(())
                     })
@@ -260,17 +261,25 @@ impl Payments {
             failpoint(&format!("provider.after_{}", step_name(from)));
             match answer {
                 Err(CallError::Unreachable(why)) => {
+                    // What the caller is told is held must be on disk.
+                    bookings.durable().await?;
                     return Ok(Driven::Waiting(b, format!("{} did not answer: {why}", p.issuer)));
                 }
                 Ok(reply) => {
-                    update(bookings, id, &|b, rules, now| {
+                    // A decision to confirm must be on disk before the
+                    // issuer hears it, or a crash could leave the issuer
+                    // committed to a booking this node has lost. Every other
+                    // change here is repaired by repeating its call.
+                    let flush = if from == PayState::Trying { Flush::Wait } else { Flush::Later };
+                    update(bookings, id, flush, &|b, rules, now| {
                         accepted(b, rules, now, from, &reply);
                         Ok(())
                     })
                     .await?;
                 }
                 Err(CallError::Refused(why)) => {
-                    update(bookings, id, &|b, _, _| {
+                    // A refusal is answered as final: it must be on disk.
+                    update(bookings, id, Flush::Wait, &|b, _, _| {
                         refused(b, from, &why);
                         Ok(())
                     })
@@ -315,13 +324,16 @@ fn step_name(s: PayState) -> &'static str {
     }
 }
 
-/// One local step on a booking with a payment, durable before it returns.
+/// One local step on a booking with a payment.
 async fn update(
     bookings: &Bookings,
     id: &str,
+    flush: Flush,
     change: &(dyn Fn(&mut Booking, &Rules, Instant) -> Result<(), BookingError> + Sync),
 ) -> Result<Booking, BookingError> {
-    bookings.durably(|tx| Bookings::apply_in(tx, id, bookings.now(), &|b, rules, now, _| change(b, rules, now))).await
+    bookings
+        .step(flush, |tx| Bookings::apply_in(tx, id, bookings.now(), &|b, rules, now, _| change(b, rules, now)))
+        .await
 }
 
 /// The issuer accepted the call made from state `from`. A state that moved

@@ -100,7 +100,7 @@ pub async fn run(
     let probes = corridor_telemetry::serve_health(config.health_addr, &health_service)
         .await
         .map_err(|e| NodeError::Serve(format!("health port: {e}")))?;
-    let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services();
+    let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services("corridor.v1.Node");
 
     let service = NodeServer::new(NodeService::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -115,6 +115,17 @@ impl NodeService {
         }
     }
 
+    /// Before acting on a booking, lets its voucher payment finish a step
+    /// that a restart left unfinished (recovery would, a moment later), so
+    /// that confirm and complete are not refused for a state about to pass.
+    async fn catch_up(&self, actor: &Actor, id: &str) {
+        if let Ok(b) = self.node.bookings().get(actor, id)
+            && b.payment.as_ref().is_some_and(|p| matches!(p.state, PayState::Trying | PayState::Confirming))
+        {
+            let _ = self.settle(b).await;
+        }
+    }
+
     /// Runs the voucher payment of `b` as far as it goes, in a task of its
     /// own so that a caller who hangs up cannot stop it halfway.
     async fn settle(&self, b: crate::booking::Booking) -> Result<crate::booking::Booking, Status> {
@@ -366,6 +377,7 @@ impl node_server::Node for NodeService {
     async fn confirm_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
+        self.catch_up(&actor, &r.booking_id).await;
         let b =
             self.node.bookings().confirm(&actor, &r.booking_id, &r.idempotency_key).await.map_err(booking_status)?;
         let b = self.settle(b).await?;
@@ -417,6 +429,7 @@ impl node_server::Node for NodeService {
     ) -> Result<Response<pb::Booking>, Status> {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
+        self.catch_up(&actor, &r.booking_id).await;
         let b = self
             .node
             .bookings()

@@ -301,7 +301,7 @@ impl Bookings {
     /// booking, or refuses. A retry returns the first answer.
     pub async fn try_debit(&self, req: TryDebit) -> Result<Debit, BookingError> {
         let now = self.now();
-        self.durably(|tx| Self::try_in(tx, &req, now)).await
+        self.durably_ledger(|tx| Self::try_in(tx, &req, now)).await
     }
 
     fn try_in(tx: &mut dyn Txn, req: &TryDebit, now: Instant) -> Result<Debit, BookingError> {
@@ -440,7 +440,7 @@ impl Bookings {
     pub async fn confirm_debit(&self, provider_city: &str, op: &str) -> Result<Debit, BookingError> {
         let now = self.now();
         let (d, expired) = self
-            .durably(|tx| {
+            .durably_ledger(|tx| {
                 let mut expired = false;
                 let mut d = Self::op_for(tx, op, provider_city)?.ok_or_else(|| not_found(op))?;
                 match d.state {
@@ -493,7 +493,7 @@ impl Bookings {
         reason: &str,
     ) -> Result<Debit, BookingError> {
         let now = self.now();
-        self.durably(|tx| {
+        self.durably_ledger(|tx| {
             let d = match Self::op_for(tx, op, provider_city)? {
                 Some(mut d) => {
                     match d.state {
@@ -540,7 +540,7 @@ impl Bookings {
     /// fee, at most what is held, and releases the rest.
     pub async fn post_debit(&self, provider_city: &str, req: PostDebit) -> Result<Debit, BookingError> {
         let now = self.now();
-        self.durably(|tx| {
+        self.durably_ledger(|tx| {
             let mut d = Self::op_for(tx, &req.op, provider_city)?.ok_or_else(|| not_found(&req.op))?;
             match d.state {
                 DebitState::Posted if d.amount_fen == req.amount_fen => {}

@@ -19,8 +19,12 @@ pub use v1::*;
 pub const ON_BEHALF_OF: &str = "x-corridor-on-behalf-of";
 
 /// gRPC server reflection, v1 and v1alpha (many clients, Python grpcio's among
-/// them, still speak only v1alpha), describing corridor.v1 and grpc.health.v1.
-pub fn reflection_services() -> (
+/// them, still speak only v1alpha). It lists `service` (the corridor service
+/// this server really serves: a gateway does not serve `corridor.v1.Node`),
+/// grpc.health.v1 and reflection itself, and describes every type they use.
+pub fn reflection_services(
+    service: &str,
+) -> (
     tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
     tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
 ) {
@@ -28,6 +32,10 @@ pub fn reflection_services() -> (
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(service)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
     };
     (
         builder().build_v1().expect("embedded descriptors are valid"),

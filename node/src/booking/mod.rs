@@ -25,6 +25,13 @@ use crate::{
     store::StoreError,
 };
 
+/// Whether a step waits for its flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    Wait,
+    Later,
+}
+
 /// A decision about one booking, made inside an atomic step.
 pub(crate) type Change<'a> = dyn Fn(&mut Booking, &Rules, Instant, &mut dyn Txn) -> Result<(), BookingError> + 'a;
 
@@ -264,6 +271,11 @@ pub struct Bookings {
     city: &'static str,
     store: Arc<dyn BookingStore>,
     clock: Arc<dyn Clock>,
+    /// Steps that append to the ledger all write its head, so they conflict
+    /// with each other by construction; taking turns here costs less than
+    /// sled's optimistic retries under load. Held for the in-memory step
+    /// only, never across the flush.
+    ledger_turn: std::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Bookings {
@@ -274,7 +286,7 @@ impl fmt::Debug for Bookings {
 
 impl Bookings {
     pub fn new(city: &'static str, store: Arc<dyn BookingStore>, clock: Arc<dyn Clock>) -> Self {
-        Bookings { city, store, clock }
+        Bookings { city, store, clock, ledger_turn: std::sync::Mutex::new(()) }
     }
 
     pub fn now(&self) -> Instant {
@@ -289,10 +301,12 @@ impl Bookings {
         self.store.atomically(step)
     }
 
-    /// Runs `step` atomically, waits until it is on disk, and returns what
-    /// it returned. The step may run more than once (after a conflict).
-    pub(crate) async fn durably<T>(
+    /// Runs `step` atomically (it may run more than once, after a conflict)
+    /// and returns what it returned; with [`Flush::Wait`], once it is on disk. [`Flush::Later`] is for steps whose loss in a crash is repaired
+    /// by repeating them: a later waited step, or the reply, covers them.
+    pub(crate) async fn step<T>(
         &self,
+        flush: Flush,
         mut step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
     ) -> Result<T, BookingError> {
         let mut out = None;
@@ -300,6 +314,26 @@ impl Bookings {
             out = Some(step(tx)?);
             Ok(())
         })?;
+        if flush == Flush::Wait {
+            self.durable().await?;
+        }
+        Ok(out.expect("set by the step"))
+    }
+
+    /// A step that appends to the ledger, taking its turn, and waits until
+    /// it is on disk.
+    pub(crate) async fn durably_ledger<T>(
+        &self,
+        mut step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
+    ) -> Result<T, BookingError> {
+        let mut out = None;
+        {
+            let _turn = self.ledger_turn.lock().expect("poisoned");
+            self.store.atomically(&mut |tx| {
+                out = Some(step(tx)?);
+                Ok(())
+            })?;
+        }
         self.durable().await?;
         Ok(out.expect("set by the step"))
     }
@@ -350,8 +384,8 @@ impl Bookings {
         check_key(key)?;
         let idem_key = keys::idempotency(&actor.uri, key);
         // A replayed answer may not be durable yet either (its first caller
-        // may still be waiting): `durably` waits for the flush in every case.
-        self.durably(|tx| {
+        // may still be waiting): the flush is awaited in every case.
+        self.step(Flush::Wait, |tx| {
             if let Some(prior) = get_json::<Idem<T>>(tx, &idem_key)? {
                 if prior.fingerprint != fingerprint {
                     return Err(BookingError::KeyReused(key.into()));
@@ -442,6 +476,8 @@ impl Bookings {
         };
         let now = self.clock.now();
         let city = self.city;
+        // On disk before the issuer hears of it, even for a voucher booking:
+        // an issuer must never hold money for a booking this node has lost.
         self.idempotent(actor, &req.idempotency_key, fingerprint, |tx| {
             if record.status != Status::Available {
                 return Err(Violation::new(

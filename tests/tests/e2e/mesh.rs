@@ -213,4 +213,5 @@ async fn gateway_serves_health_and_reflection() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"corridor.v1.Gateway".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(!names.contains(&"corridor.v1.Node".to_string()), "the gateway does not serve the node API: {names:?}");
 }
