@@ -37,4 +37,8 @@ for c in 1 32; do
 done
 echo "== reserve, 64 clients (uncontended)"
 run reserve 64 "$here/reserve.sql"
+echo "== reserve paid with one shared voucher, 64 clients"
+run reserve_voucher 64 "$here/reserve_voucher.sql"
+echo "== reserve paid with one shared voucher, 1 client"
+run reserve_voucher1 1 "$here/reserve_voucher.sql"
 psql corridor_bench -Atc "SELECT 'bookings stored: ' || count(*) FROM bookings"

@@ -37,3 +37,27 @@ BEGIN
 EXCEPTION WHEN exclusion_violation THEN
   RETURN false;
 END $$ LANGUAGE plpgsql;
+
+-- Vouchers, as one central database would keep them: the balance checked and
+-- held in the same transaction as the booking.
+CREATE TABLE vouchers (
+  id text PRIMARY KEY,
+  face_fen bigint NOT NULL,
+  held_fen bigint NOT NULL DEFAULT 0,
+  share_percent int NOT NULL,
+  CHECK (held_fen <= face_fen)
+);
+INSERT INTO vouchers VALUES ('wuhu/v-1', 900000000, 0, 50);
+
+-- A voucher-paid booking attempt: the booking and the hold on the voucher
+-- commit together or not at all.
+CREATE OR REPLACE FUNCTION try_book_with_voucher(inst text, starts timestamptz, minutes int, voucher text)
+RETURNS boolean AS $$
+BEGIN
+  INSERT INTO bookings (instrument, during, requester)
+  VALUES (inst, tstzrange(starts, starts + make_interval(mins => minutes)), 'bench');
+  UPDATE vouchers SET held_fen = held_fen + 50000 * share_percent / 100 WHERE id = voucher;
+  RETURN true;
+EXCEPTION WHEN exclusion_violation OR check_violation THEN
+  RETURN false;
+END $$ LANGUAGE plpgsql;
