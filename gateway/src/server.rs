@@ -30,7 +30,7 @@ pub async fn run(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health_addr: Option<std::net::SocketAddr>,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.validate().map_err(|e| CertError::BadIdentity(e.to_string()))?;
     let cities = Cities::connect(&config, &creds)?;
@@ -48,15 +48,18 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(cities = config.nodes.len(), "gateway serving");
-    Server::builder()
+    let router = Server::builder()
         // Outermost, so that every call is counted, refusals included.
         .layer(MetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(tls_incoming(listener, creds, TlsAcceptOptions::default()), shutdown)
-        .await?;
+        .add_service(service);
+    let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
+    corridor_telemetry::serve_draining(shutdown, corridor_telemetry::DRAIN_BOUND, |stop| {
+        Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+    })
+    .await?;
     if let Some(p) = probes {
         p.abort();
     }

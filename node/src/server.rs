@@ -50,7 +50,7 @@ pub async fn run(
     creds: Arc<CredentialSource>,
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let store = Arc::new(SledStore::open(&config.data_dir)?);
     let gate: Arc<std::sync::RwLock<()>> = Arc::default();
@@ -107,15 +107,17 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
     tracing::info!(city = config.city.slug, "node serving");
-    let served = Server::builder()
+    let router = Server::builder()
         // Outermost, so that every call is counted, refusals included.
         .layer(MetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .add_service(service);
+    let served = corridor_telemetry::serve_draining(shutdown, corridor_telemetry::DRAIN_BOUND, |stop| {
+        Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+    })
+    .await;
     if let Some(p) = probes {
         p.abort();
     }

@@ -40,6 +40,42 @@ pub fn failpoint(point: &str) {
     }
 }
 
+/// How long a stopping server lets in-flight calls finish before it gives
+/// up on them: well inside Kubernetes' default 30 s grace period, so that
+/// the flush after it always runs.
+pub const DRAIN_BOUND: Duration = Duration::from_secs(20);
+
+/// Runs `serve`, which stops taking work when the future it is given
+/// resolves (on `shutdown`) and then drains in-flight calls; a drain that
+/// takes longer than `bound` is cut short, with a warning, so that the caller
+/// can still flush and exit.
+pub async fn serve_draining<E>(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    bound: Duration,
+    serve: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> Pin<Box<dyn Future<Output = Result<(), E>> + Send>>,
+) -> Result<(), E> {
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    });
+    let mut served = serve(signal);
+    let cut_off = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(bound).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = &mut served => r,
+        _ = cut_off => {
+            tracing::warn!(seconds = bound.as_secs(), "in-flight calls still running after the drain bound; stopping them");
+            Ok(())
+        }
+    }
+}
+
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
@@ -309,6 +345,43 @@ where
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_that_hangs_is_cut_off_at_the_bound() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let started = tokio::time::Instant::now();
+        let stopped = serve_draining::<()>(
+            async move {
+                let _ = rx.await;
+            },
+            Duration::from_secs(20),
+            // A server that stops taking work, but whose last call never finishes.
+            |stop| {
+                Box::pin(async move {
+                    stop.await;
+                    std::future::pending().await
+                })
+            },
+        );
+        tx.send(()).unwrap();
+        assert_eq!(stopped.await, Ok(()));
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_that_finishes_returns_at_once_with_its_result() {
+        let started = tokio::time::Instant::now();
+        let r = serve_draining::<&str>(async {}, Duration::from_secs(20), |stop| {
+            Box::pin(async move {
+                stop.await;
+                Err("served and failed")
+            })
+        })
+        .await;
+        assert_eq!(r, Err("served and failed"));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
     use super::*;
 
     #[test]
