@@ -280,7 +280,7 @@ async fn check_overlaps(
     let mut overlaps = 0;
     for inst in instruments {
         let req = pb::ListBookingsRequest { instrument_id: inst.clone(), ..Default::default() };
-        let list = gw.list_bookings(req).await.map_err(crate::client::status_error)?.into_inner().bookings;
+        let list = crate::bookings::list_all(gw, req).await?.bookings;
         let mut spans: Vec<(i64, i64)> = list.iter().map(|b| (t(&b.occupied_start), t(&b.occupied_end))).collect();
         spans.sort();
         overlaps += spans.windows(2).filter(|w| w[0].1 > w[1].0).count();

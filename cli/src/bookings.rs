@@ -142,14 +142,34 @@ pub async fn complete(booking: String, minutes: u32, key: Option<String>, opts: 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every page of a booking list, in order; the node statuses are the last
+/// page's, and `partial` is set if any page was.
+pub async fn list_all(
+    client: &mut corridor_proto::gateway_client::GatewayClient<tonic::transport::Channel>,
+    mut req: pb::ListBookingsRequest,
+) -> Result<pb::ListBookingsResponse> {
+    let mut all = pb::ListBookingsResponse::default();
+    loop {
+        let page = client.list_bookings(req.clone()).await.map_err(status_error)?.into_inner();
+        all.bookings.extend(page.bookings);
+        all.partial |= page.partial;
+        all.nodes = page.nodes;
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        req.page_token = page.next_page_token;
+    }
+}
+
 pub async fn list(city: Option<String>, instrument: Option<String>, all: bool, opts: &ClientOpts) -> Result<ExitCode> {
     let mut client = gateway(opts)?;
     let req = pb::ListBookingsRequest {
         instrument_id: instrument.unwrap_or_default(),
         city: city.unwrap_or_default(),
         include_closed: all,
+        ..Default::default()
     };
-    let resp = client.list_bookings(req).await.map_err(status_error)?.into_inner();
+    let resp = list_all(&mut client, req).await?;
     if opts.json {
         println!(
             "{}",

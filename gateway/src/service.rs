@@ -534,6 +534,8 @@ impl gateway_server::Gateway for GatewayService {
         let caller = self.caller(&req)?;
         let budget = self.budget(&req);
         let msg = req.into_inner();
+        corridor_proto::page::decode(&msg.page_token).map_err(Status::invalid_argument)?;
+        let size = corridor_proto::page::size(msg.page_size);
         let city = if !msg.instrument_id.is_empty() {
             let (c, _) = split_instrument_id(&msg.instrument_id)
                 .ok_or_else(|| Status::invalid_argument(format!("{:?} is not an instrument id", msg.instrument_id)))?;
@@ -555,10 +557,13 @@ impl gateway_server::Gateway for GatewayService {
             }
         });
         let mut out = pb::ListBookingsResponse::default();
+        let mut more = false;
         for (c, r, took) in futures_util::future::join_all(calls).await {
             match r {
                 Ok(resp) => {
-                    out.bookings.extend(resp.into_inner().bookings);
+                    let resp = resp.into_inner();
+                    more |= !resp.next_page_token.is_empty();
+                    out.bookings.extend(resp.bookings);
                     out.nodes.push(node_status(c, NodeState::Ok, took, String::new()));
                 }
                 Err(s) => {
@@ -572,7 +577,15 @@ impl gateway_server::Gateway for GatewayService {
                 }
             }
         }
+        // Every city sent its first `size` bookings after the token, so the
+        // first `size` of their union are the first `size` overall.
         out.bookings.sort_by(|a, b| (&a.start, &a.id).cmp(&(&b.start, &b.id)));
+        if more || out.bookings.len() > size {
+            out.bookings.truncate(size);
+            if let Some(last) = out.bookings.last() {
+                out.next_page_token = corridor_proto::page::encode(&last.start, &last.id);
+            }
+        }
         Ok(Response::new(out))
     }
 

@@ -457,13 +457,30 @@ impl node_server::Node for NodeService {
         } else {
             Some(self.instrument(&r.instrument_id)?.stored.record.local_id.clone())
         };
-        let list =
+        let size = corridor_proto::page::size(r.page_size);
+        let after = match corridor_proto::page::decode(&r.page_token).map_err(Status::invalid_argument)? {
+            None => None,
+            Some((start, id)) => {
+                Some((crate::booking::time::parse_any("page_token", &start).map_err(Status::invalid_argument)?, id))
+            }
+        };
+        let mut list =
             self.node.bookings().list(&actor, instrument.as_deref(), r.include_closed).map_err(booking_status)?;
+        if let Some((start, id)) = &after {
+            list.retain(|b| (b.start, b.id.as_str()) > (*start, id.as_str()));
+        }
+        let more = list.len() > size;
+        list.truncate(size);
+        let next_page_token = match (more, list.last()) {
+            (true, Some(b)) => corridor_proto::page::encode(&crate::booking::time::format(b.start), &b.id),
+            _ => String::new(),
+        };
         let (city, now) = (self.node.city(), self.node.bookings().now());
         Ok(Response::new(pb::ListBookingsResponse {
             bookings: list.iter().map(|b| booking_to_proto(b, city, now)).collect(),
             nodes: Vec::new(),
             partial: false,
+            next_page_token,
         }))
     }
 

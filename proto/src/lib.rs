@@ -3,6 +3,7 @@
 
 pub mod cities;
 pub mod cursor;
+pub mod page;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
