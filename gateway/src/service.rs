@@ -482,6 +482,9 @@ impl gateway_server::Gateway for GatewayService {
     }
 
     async fn issue_voucher(&self, req: Request<pb::IssueVoucherRequest>) -> Result<Response<pb::Voucher>, Status> {
+        if req.get_ref().city.is_empty() {
+            return Err(Status::invalid_argument("city is required: the slug of the issuing city, e.g. \"wuhu\""));
+        }
         // Routed like an id: "<city>/" names the issuing city's node.
         let route = format!("{}/voucher", req.get_ref().city);
         self.forward(req, &route, |mut c, r| async move { c.issue_voucher(r).await }).await
