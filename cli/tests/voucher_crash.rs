@@ -100,11 +100,21 @@ impl Cluster {
         self.procs.insert(who, child);
     }
 
-    /// Waits for `who` to stop at its failpoint.
+    /// Waits for `who` to stop at its failpoint; a process that never gets
+    /// there fails the test (within a minute) instead of hanging it.
     async fn wait_crashed(&mut self, who: &'static str) {
         let mut child = self.procs.remove(who).unwrap();
-        let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-        assert!(!status.success(), "{who} stopped at its failpoint: {status}");
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        for _ in 0..1_200 {
+            tick.tick().await;
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(!status.success(), "{who} stopped at its failpoint: {status}");
+                return;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{who} never reached its failpoint");
     }
 
     fn creds(&self, name: &str) -> Credentials {
