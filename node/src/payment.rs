@@ -22,7 +22,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    booking::{Booking, BookingError, Bookings, Flush, State, rules::Rules, store::keys, time::Instant},
+    booking::{Booking, BookingError, Bookings, Flush, State, absent, rules::Rules, store::keys, time::Instant},
     ledger::Redemption,
     voucher::{PostDebit, TryDebit, share_of},
 };
@@ -214,9 +214,7 @@ impl Payments {
     pub async fn drive(&self, bookings: &Bookings, id: &str) -> Result<Driven, BookingError> {
         let _one = self.lock(id).lock().await;
         loop {
-            let b: Booking = bookings
-                .read_json(&keys::booking(id))?
-                .ok_or_else(|| BookingError::NotFound(format!("no booking {id:?}")))?;
+            let b: Booking = bookings.read_json(&keys::booking(id))?.ok_or_else(|| absent(id))?;
             let Some(p) = b.payment.clone() else { return Ok(Driven::Settled(b)) };
             let now = bookings.now();
             let live = b.state_at(now).is_live();

@@ -238,13 +238,24 @@ struct Idem<T> {
     response: T,
 }
 
+/// A stored value, or the key it was read from and why it does not parse.
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, BookingError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into(), reason: e.to_string() }.into())
+}
+
 pub(crate) fn get_json<T: DeserializeOwned>(tx: &mut dyn Txn, key: &[u8]) -> Result<Option<T>, BookingError> {
-    match tx.get(key)? {
-        None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            StoreError::Corrupt { key: String::from_utf8_lossy(key).into(), reason: e.to_string() }.into()
-        }),
-    }
+    tx.get(key)?.map(|bytes| decode(key, &bytes)).transpose()
+}
+
+/// Whether the actor may see (and act on) a booking. Someone else's booking
+/// is reported as absent: its existence is theirs.
+fn may_see(actor: &Actor, b: &Booking) -> bool {
+    actor.admin || b.requester == actor.uri
+}
+
+pub(crate) fn absent(id: &str) -> BookingError {
+    BookingError::NotFound(format!("no booking {id:?}"))
 }
 
 pub(crate) fn put_json<T: Serialize>(tx: &mut dyn Txn, key: &[u8], value: &T) -> Result<(), BookingError> {
@@ -339,12 +350,7 @@ impl Bookings {
     }
 
     pub(crate) fn read_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, BookingError> {
-        match self.store.get(key)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                StoreError::Corrupt { key: String::from_utf8_lossy(key).into(), reason: e.to_string() }.into()
-            }),
-        }
+        self.store.get(key)?.map(|bytes| decode(key, &bytes)).transpose()
     }
 
     pub(crate) fn scan_raw(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, BookingError> {
@@ -352,15 +358,7 @@ impl Bookings {
     }
 
     pub(crate) fn scan_json<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, BookingError> {
-        self.store
-            .scan(prefix)?
-            .iter()
-            .map(|b| {
-                serde_json::from_slice(b).map_err(|e| {
-                    StoreError::Corrupt { key: String::from_utf8_lossy(prefix).into(), reason: e.to_string() }.into()
-                })
-            })
-            .collect()
+        self.store.scan(prefix)?.iter().map(|b| decode(prefix, b)).collect()
     }
 
     pub(crate) async fn durable(&self) -> Result<(), BookingError> {
@@ -401,13 +399,9 @@ impl Bookings {
 
     /// The instrument's rules: its own, or the defaults.
     pub fn rules(&self, record: &InstrumentRecord) -> Result<Rules, BookingError> {
-        let key = keys::rules(&record.local_id);
-        match self.store.get(&key)? {
-            Some(b) => serde_json::from_slice(&b).map_err(|e| {
-                StoreError::Corrupt { key: String::from_utf8_lossy(&key).into(), reason: e.to_string() }.into()
-            }),
-            None => Ok(Rules::default_for(record.training_required)),
-        }
+        Ok(self
+            .read_json(&keys::rules(&record.local_id))?
+            .unwrap_or_else(|| Rules::default_for(record.training_required)))
     }
 
     fn rules_in(tx: &mut dyn Txn, record: &InstrumentRecord) -> Result<Rules, BookingError> {
@@ -565,17 +559,6 @@ impl Bookings {
         .await
     }
 
-    /// Loads a booking the actor may act on.
-    fn owned(tx: &mut dyn Txn, actor: &Actor, id: &str) -> Result<Booking, BookingError> {
-        let b: Booking =
-            get_json(tx, &keys::booking(id))?.ok_or_else(|| BookingError::NotFound(format!("no booking {id:?}")))?;
-        if !actor.admin && b.requester != actor.uri {
-            // Someone else's booking is reported as absent: its existence is theirs.
-            return Err(BookingError::NotFound(format!("no booking {id:?}")));
-        }
-        Ok(b)
-    }
-
     /// A lifecycle step on one booking: loads it (checking ownership), lets
     /// `change` decide, then writes the booking and its calendar entry.
     async fn transition(
@@ -590,8 +573,14 @@ impl Bookings {
         let now = self.clock.now();
         let fingerprint = format!("{action}\n{id}\n{extra}");
         self.idempotent(actor, key, fingerprint, |tx| {
-            Self::owned(tx, actor, id)?;
-            Self::apply_in(tx, id, now, &change)
+            // The visibility check runs inside the step, before any change;
+            // a refusal drops the step's writes.
+            Self::apply_in(tx, id, now, &|b, rules, now, tx| {
+                if !may_see(actor, b) {
+                    return Err(absent(id));
+                }
+                change(b, rules, now, tx)
+            })
         })
         .await
     }
@@ -605,8 +594,7 @@ impl Bookings {
         now: Instant,
         change: &Change<'_>,
     ) -> Result<Booking, BookingError> {
-        let b: Booking =
-            get_json(tx, &keys::booking(id))?.ok_or_else(|| BookingError::NotFound(format!("no booking {id:?}")))?;
+        let b: Booking = get_json(tx, &keys::booking(id))?.ok_or_else(|| absent(id))?;
         let rules: Rules = get_json(tx, &keys::rules(&b.instrument))?.unwrap_or_else(|| Rules::default_for(false));
         let (occ_start, occ_end) = (b.start - b.setup, b.end + b.cooldown);
         let mut days = Self::days_in(tx, &b.instrument, occ_start, occ_end, now)?;
@@ -737,15 +725,7 @@ impl Bookings {
     }
 
     pub fn get(&self, actor: &Actor, id: &str) -> Result<Booking, BookingError> {
-        let b: Booking = match self.store.get(&keys::booking(id))? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt { key: id.into(), reason: e.to_string() })?,
-            None => return Err(BookingError::NotFound(format!("no booking {id:?}"))),
-        };
-        if !actor.admin && b.requester != actor.uri {
-            return Err(BookingError::NotFound(format!("no booking {id:?}")));
-        }
-        Ok(b)
+        self.read_json::<Booking>(&keys::booking(id))?.filter(|b| may_see(actor, b)).ok_or_else(|| absent(id))
     }
 
     /// The actor's bookings (all of the city's, for its admin), oldest first.
@@ -756,17 +736,12 @@ impl Bookings {
         include_closed: bool,
     ) -> Result<Vec<Booking>, BookingError> {
         let now = self.clock.now();
-        let mut out = Vec::new();
-        for bytes in self.store.scan(keys::BOOKINGS)? {
-            let b: Booking = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt { key: "bookings".into(), reason: e.to_string() })?;
-            if (actor.admin || b.requester == actor.uri)
+        let mut out: Vec<Booking> = self.scan_json(keys::BOOKINGS)?;
+        out.retain(|b| {
+            may_see(actor, b)
                 && instrument.is_none_or(|i| i == b.instrument)
                 && (include_closed || b.state_at(now).is_live())
-            {
-                out.push(b);
-            }
-        }
+        });
         out.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
         Ok(out)
     }
@@ -796,12 +771,7 @@ impl Bookings {
         // Entries up to a day before `from` may reach into the window.
         let mut days = Days::default();
         for day in days_of(from - time::DAY, to) {
-            let key = keys::calendar(&record.local_id, day);
-            if let Some(b) = self.store.get(&key)? {
-                let cal: Calendar = serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&key).into(),
-                    reason: e.to_string(),
-                })?;
+            if let Some(cal) = self.read_json::<Calendar>(&keys::calendar(&record.local_id, day))? {
                 days.days.push((day, cal));
             }
         }
