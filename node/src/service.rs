@@ -169,6 +169,13 @@ impl NodeService {
         Ok(Response::new(debit_to_proto(&d)))
     }
 
+    /// The answer to a booking change: its voucher payment run as far as it
+    /// goes, then the booking as it stands.
+    async fn changed(&self, b: Result<crate::booking::Booking, BookingError>) -> Result<Response<pb::Booking>, Status> {
+        let b = self.settle(b.map_err(booking_status)?).await?;
+        Ok(self.booking_reply(&b))
+    }
+
     fn booking_reply(&self, b: &crate::booking::Booking) -> Response<pb::Booking> {
         Response::new(booking_to_proto(b, self.node.city(), self.node.bookings().now()))
     }
@@ -378,49 +385,27 @@ impl node_server::Node for NodeService {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
         self.catch_up(&actor, &r.booking_id).await;
-        let b =
-            self.node.bookings().confirm(&actor, &r.booking_id, &r.idempotency_key).await.map_err(booking_status)?;
-        let b = self.settle(b).await?;
-        Ok(self.booking_reply(&b))
+        self.changed(self.node.bookings().confirm(&actor, &r.booking_id, &r.idempotency_key).await).await
     }
 
     async fn cancel_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
-        let b = self
-            .node
-            .bookings()
-            .cancel(&actor, &r.booking_id, &r.idempotency_key, &r.reason)
-            .await
-            .map_err(booking_status)?;
-        let b = self.settle(b).await?;
-        Ok(self.booking_reply(&b))
+        self.changed(self.node.bookings().cancel(&actor, &r.booking_id, &r.idempotency_key, &r.reason).await).await
     }
 
     async fn approve_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
-        let b = self
-            .node
-            .bookings()
-            .decide(&actor, &r.booking_id, &r.idempotency_key, true, &r.reason)
+        self.changed(self.node.bookings().decide(&actor, &r.booking_id, &r.idempotency_key, true, &r.reason).await)
             .await
-            .map_err(booking_status)?;
-        let b = self.settle(b).await?;
-        Ok(self.booking_reply(&b))
     }
 
     async fn decline_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
-        let b = self
-            .node
-            .bookings()
-            .decide(&actor, &r.booking_id, &r.idempotency_key, false, &r.reason)
+        self.changed(self.node.bookings().decide(&actor, &r.booking_id, &r.idempotency_key, false, &r.reason).await)
             .await
-            .map_err(booking_status)?;
-        let b = self.settle(b).await?;
-        Ok(self.booking_reply(&b))
     }
 
     async fn complete_booking(
@@ -430,14 +415,8 @@ impl node_server::Node for NodeService {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
         self.catch_up(&actor, &r.booking_id).await;
-        let b = self
-            .node
-            .bookings()
-            .complete(&actor, &r.booking_id, &r.idempotency_key, r.actual_minutes)
+        self.changed(self.node.bookings().complete(&actor, &r.booking_id, &r.idempotency_key, r.actual_minutes).await)
             .await
-            .map_err(booking_status)?;
-        let b = self.settle(b).await?;
-        Ok(self.booking_reply(&b))
     }
 
     async fn get_booking(&self, req: Request<pb::GetBookingRequest>) -> Result<Response<pb::Booking>, Status> {
