@@ -3,12 +3,13 @@
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, bail};
+use corridor_node::model::yuan;
 use corridor_proto as pb;
 use serde_json::json;
 
 use crate::{
     ClientOpts,
-    client::{fen_to_yuan, gateway, status_error},
+    client::{gateway, status_error},
     ics,
 };
 
@@ -53,11 +54,11 @@ fn booking_json(b: &pb::Booking) -> serde_json::Value {
     json!({
         "id": b.id, "instrument_id": b.instrument_id, "requester": b.requester, "state": state(b.state),
         "start": b.start, "end": b.end, "occupied_start": b.occupied_start, "occupied_end": b.occupied_end,
-        "hold_expires_at": b.hold_expires_at, "purpose": b.purpose, "fee_yuan": fen_to_yuan(b.fee_fen),
-        "price_per_hour_yuan": fen_to_yuan(b.price_per_hour_fen), "actual_minutes": b.actual_minutes, "note": b.note,
+        "hold_expires_at": b.hold_expires_at, "purpose": b.purpose, "fee_yuan": yuan(b.fee_fen),
+        "price_per_hour_yuan": yuan(b.price_per_hour_fen), "actual_minutes": b.actual_minutes, "note": b.note,
         "payment": b.payment.as_ref().map(|p| json!({
             "voucher_id": p.voucher_id, "op_id": p.op_id, "state": payment_state(p.state),
-            "held_yuan": fen_to_yuan(p.held_fen), "posted_yuan": fen_to_yuan(p.posted_fen), "detail": p.detail,
+            "held_yuan": yuan(p.held_fen), "posted_yuan": yuan(p.posted_fen), "detail": p.detail,
         })),
     })
 }
@@ -81,15 +82,15 @@ fn print_booking(b: &pb::Booking, opts: &ClientOpts) {
         line += &format!("; hold expires {}", short(&b.hold_expires_at));
     }
     if b.fee_fen != 0 {
-        line += &format!("; fee {} yuan", fen_to_yuan(b.fee_fen));
+        line += &format!("; fee {} yuan", yuan(b.fee_fen));
     }
     if let Some(p) = &b.payment {
         line += &format!(
             "; voucher {} {} (held {} yuan, posted {} yuan)",
             p.voucher_id,
             payment_state(p.state),
-            fen_to_yuan(p.held_fen),
-            fen_to_yuan(p.posted_fen)
+            yuan(p.held_fen),
+            yuan(p.posted_fen)
         );
         if !p.detail.is_empty() {
             line += &format!(": {}", p.detail);

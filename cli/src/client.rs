@@ -8,6 +8,7 @@ use corridor_certs::{Credentials, Identity, client_channel};
 use corridor_node::{
     convert::to_proto,
     import::{Format, check_rows, parse},
+    model::yuan,
     store::StoredInstrument,
 };
 use corridor_proto::{self as pb, NodeState, cities::City, gateway_client::GatewayClient, node_client::NodeClient};
@@ -41,10 +42,6 @@ pub fn state_name(state: i32) -> &'static str {
         NodeState::Error => "error",
         NodeState::Unspecified => "unknown",
     }
-}
-
-pub fn fen_to_yuan(fen: i64) -> String {
-    format!("{}.{:02}", fen / 100, (fen % 100).abs())
 }
 
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -134,7 +131,7 @@ fn hit_json(h: &pb::SearchHit) -> serde_json::Value {
     json!({
         "id": i.id, "name": i.name_zh, "name_en": i.name_en, "city": i.city, "province": i.province,
         "category": i.category, "institution": inst.name, "model": format!("{} {}", i.manufacturer, i.model),
-        "price_external_yuan": fen_to_yuan(price.external_fen), "accepts_vouchers": i.accepts_vouchers,
+        "price_external_yuan": yuan(price.external_fen), "accepts_vouchers": i.accepts_vouchers,
         "score": h.score,
     })
 }
@@ -208,8 +205,8 @@ pub async fn get(id: &str, opts: &ClientOpts) -> Result<ExitCode> {
         o.insert("department".into(), json!(inst.department));
         o.insert("location".into(), json!(format!("{} {} {}", loc.site, loc.building, loc.room)));
         o.insert("contact".into(), json!({"name": contact.name, "phone": contact.phone, "email": contact.email}));
-        o.insert("price_internal_yuan".into(), json!(fen_to_yuan(price.internal_fen)));
-        o.insert("original_value_yuan".into(), json!(fen_to_yuan(i.original_value_fen)));
+        o.insert("price_internal_yuan".into(), json!(yuan(price.internal_fen)));
+        o.insert("original_value_yuan".into(), json!(yuan(i.original_value_fen)));
         o.insert("accreditations".into(), json!(i.accreditations));
         o.insert("updated_at".into(), json!(i.updated_at));
         println!("{v}");
@@ -223,8 +220,8 @@ pub async fn get(id: &str, opts: &ClientOpts) -> Result<ExitCode> {
     let unit = if price.unit == pb::PriceUnit::Sample as i32 { "sample" } else { "hour" };
     println!(
         "  price per {unit}: {} yuan internal, {} yuan external · vouchers {}",
-        fen_to_yuan(price.internal_fen),
-        fen_to_yuan(price.external_fen),
+        yuan(price.internal_fen),
+        yuan(price.external_fen),
         if i.accepts_vouchers { "accepted" } else { "not accepted" }
     );
     if !i.description.is_empty() {

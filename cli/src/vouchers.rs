@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use corridor_node::model::yuan;
 use corridor_node::reconcile::{self, Period};
 use corridor_proto as pb;
 use serde_json::json;
@@ -12,7 +13,7 @@ use serde_json::json;
 use crate::{
     ClientOpts,
     bookings::new_key,
-    client::{fen_to_yuan, gateway_as, status_error},
+    client::{gateway_as, status_error},
     up,
 };
 
@@ -116,12 +117,12 @@ fn print_voucher(v: &pb::Voucher, opts: &ClientOpts) {
             "{}",
             json!({
                 "id": v.id, "city": v.city, "province": v.province, "enterprise_uscc": v.enterprise_uscc,
-                "enterprise_name": v.enterprise_name, "holder": v.holder, "face_yuan": fen_to_yuan(v.face_fen),
+                "enterprise_name": v.enterprise_name, "holder": v.holder, "face_yuan": yuan(v.face_fen),
                 "valid_from": v.valid_from, "valid_until": v.valid_until, "share_percent": v.share_percent,
-                "per_use_cap_yuan": fen_to_yuan(v.per_use_cap_fen), "annual_cap_yuan": fen_to_yuan(v.annual_cap_fen),
+                "per_use_cap_yuan": yuan(v.per_use_cap_fen), "annual_cap_yuan": yuan(v.annual_cap_fen),
                 "mode": pb::VoucherMode::try_from(v.mode).map(|m| m.as_str_name()).unwrap_or("?"),
-                "cities": v.cities, "held_yuan": fen_to_yuan(v.held_fen), "spent_yuan": fen_to_yuan(v.spent_fen),
-                "balance_yuan": fen_to_yuan(v.balance_fen), "issued_at": v.issued_at,
+                "cities": v.cities, "held_yuan": yuan(v.held_fen), "spent_yuan": yuan(v.spent_fen),
+                "balance_yuan": yuan(v.balance_fen), "issued_at": v.issued_at,
             })
         );
         return;
@@ -134,12 +135,12 @@ fn print_voucher(v: &pb::Voucher, opts: &ClientOpts) {
         v.holder,
         v.enterprise_uscc,
         v.enterprise_name,
-        fen_to_yuan(v.face_fen),
-        fen_to_yuan(v.balance_fen),
-        fen_to_yuan(v.held_fen),
-        fen_to_yuan(v.spent_fen),
+        yuan(v.face_fen),
+        yuan(v.balance_fen),
+        yuan(v.held_fen),
+        yuan(v.spent_fen),
         v.share_percent,
-        fen_to_yuan(v.per_use_cap_fen),
+        yuan(v.per_use_cap_fen),
         v.valid_from,
         v.valid_until,
         v.cities.join(", ")

@@ -178,6 +178,12 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid {
 const USCC_CHARS: &str = "0123456789ABCDEFGHJKLMNPQRTUWXY";
 const USCC_WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
 
+/// Integer fen as yuan with two decimals, e.g. -1,050 fen as "-10.50".
+pub fn yuan(fen: i64) -> String {
+    let sign = if fen < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", fen.unsigned_abs() / 100, fen.unsigned_abs() % 100)
+}
+
 /// The check character (GB 32100-2015) for the first 17 characters of a
 /// Unified Social Credit Code, or `None` if one of them is not allowed.
 pub fn uscc_check_char(first17: &str) -> Option<char> {
@@ -321,6 +327,14 @@ pub(crate) mod tests {
             photo_url: String::new(),
             accepts_vouchers: true,
         }
+    }
+
+    #[test]
+    fn money_prints_as_yuan_with_two_decimals() {
+        assert_eq!(
+            (yuan(0), yuan(5), yuan(91_013), yuan(-1_050), yuan(-5)),
+            ("0.00".into(), "0.05".into(), "910.13".into(), "-10.50".into(), "-0.05".into())
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::{
     booking::time::{Instant, SHANGHAI},
     ledger::{Body, ChainError, Entry, Head},
+    model::yuan,
 };
 
 /// A calendar month in Asia/Shanghai.
@@ -146,11 +147,6 @@ pub struct Report {
     pub settlement: Vec<SettlementRow>,
     pub cities: Matrix,
     pub provinces: Matrix,
-}
-
-pub fn yuan(fen: i64) -> String {
-    let sign = if fen < 0 { "-" } else { "" };
-    format!("{sign}{}.{:02}", fen.abs() / 100, fen.abs() % 100)
 }
 
 fn province(city: &str) -> String {

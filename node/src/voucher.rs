@@ -20,7 +20,7 @@ use crate::{
         time::{self, DAY, Instant},
     },
     ledger::{self, Body},
-    model::check_uscc,
+    model::{check_uscc, yuan},
 };
 
 /// 20,000 yuan per use, the typical cap.
@@ -223,10 +223,6 @@ fn save_debit(tx: &mut dyn Txn, d: &Debit) -> Result<(), BookingError> {
     } else {
         tx.remove(&keys::pending(&d.op)).map_err(Into::into)
     }
-}
-
-fn yuan(fen: i64) -> String {
-    format!("{}.{:02}", fen / 100, fen % 100)
 }
 
 fn local_date(t: Instant) -> ::time::Date {
