@@ -256,7 +256,7 @@ impl Payments {
             };
             let answer = self.issuers.call(&p.issuer, call).await;
             let from = p.state;
-            failpoint(&format!("provider.after_{}", step_name(from)));
+            failpoint(after(from));
             match answer {
                 Err(CallError::Unreachable(why)) => {
                     // What the caller is told is held must be on disk.
@@ -312,13 +312,14 @@ impl Payments {
     }
 }
 
-fn step_name(s: PayState) -> &'static str {
+/// The failpoint just after the issuer answered the call made from `s`.
+fn after(s: PayState) -> &'static str {
     match s {
-        PayState::Trying => "try",
-        PayState::Confirming => "confirm",
-        PayState::Cancelling => "cancel",
-        PayState::Posting => "post",
-        _ => "none",
+        PayState::Trying => "provider.after_try",
+        PayState::Confirming => "provider.after_confirm",
+        PayState::Cancelling => "provider.after_cancel",
+        PayState::Posting => "provider.after_post",
+        _ => "provider.after_none",
     }
 }
 

@@ -62,7 +62,7 @@ impl Issuers for GrpcIssuers {
                 .cloned()
                 .ok_or_else(|| CallError::Unreachable(format!("no endpoint is configured for {issuer}'s node")))?;
             let provider_city = self.city.to_string();
-            let mut req = match &call {
+            let req = match &call {
                 IssuerCall::Try(t) => pb::DebitRequest {
                     op_id: t.op.clone(),
                     voucher_id: t.voucher.clone(),
@@ -93,7 +93,6 @@ impl Issuers for GrpcIssuers {
                     ..Default::default()
                 },
             };
-            req.provider_city = self.city.to_string();
             let mut r = tonic::Request::new(req);
             r.set_timeout(CALL_TIMEOUT);
             let fut = async {

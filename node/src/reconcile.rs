@@ -15,6 +15,7 @@ use crate::{
     booking::time::{Instant, SHANGHAI},
     ledger::{Body, ChainError, Entry, Head},
     model::yuan,
+    voucher::DebitState,
 };
 
 /// A calendar month in Asia/Shanghai.
@@ -171,6 +172,21 @@ struct IssuerSide {
     service_at: Instant,
 }
 
+/// The issuer's latest word on one operation, from its ledger.
+struct Op<'a> {
+    voucher: &'a str,
+    amount_fen: i64,
+    state: DebitState,
+    /// When an unconfirmed hold expires; only pending holds have one.
+    expires_at: Instant,
+}
+
+impl<'a> Op<'a> {
+    fn settled(voucher: &'a str, amount_fen: i64, state: DebitState) -> Self {
+        Op { voucher, amount_fen, state, expires_at: 0 }
+    }
+}
+
 /// Reconciles `period` over every node's ledger. `now` only bounds which
 /// holds count as expired.
 pub fn reconcile(period: Period, ledgers: &[NodeLedger], now: Instant) -> Report {
@@ -204,20 +220,23 @@ pub fn reconcile(period: Period, ledgers: &[NodeLedger], now: Instant) -> Report
         });
         // Per voucher: face, and per operation its latest state.
         let mut face: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut ops: BTreeMap<&str, (&str, i64, &'static str, Instant)> = BTreeMap::new();
+        let mut ops: BTreeMap<&str, Op> = BTreeMap::new();
         for e in entries {
             match &e.body {
                 Body::VoucherIssued { voucher, face_fen, .. } => {
                     face.insert(voucher, *face_fen);
                 }
                 Body::DebitPending { op, voucher, amount_fen, expires_at, .. } => {
-                    ops.insert(op, (voucher, *amount_fen, "pending", *expires_at));
+                    ops.insert(
+                        op,
+                        Op { voucher, amount_fen: *amount_fen, state: DebitState::Pending, expires_at: *expires_at },
+                    );
                 }
                 Body::DebitConfirmed { op, voucher, amount_fen } => {
-                    ops.insert(op, (voucher, *amount_fen, "confirmed", 0));
+                    ops.insert(op, Op::settled(voucher, *amount_fen, DebitState::Confirmed));
                 }
                 Body::DebitPosted { op, voucher, amount_fen, provider_city, service_at, .. } => {
-                    if ops.get(op.as_str()).is_some_and(|o| o.2 == "voided") {
+                    if ops.get(op.as_str()).is_some_and(|o| o.state == DebitState::Voided) {
                         breaks.push(Break {
                             kind: BreakKind::DoubleDebit,
                             subject: op.clone(),
@@ -225,7 +244,7 @@ pub fn reconcile(period: Period, ledgers: &[NodeLedger], now: Instant) -> Report
                             detail: "posted after it was voided".into(),
                         });
                     }
-                    ops.insert(op, (voucher, *amount_fen, "posted", 0));
+                    ops.insert(op, Op::settled(voucher, *amount_fen, DebitState::Posted));
                     posted.entry(op.clone()).or_default().push(IssuerSide {
                         city: l.city.clone(),
                         provider_city: provider_city.clone(),
@@ -234,7 +253,7 @@ pub fn reconcile(period: Period, ledgers: &[NodeLedger], now: Instant) -> Report
                     });
                 }
                 Body::DebitVoided { op, voucher, amount_fen, .. } => {
-                    if ops.get(op.as_str()).is_some_and(|o| o.2 == "posted") {
+                    if ops.get(op.as_str()).is_some_and(|o| o.state == DebitState::Posted) {
                         breaks.push(Break {
                             kind: BreakKind::DoubleDebit,
                             subject: op.clone(),
@@ -242,7 +261,7 @@ pub fn reconcile(period: Period, ledgers: &[NodeLedger], now: Instant) -> Report
                             detail: "voided after it was posted".into(),
                         });
                     }
-                    ops.insert(op, (voucher, *amount_fen, "voided", 0));
+                    ops.insert(op, Op::settled(voucher, *amount_fen, DebitState::Voided));
                 }
                 Body::Service { institution, institution_uscc, redemption: Some(r), .. } => {
                     provided.entry(r.op.clone()).or_default().push(ProviderSide {
@@ -257,33 +276,28 @@ pub fn reconcile(period: Period, ledgers: &[NodeLedger], now: Instant) -> Report
                 Body::Service { redemption: None, .. } => {}
             }
         }
-        // A hold that outlived its expiry without being settled, within the period.
-        let mut outstanding: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut spent: BTreeMap<&str, i64> = BTreeMap::new();
-        for (op, (voucher, amount, state, expires)) in &ops {
-            match *state {
-                "pending" => {
-                    if *expires < cutoff && *expires >= start {
-                        breaks.push(Break {
-                            kind: BreakKind::StaleHold,
-                            subject: op.to_string(),
-                            city: l.city.clone(),
-                            detail: format!(
-                                "{} yuan on {voucher} held past its expiry at {}",
-                                yuan(*amount),
-                                crate::booking::time::format(*expires)
-                            ),
-                        });
-                    }
-                    *outstanding.entry(voucher).or_default() += amount;
-                }
-                "confirmed" => *outstanding.entry(voucher).or_default() += amount,
-                "posted" => *spent.entry(voucher).or_default() += amount,
-                _ => {}
+        // Held or spent per voucher; and a hold that outlived its expiry
+        // without being settled, within the period.
+        let mut used: BTreeMap<&str, i64> = BTreeMap::new();
+        for (op, Op { voucher, amount_fen: amount, state, expires_at: expires }) in &ops {
+            if *state != DebitState::Voided {
+                *used.entry(voucher).or_default() += amount;
+            }
+            if *state == DebitState::Pending && *expires < cutoff && *expires >= start {
+                breaks.push(Break {
+                    kind: BreakKind::StaleHold,
+                    subject: op.to_string(),
+                    city: l.city.clone(),
+                    detail: format!(
+                        "{} yuan on {voucher} held past its expiry at {}",
+                        yuan(*amount),
+                        crate::booking::time::format(*expires)
+                    ),
+                });
             }
         }
         for (voucher, f) in &face {
-            let used = outstanding.get(voucher).copied().unwrap_or(0) + spent.get(voucher).copied().unwrap_or(0);
+            let used = used.get(voucher).copied().unwrap_or(0);
             if used > *f {
                 breaks.push(Break {
                     kind: BreakKind::Overspent,
