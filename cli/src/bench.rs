@@ -159,7 +159,7 @@ async fn available_instruments(
     Ok(ids)
 }
 
-/// A reservation target: either the gateway or the node directly.
+/// Where a benchmark sends its calls: the gateway, or one node directly.
 #[derive(Clone)]
 enum Target {
     Gateway(corridor_proto::gateway_client::GatewayClient<Channel>),
@@ -173,6 +173,17 @@ impl Target {
             Target::Node(c) => c.reserve(req).await.map(|r| r.into_inner()),
         }
     }
+}
+
+/// `n` connections straight to `city`'s node at `url`, as `creds`.
+fn node_targets(url: &str, creds: &corridor_certs::Credentials, city: &City, n: usize) -> Result<Vec<Target>> {
+    (0..n)
+        .map(|_| {
+            client_channel(url, creds, Some(Identity::Node(city.slug.into())), Duration::from_secs(3))
+                .map(|ch| Target::Node(NodeClient::new(ch)))
+                .context("node channel")
+        })
+        .collect()
 }
 
 /// Slots are whole 30-minute steps inside default opening hours (08:00–22:00),
@@ -336,13 +347,7 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
     if args.direct && args.voucher.is_none() {
         let creds = args.client.credentials(&format!("admin-{}", c.slug))?;
         let url = args.node.clone().unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c));
-        let targets: Vec<Target> = (0..channels)
-            .map(|_| {
-                client_channel(&url, &creds, Some(Identity::Node(c.slug.into())), Duration::from_secs(3))
-                    .map(|ch| Target::Node(NodeClient::new(ch)))
-                    .context("node channel")
-            })
-            .collect::<Result<_>>()?;
+        let targets = node_targets(&url, &creds, c, channels)?;
         let direct = run("direct node uncontended", day0 + 12 * 86_400, false);
         results.push(run_reserve(direct, targets, instruments.clone()).await);
     }
@@ -383,7 +388,7 @@ fn search_req(i: u64) -> pb::SearchRequest {
 
 async fn run_search(
     label: &str,
-    targets: Vec<SearchTarget>,
+    targets: Vec<Target>,
     concurrency: usize,
     seconds: u64,
     json_out: bool,
@@ -394,8 +399,8 @@ async fn run_search(
         let req = search_req(c as u64 + i);
         Box::pin(async move {
             let ok = match &mut target {
-                SearchTarget::Gateway(g) => g.search(req).await.map(|r| !r.get_ref().partial).unwrap_or(false),
-                SearchTarget::Node(n) => n.search(req).await.is_ok(),
+                Target::Gateway(g) => g.search(req).await.map(|r| !r.get_ref().partial).unwrap_or(false),
+                Target::Node(n) => n.search(req).await.is_ok(),
             };
             if ok { Outcome::Ok } else { Outcome::Failed }
         })
@@ -403,16 +408,9 @@ async fn run_search(
     drive(label, concurrency, seconds, json_out, call).await
 }
 
-#[derive(Clone)]
-enum SearchTarget {
-    Gateway(corridor_proto::gateway_client::GatewayClient<Channel>),
-    Node(NodeClient<Channel>),
-}
-
 pub async fn search(args: SearchArgs) -> Result<ExitCode> {
     let channels = (args.concurrency / 16).clamp(1, 8);
-    let gw: Vec<SearchTarget> =
-        (0..channels).map(|_| gateway(&args.client).map(SearchTarget::Gateway)).collect::<Result<_>>()?;
+    let gw: Vec<Target> = (0..channels).map(|_| gateway(&args.client).map(Target::Gateway)).collect::<Result<_>>()?;
     let mut runs = vec![];
     if !args.client.json {
         println!(
@@ -425,13 +423,7 @@ pub async fn search(args: SearchArgs) -> Result<ExitCode> {
         let c: &City = city(slug)?;
         let creds = args.client.credentials("gateway")?;
         let url = args.node.clone().unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c));
-        let nodes: Vec<SearchTarget> = (0..channels)
-            .map(|_| {
-                client_channel(&url, &creds, Some(Identity::Node(c.slug.into())), Duration::from_secs(3))
-                    .map(|ch| SearchTarget::Node(NodeClient::new(ch)))
-                    .context("node channel")
-            })
-            .collect::<Result<_>>()?;
+        let nodes = node_targets(&url, &creds, c, channels)?;
         runs.push(
             run_search(&format!("direct node {}", c.slug), nodes, args.concurrency, args.seconds, args.client.json)
                 .await,
