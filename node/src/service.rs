@@ -102,17 +102,25 @@ impl NodeService {
     }
 
     /// The provider city calling the issuer side of a voucher payment: only
-    /// a city's node, for its own operations.
-    fn provider_node<T>(&self, req: &Request<T>, named: &str) -> Result<String, Status> {
-        match self.caller(req)? {
-            Identity::Node(c) if named.is_empty() || named == c => Ok(c),
+    /// a city's node, for its own operations (whose ids are its booking ids).
+    fn provider_node(&self, req: &Request<pb::DebitRequest>) -> Result<String, Status> {
+        let named = &req.get_ref().provider_city;
+        let c = match self.caller(req)? {
+            Identity::Node(c) if named.is_empty() || *named == c => c,
             Identity::Node(c) => {
-                Err(Status::permission_denied(format!("node-{c} may not act for provider city {named:?}")))
+                return Err(Status::permission_denied(format!("node-{c} may not act for provider city {named:?}")));
             }
-            other => Err(Status::permission_denied(format!(
-                "{other} may not call the issuer side of voucher payments; only city nodes do"
-            ))),
+            other => {
+                return Err(Status::permission_denied(format!(
+                    "{other} may not call the issuer side of voucher payments; only city nodes do"
+                )));
+            }
+        };
+        let op = &req.get_ref().op_id;
+        if !op.starts_with(&format!("{c}/")) {
+            return Err(Status::invalid_argument(format!("op_id {op:?} is not a booking id of {c}")));
         }
+        Ok(c)
     }
 
     /// Before acting on a booking, lets its voucher payment finish a step
@@ -542,7 +550,7 @@ impl node_server::Node for NodeService {
     }
 
     async fn try_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
-        let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
+        let provider_city = self.provider_node(&req)?;
         let r = req.into_inner();
         let hold_expires =
             crate::booking::time::parse_any("expires_at", &r.expires_at).map_err(Status::invalid_argument)?;
@@ -555,36 +563,24 @@ impl node_server::Node for NodeService {
             fee_fen: r.fee_fen,
             hold_expires,
         };
-        if !t.op.starts_with(&format!("{}/", t.provider_city)) {
-            return Err(Status::invalid_argument(format!(
-                "op_id {:?} is not a booking id of {}",
-                t.op, t.provider_city
-            )));
-        }
         self.debit_reply(self.node.bookings().try_debit(t).await, "issuer.after_try")
     }
 
     async fn confirm_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
-        let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
+        let provider_city = self.provider_node(&req)?;
         let d = self.node.bookings().confirm_debit(&provider_city, &req.get_ref().op_id).await;
         self.debit_reply(d, "issuer.after_confirm")
     }
 
     async fn cancel_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
-        let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
+        let provider_city = self.provider_node(&req)?;
         let r = req.into_inner();
-        if !r.op_id.starts_with(&format!("{provider_city}/")) {
-            return Err(Status::invalid_argument(format!(
-                "op_id {:?} is not a booking id of {provider_city}",
-                r.op_id
-            )));
-        }
         let d = self.node.bookings().cancel_debit(&provider_city, &r.op_id, &r.voucher_id, &r.reason).await;
         self.debit_reply(d, "issuer.after_cancel")
     }
 
     async fn post_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
-        let provider_city = self.provider_node(&req, &req.get_ref().provider_city)?;
+        let provider_city = self.provider_node(&req)?;
         let r = req.into_inner();
         let service_at =
             crate::booking::time::parse_any("service_at", &r.service_at).map_err(Status::invalid_argument)?;
