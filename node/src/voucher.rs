@@ -297,7 +297,7 @@ impl Bookings {
     /// booking, or refuses. A retry returns the first answer.
     pub async fn try_debit(&self, req: TryDebit) -> Result<Debit, BookingError> {
         let now = self.now();
-        self.durably_ledger(|tx| Self::try_in(tx, &req, now)).await
+        self.durable_debit(|tx| Self::try_in(tx, &req, now)).await
     }
 
     fn try_in(tx: &mut dyn Txn, req: &TryDebit, now: Instant) -> Result<Debit, BookingError> {
@@ -436,7 +436,7 @@ impl Bookings {
     pub async fn confirm_debit(&self, provider_city: &str, op: &str) -> Result<Debit, BookingError> {
         let now = self.now();
         let (d, expired) = self
-            .durably_ledger(|tx| {
+            .durable_debit(|tx| {
                 let mut expired = false;
                 let mut d = Self::op_for(tx, op, provider_city)?.ok_or_else(|| not_found(op))?;
                 match d.state {
@@ -489,7 +489,7 @@ impl Bookings {
         reason: &str,
     ) -> Result<Debit, BookingError> {
         let now = self.now();
-        self.durably_ledger(|tx| {
+        self.durable_debit(|tx| {
             let d = match Self::op_for(tx, op, provider_city)? {
                 Some(mut d) => {
                     match d.state {
@@ -536,7 +536,7 @@ impl Bookings {
     /// fee, at most what is held, and releases the rest.
     pub async fn post_debit(&self, provider_city: &str, req: PostDebit) -> Result<Debit, BookingError> {
         let now = self.now();
-        self.durably_ledger(|tx| {
+        self.durable_debit(|tx| {
             let mut d = Self::op_for(tx, &req.op, provider_city)?.ok_or_else(|| not_found(&req.op))?;
             match d.state {
                 DebitState::Posted if d.amount_fen == req.amount_fen => {}
@@ -602,17 +602,12 @@ impl Bookings {
             .collect();
         let mut voided = 0;
         for d in stale {
-            let mut changed = false;
-            self.atomically(&mut |tx| {
-                changed = false;
-                if let Some(mut d) = get_json::<Debit>(tx, &keys::debit(&d.op))?
-                    && d.state == DebitState::Pending
-                    && d.expires_at <= now
-                {
+            let changed = self.run_debit(|tx| match get_json::<Debit>(tx, &keys::debit(&d.op))? {
+                Some(mut d) if d.state == DebitState::Pending && d.expires_at <= now => {
                     Self::void_in(tx, &mut d, now, "expired before confirmation")?;
-                    changed = true;
+                    Ok(true)
                 }
-                Ok(())
+                _ => Ok(false),
             })?;
             voided += changed as usize;
         }

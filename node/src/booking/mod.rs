@@ -282,10 +282,10 @@ pub struct Bookings {
     city: &'static str,
     store: Arc<dyn BookingStore>,
     clock: Arc<dyn Clock>,
-    /// Steps that append to the ledger all write its head, so they conflict
-    /// with each other by construction; taking turns here costs less than
-    /// sled's optimistic retries under load. Held for the in-memory step
-    /// only, never across the flush.
+    /// The issuer's debit steps (the ledger steps that come in bursts) all
+    /// write the ledger's head and often one voucher, so they conflict by
+    /// construction; taking turns costs less than sled's optimistic retries
+    /// under load. Held for the in-memory step only, never across the flush.
     ledger_turn: std::sync::Mutex<()>,
 }
 
@@ -308,45 +308,50 @@ impl Bookings {
         self.city
     }
 
-    pub(crate) fn atomically(&self, step: &mut store::Step<'_>) -> Result<(), BookingError> {
-        self.store.atomically(step)
-    }
-
     /// Runs `step` atomically (it may run more than once, after a conflict)
-    /// and returns what it returned; with [`Flush::Wait`], once it is on disk. [`Flush::Later`] is for steps whose loss in a crash is repaired
-    /// by repeating them: a later waited step, or the reply, covers them.
-    pub(crate) async fn step<T>(
-        &self,
-        flush: Flush,
-        mut step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
-    ) -> Result<T, BookingError> {
+    /// and returns what it returned. Not yet on disk.
+    fn run<T>(&self, mut step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>) -> Result<T, BookingError> {
         let mut out = None;
         self.store.atomically(&mut |tx| {
             out = Some(step(tx)?);
             Ok(())
         })?;
-        if flush == Flush::Wait {
-            self.durable().await?;
-        }
         Ok(out.expect("set by the step"))
     }
 
-    /// A step that appends to the ledger, taking its turn, and waits until
-    /// it is on disk.
-    pub(crate) async fn durably_ledger<T>(
+    /// Runs `step` atomically and, with [`Flush::Wait`], returns once it is
+    /// on disk. [`Flush::Later`] is for steps whose loss in a crash is
+    /// repaired by repeating them: a later waited step, or the reply, covers
+    /// them.
+    pub(crate) async fn step<T>(
         &self,
-        mut step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
+        flush: Flush,
+        step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
     ) -> Result<T, BookingError> {
-        let mut out = None;
-        {
-            let _turn = self.ledger_turn.lock().expect("poisoned");
-            self.store.atomically(&mut |tx| {
-                out = Some(step(tx)?);
-                Ok(())
-            })?;
+        let out = self.run(step)?;
+        if flush == Flush::Wait {
+            self.durable().await?;
         }
+        Ok(out)
+    }
+
+    /// An issuer's debit step, in its turn; not yet on disk.
+    pub(crate) fn run_debit<T>(
+        &self,
+        step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
+    ) -> Result<T, BookingError> {
+        let _turn = self.ledger_turn.lock().expect("poisoned");
+        self.run(step)
+    }
+
+    /// An issuer's debit step, in its turn, returning once it is on disk.
+    pub(crate) async fn durable_debit<T>(
+        &self,
+        step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
+    ) -> Result<T, BookingError> {
+        let out = self.run_debit(step)?;
         self.durable().await?;
-        Ok(out.expect("set by the step"))
+        Ok(out)
     }
 
     pub(crate) fn read_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, BookingError> {
