@@ -571,12 +571,7 @@ impl gateway_server::Gateway for GatewayService {
                 }
                 Err(s) => {
                     out.partial = true;
-                    let state = match s.code() {
-                        Code::Unavailable => NodeState::Unavailable,
-                        Code::DeadlineExceeded => NodeState::Timeout,
-                        _ => NodeState::Error,
-                    };
-                    out.nodes.push(node_status(c, state, took, s.message().to_string()));
+                    out.nodes.push(node_status(c, classify(&s), took, s.message().to_string()));
                 }
             }
         }
