@@ -201,12 +201,7 @@ pub async fn voucher(cmd: VoucherCommand) -> Result<ExitCode> {
 pub async fn reconcile(a: ReconcileArgs) -> Result<ExitCode> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let period = if a.period == "previous" {
-        let local = time::OffsetDateTime::now_utc().to_offset(time::macros::offset!(+8));
-        let (y, m) = match local.month() as u8 {
-            1 => (local.year() - 1, 12),
-            m => (local.year(), m - 1),
-        };
-        Period { year: y, month: m }
+        Period::containing(now).previous()
     } else {
         Period::parse(&a.period).map_err(anyhow::Error::msg)?
     };

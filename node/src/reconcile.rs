@@ -40,6 +40,20 @@ impl Period {
         Ok(Period { year, month })
     }
 
+    /// The month that holds instant `t`, in Asia/Shanghai.
+    pub fn containing(t: Instant) -> Period {
+        let d = ::time::OffsetDateTime::from_unix_timestamp(t).expect("in range").to_offset(SHANGHAI);
+        Period { year: d.year(), month: d.month() as u8 }
+    }
+
+    /// The month before this one.
+    pub fn previous(self) -> Period {
+        match self.month {
+            1 => Period { year: self.year - 1, month: 12 },
+            m => Period { year: self.year, month: m - 1 },
+        }
+    }
+
     fn first_instant(year: i32, month: u8) -> Instant {
         let m = ::time::Month::try_from(month).expect("checked");
         let d = ::time::Date::from_calendar_date(year, m, 1).expect("checked");

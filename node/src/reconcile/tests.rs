@@ -111,6 +111,11 @@ fn periods_parse_and_bound_in_shanghai_time() {
     assert!(Period::parse("2026-13").is_err());
     assert!(Period::parse("2026/11").is_err());
     assert!(Period::parse("26-11").is_err());
+    // 2026-12-31 16:30 UTC is already January in Shanghai.
+    let new_year = Period::containing(1_798_734_600);
+    assert_eq!(new_year.to_string(), "2027-01");
+    assert_eq!(new_year.previous().to_string(), "2026-12");
+    assert_eq!(Period::containing(p.bounds().0), p);
 }
 
 #[test]

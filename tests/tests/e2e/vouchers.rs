@@ -79,10 +79,8 @@ async fn voucher(mesh: &Mesh, id: &str) -> pb::Voucher {
 async fn reconcile_now(mesh: &Mesh) -> reconcile::Report {
     let endpoints: Vec<(String, String)> = mesh.node_addrs.keys().map(|c| (c.to_string(), mesh.node_url(c))).collect();
     let ledgers = reconcile::fetch(&endpoints, &mesh.creds("reconciler"), Duration::from_secs(10)).await.unwrap();
-    let now = OffsetDateTime::now_utc();
-    let local = now.to_offset(time::macros::offset!(+8));
-    let period = Period::parse(&format!("{:04}-{:02}", local.year(), local.month() as u8)).unwrap();
-    reconcile::reconcile(period, &ledgers, now.unix_timestamp())
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    reconcile::reconcile(Period::containing(now), &ledgers, now)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
