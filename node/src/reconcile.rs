@@ -42,7 +42,7 @@ impl Period {
 
     /// The month that holds instant `t`, in Asia/Shanghai.
     pub fn containing(t: Instant) -> Period {
-        let d = ::time::OffsetDateTime::from_unix_timestamp(t).expect("in range").to_offset(SHANGHAI);
+        let d = crate::booking::time::local(t);
         Period { year: d.year(), month: d.month() as u8 }
     }
 

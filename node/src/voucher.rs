@@ -225,10 +225,6 @@ fn save_debit(tx: &mut dyn Txn, d: &Debit) -> Result<(), BookingError> {
     }
 }
 
-fn local_date(t: Instant) -> ::time::Date {
-    ::time::OffsetDateTime::from_unix_timestamp(t).expect("in range").to_offset(time::SHANGHAI).date()
-}
-
 fn parse_date(field: &str, s: &str) -> Result<String, BookingError> {
     let fmt = ::time::macros::format_description!("[year]-[month]-[day]");
     ::time::Date::parse(s, &fmt)
@@ -315,7 +311,7 @@ impl Bookings {
         if v.terms.holder != req.requester {
             return Err(refused("voucher_holder", format!("voucher {} does not belong to {}", v.id, req.requester)));
         }
-        let today = local_date(now).to_string();
+        let today = time::local(now).date().to_string();
         if today < v.terms.valid_from || today > v.terms.valid_until {
             return Err(refused(
                 "voucher_validity",
@@ -356,7 +352,7 @@ impl Bookings {
                 ),
             ));
         }
-        let year = local_date(now).year();
+        let year = time::local(now).year();
         let annual_key = keys::annual(&v.terms.enterprise_uscc, year);
         let used: i64 = get_json(tx, &annual_key)?.unwrap_or(0);
         if used + amount > v.terms.annual_cap_fen {
@@ -509,7 +505,7 @@ impl Bookings {
                         amount_fen: 0,
                         provider_city: provider_city.into(),
                         expires_at: now,
-                        year: local_date(now).year(),
+                        year: time::local(now).year(),
                         share_percent: 0,
                         per_use_cap_fen: 0,
                     };
@@ -624,7 +620,7 @@ pub const DEFAULT_VALIDITY_DAYS: i64 = 365;
 
 /// Today and a year from today, as the CLI's defaults.
 pub fn default_validity(now: Instant) -> (String, String) {
-    (local_date(now).to_string(), local_date(now + DEFAULT_VALIDITY_DAYS * DAY).to_string())
+    (time::local(now).date().to_string(), time::local(now + DEFAULT_VALIDITY_DAYS * DAY).date().to_string())
 }
 
 #[cfg(test)]

@@ -62,9 +62,14 @@ pub fn short(t: Instant) -> String {
     s.get(..16).map(|p| p.replace('T', " ")).unwrap_or(s)
 }
 
+/// The instant in Asia/Shanghai's calendar and clock.
+pub fn local(t: Instant) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(t).expect("in range").to_offset(SHANGHAI)
+}
+
 /// The local (Asia/Shanghai) weekday, 1 = Monday, and minute of the day.
 pub fn local_weekday_minute(t: Instant) -> (u8, u32) {
-    let d = OffsetDateTime::from_unix_timestamp(t).expect("in range").to_offset(SHANGHAI);
+    let d = local(t);
     (d.weekday().number_from_monday(), d.hour() as u32 * 60 + d.minute() as u32)
 }
 
