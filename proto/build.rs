@@ -10,6 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     // Reflection serves this exact descriptor set.
     std::fs::write(out.join("corridor_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure()
+        // Hand-written (src/hit.rs): the gateway forwards hits still encoded.
+        .extern_path(".corridor.v1.SearchHit", "crate::hit::SearchHit")
+        .bytes(".corridor.v1.NodeSearchHit.instrument")
+        .compile_fds(fds)?;
     Ok(())
 }

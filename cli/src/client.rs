@@ -196,7 +196,7 @@ pub async fn get(id: &str, opts: &ClientOpts) -> Result<ExitCode> {
     let contact = i.contact.clone().unwrap_or_default();
     let price = i.price.unwrap_or_default();
     if opts.json {
-        let mut v = hit_json(&pb::SearchHit { instrument: Some(i.clone()), score: 0.0 });
+        let mut v = hit_json(&pb::SearchHit::new(i.clone(), 0.0));
         let o = v.as_object_mut().expect("object");
         o.remove("score");
         o.insert("description".into(), json!(i.description));

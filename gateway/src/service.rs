@@ -237,11 +237,8 @@ where
 
 /// Orders merged hits as every node does: best score first, then by id, so
 /// that equal scores come out the same way every time.
-fn rank_hits(a: &pb::SearchHit, b: &pb::SearchHit) -> std::cmp::Ordering {
-    fn id(h: &pb::SearchHit) -> &str {
-        h.instrument.as_ref().map(|i| i.id.as_str()).unwrap_or_default()
-    }
-    corridor_proto::cursor::rank((a.score as f32, id(a)), (b.score as f32, id(b)))
+fn rank_hits(a: &pb::NodeSearchHit, b: &pb::NodeSearchHit) -> std::cmp::Ordering {
+    corridor_proto::cursor::rank((a.score as f32, &a.id), (b.score as f32, &b.id))
 }
 
 fn fail_fast(c: &CityClient, state: NodeState, detail: &str) -> Status {
@@ -383,7 +380,7 @@ impl gateway_server::Gateway for GatewayService {
                 }
             })
             .collect();
-        let mut hits: Vec<pb::SearchHit> = Vec::new();
+        let mut hits: Vec<pb::NodeSearchHit> = Vec::new();
         let mut total = 0;
         let mut facets = msg.facets.then(FacetSums::default);
         while let Some((c, (result, took))) = calls.next().await {
@@ -416,14 +413,12 @@ impl gateway_server::Gateway for GatewayService {
         let order: Vec<&str> = corridor_proto::cities::CITIES.iter().map(|c| c.slug).collect();
         nodes.sort_by_key(|n| order.iter().position(|s| *s == n.city));
         let next_cursor = match hits.last() {
-            Some(h) if hits.len() == msg.limit as usize => corridor_proto::cursor::encode(
-                h.score as f32,
-                &h.instrument.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
-            ),
+            Some(h) if hits.len() == msg.limit as usize => corridor_proto::cursor::encode(h.score as f32, &h.id),
             _ => String::new(),
         };
         Ok(Response::new(pb::SearchResponse {
-            hits,
+            // Forwarded as the nodes encoded them.
+            hits: hits.into_iter().map(|h| pb::SearchHit::encoded(h.instrument, h.score)).collect(),
             nodes,
             partial,
             total,

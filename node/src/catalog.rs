@@ -7,10 +7,14 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use corridor_proto::cities::City;
+use prost::{Message, bytes::Bytes};
+
 use crate::{
+    convert::to_summary,
     model::InstrumentRecord,
     search::{
-        self, Hits, Query,
+        self, Hits, Labels, Query,
         index::{CorpusStats, SearchIndex},
     },
     store::StoredInstrument,
@@ -22,6 +26,13 @@ pub struct Entry {
     pub stored: StoredInstrument,
     /// "<city>/<local-id>", kept ready for ranking ties and cursors.
     pub id: String,
+    /// The encoded summary a search hit carries, built once per version:
+    /// a popular record is a hit many times over.
+    pub summary: Bytes,
+    /// The record's category and institution as numbers from the catalog's
+    /// [`Labels`], for facet counts.
+    pub category: u32,
+    pub institution: u32,
 }
 
 #[derive(Default)]
@@ -30,17 +41,18 @@ struct State {
     /// Every version ever indexed, by the ordinal the index stores; the
     /// index refers to the current ones only.
     by_ord: Vec<Arc<Entry>>,
+    labels: Labels,
 }
 
 pub struct Catalog {
-    city: &'static str,
+    city: &'static City,
     state: RwLock<State>,
     index: SearchIndex,
 }
 
 impl Catalog {
     /// Builds the catalog and its index from every stored record.
-    pub fn new(city: &'static str, all: Vec<StoredInstrument>) -> Self {
+    pub fn new(city: &'static City, all: Vec<StoredInstrument>) -> Self {
         let catalog = Catalog { city, state: RwLock::default(), index: SearchIndex::new() };
         catalog.apply(all);
         catalog
@@ -65,11 +77,15 @@ impl Catalog {
         }
         let mut state = self.state.write().expect("poisoned");
         let first = state.by_ord.len() as u64;
+        let labels = &mut state.labels;
         let entries: Vec<Arc<Entry>> = written
             .into_iter()
             .map(|stored| {
-                let id = format!("{}/{}", self.city, stored.record.local_id);
-                Arc::new(Entry { stored, id })
+                let id = format!("{}/{}", self.city.slug, stored.record.local_id);
+                let summary = to_summary(&stored, self.city).encode_to_vec().into();
+                let category = labels.id(&stored.record.category);
+                let institution = labels.id(&stored.record.institution_name);
+                Arc::new(Entry { stored, id, summary, category, institution })
             })
             .collect();
         self.index
@@ -106,11 +122,9 @@ impl Catalog {
         let everything = q.facets || q.after.is_some() || q.has_filters() || extra_filters;
         let limit = if everything { usize::MAX } else { q.limit };
         let scored = self.index.search(&q.text, stats, limit).expect("an in-RAM index answers");
-        let entries: Vec<(Arc<Entry>, f32)> = {
-            let state = self.state.read().expect("poisoned");
-            scored.into_iter().filter_map(|(ord, s)| state.by_ord.get(ord as usize).map(|e| (e.clone(), s))).collect()
-        };
-        search::page(entries, q, city, extra.unwrap_or(&|_| true))
+        let state = self.state.read().expect("poisoned");
+        let entries = scored.into_iter().filter_map(|(ord, s)| state.by_ord.get(ord as usize).map(|e| (e, s)));
+        search::page(entries, &state.labels, q, city, extra.unwrap_or(&|_| true))
     }
 }
 
@@ -121,6 +135,7 @@ mod tests {
         demo::{Scale, corridor_inventory},
         model::tests::sample,
     };
+    use corridor_proto::cities::city_by_slug;
 
     fn stored(id: &str, zh: &str, en: &str, cat: &str) -> StoredInstrument {
         let mut r = sample(id);
@@ -134,7 +149,7 @@ mod tests {
 
     fn catalog() -> Catalog {
         Catalog::new(
-            "hefei",
+            city_by_slug("hefei").unwrap(),
             vec![
                 stored(
                     "tem-1",
@@ -198,7 +213,7 @@ mod tests {
             .filter(|(c, _)| c.slug == "hefei")
             .map(|(_, record)| StoredInstrument { record, updated_at: "t".into() })
             .collect();
-        let c = Catalog::new("hefei", all);
+        let c = Catalog::new(city_by_slug("hefei").unwrap(), all);
         let mut q = text("显微镜");
         q.limit = 7;
         q.facets = true;

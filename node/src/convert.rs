@@ -19,17 +19,8 @@ use crate::{
 pub fn to_proto(s: &StoredInstrument, city: &City) -> pb::Instrument {
     let r = &s.record;
     pb::Instrument {
-        id: format!("{}/{}", city.slug, r.local_id),
-        local_id: r.local_id.clone(),
-        city: city.slug.into(),
-        province: city.province.into(),
-        name_zh: r.name_zh.clone(),
-        name_en: r.name_en.clone(),
         description: r.description.clone(),
-        category: r.category.clone(),
         techniques: r.techniques.clone(),
-        manufacturer: r.manufacturer.clone(),
-        model: r.model.clone(),
         asset_number: r.asset_number.clone(),
         commissioned_on: r.commissioned_on.clone(),
         original_value_fen: r.original_value_fen,
@@ -44,6 +35,28 @@ pub fn to_proto(s: &StoredInstrument, city: &City) -> pb::Instrument {
             phone: r.contact_phone.clone(),
             email: r.contact_email.clone(),
         }),
+        booking_notes: r.booking_notes.clone(),
+        photo_url: r.photo_url.clone(),
+        ..to_summary(s, city)
+    }
+}
+
+/// The fields a search hit carries: enough to list and filter; the whole
+/// record is one GetInstrument away. Keeps fan-out replies small, and is
+/// built without touching the rest of the record (it runs for every hit).
+pub fn to_summary(s: &StoredInstrument, city: &City) -> pb::Instrument {
+    let r = &s.record;
+    pb::Instrument {
+        id: format!("{}/{}", city.slug, r.local_id),
+        local_id: r.local_id.clone(),
+        city: city.slug.into(),
+        province: city.province.into(),
+        name_zh: r.name_zh.clone(),
+        name_en: r.name_en.clone(),
+        category: r.category.clone(),
+        manufacturer: r.manufacturer.clone(),
+        model: r.model.clone(),
+        institution: Some(pb::Institution { name: r.institution_name.clone(), ..Default::default() }),
         access_level: match r.access_level {
             AccessLevel::Open => pb::AccessLevel::Open,
             AccessLevel::ResearchOnly => pb::AccessLevel::ResearchOnly,
@@ -68,39 +81,14 @@ pub fn to_proto(s: &StoredInstrument, city: &City) -> pb::Instrument {
             internal_fen: r.price_internal_fen,
             external_fen: r.price_external_fen,
         }),
-        booking_notes: r.booking_notes.clone(),
         status: match r.status {
             Status::Available => pb::InstrumentStatus::Available,
             Status::Maintenance => pb::InstrumentStatus::Maintenance,
             Status::Retired => pb::InstrumentStatus::Retired,
         } as i32,
-        photo_url: r.photo_url.clone(),
         updated_at: s.updated_at.clone(),
         accepts_vouchers: r.accepts_vouchers,
-    }
-}
-
-/// The fields a search hit carries: enough to list and filter; the whole
-/// record is one GetInstrument away. Keeps fan-out replies small.
-pub fn to_summary(s: &StoredInstrument, city: &City) -> pb::Instrument {
-    let r = &s.record;
-    let full = to_proto(s, city);
-    pb::Instrument {
-        description: String::new(),
-        techniques: Vec::new(),
-        asset_number: String::new(),
-        commissioned_on: String::new(),
-        original_value_fen: 0,
-        institution: Some(pb::Institution {
-            name: r.institution_name.clone(),
-            uscc: String::new(),
-            department: String::new(),
-        }),
-        location: None,
-        contact: None,
-        booking_notes: String::new(),
-        photo_url: String::new(),
-        ..full
+        ..Default::default()
     }
 }
 

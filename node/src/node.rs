@@ -64,7 +64,7 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, NodeError> {
         let started = std::time::Instant::now();
-        let catalog = Catalog::new(city.slug, store.all()?);
+        let catalog = Catalog::new(city, store.all()?);
         tracing::info!(
             city = city.slug,
             instruments = catalog.len(),

@@ -13,7 +13,7 @@ use crate::{
     convert::{
         booking_to_proto, debit_to_proto, facets_to_proto, from_proto, issue_from_proto, rules_from_proto,
         rules_to_proto, service_mode_from_proto, stats_from_proto, stats_to_proto, status_from_proto, to_proto,
-        to_summary, voucher_to_proto,
+        voucher_to_proto,
     },
     import::RowError,
     node::{Node, NodeError},
@@ -298,11 +298,14 @@ impl node_server::Node for NodeService {
         let (q, free) = query_from(req.get_ref())?;
         let stats = req.get_ref().stats.as_ref().map(stats_from_proto);
         let found = self.node.search(&q, stats.as_ref(), free);
-        let city = self.node.city();
         let hits = found
             .hits
             .into_iter()
-            .map(|(e, score)| pb::SearchHit { instrument: Some(to_summary(&e.stored, city)), score: score as f64 })
+            .map(|(e, score)| pb::NodeSearchHit {
+                instrument: e.summary.clone(),
+                score: score as f64,
+                id: e.id.clone(),
+            })
             .collect();
         let facets = q.facets.then(|| facets_to_proto(&found.facets));
         Ok(Response::new(pb::NodeSearchResponse { hits, total: found.total, facets }))

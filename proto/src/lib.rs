@@ -3,6 +3,7 @@
 
 pub mod cities;
 pub mod cursor;
+pub mod hit;
 pub mod page;
 
 #[allow(clippy::all, clippy::pedantic)]
@@ -13,6 +14,7 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/corridor_descriptor.bin"));
 }
 
+pub use hit::SearchHit;
 pub use v1::*;
 
 /// Metadata the gateway sets on a node call to name the identity it acts for.

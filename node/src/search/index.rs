@@ -9,8 +9,10 @@ use std::{
 };
 
 use tantivy::{
-    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, TantivyDocument, Term,
-    collector::TopDocs,
+    DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentOrdinal, SegmentReader,
+    TantivyDocument, Term,
+    collector::{Collector, SegmentCollector, TopDocs},
+    columnar::Column,
     query::{AllQuery, Bm25StatisticsProvider, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, TermQuery},
     schema::{FAST, Field, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions},
     tokenizer::{Language, Stemmer, TextAnalyzer},
@@ -20,6 +22,8 @@ use super::text::{self, MixedTokenizer};
 use crate::model::InstrumentRecord;
 
 const ANALYZER: &str = "corridor";
+/// The fast field holding each document's place in the catalog.
+const ORD: &str = "ord";
 
 /// Corpus statistics for BM25: per field token totals and per term document
 /// frequencies, keyed by field name and term text so that they add up
@@ -101,7 +105,7 @@ impl SearchIndex {
     pub fn new() -> Self {
         let mut b = Schema::builder();
         let fields = Fields {
-            ord: b.add_u64_field("ord", FAST),
+            ord: b.add_u64_field(ORD, FAST),
             local_id: b.add_text_field("local_id", STRING),
             name_zh: b.add_text_field("name_zh", text_options()),
             name_en: b.add_text_field("name_en", text_options()),
@@ -256,15 +260,14 @@ impl SearchIndex {
             }
         };
         let query = self.build(text, &df);
+        let global = global.map(|stats| Global { stats, schema: &schema });
+        if limit == usize::MAX {
+            // Every match, in no order: the caller filters before it ranks.
+            return collect(&searcher, &*query, global.as_ref(), &AllScored);
+        }
         // Ties at the cut-off must all be kept: the caller breaks them by id.
-        let limit = if limit == usize::MAX { searcher.num_docs() as usize } else { limit.saturating_mul(4) + 64 };
-        let collector = TopDocs::with_limit(limit.max(1)).order_by_score();
-        let hits: Vec<(Score, DocAddress)> = match global {
-            Some(stats) => {
-                searcher.search_with_statistics_provider(&*query, &collector, &Global { stats, schema: &schema })?
-            }
-            None => searcher.search(&*query, &collector)?,
-        };
+        let collector = TopDocs::with_limit(limit.saturating_mul(4) + 64).order_by_score();
+        let hits: Vec<(Score, DocAddress)> = collect(&searcher, &*query, global.as_ref(), &collector)?;
         // Open each segment's ordinal column once, not once per hit.
         let mut columns = BTreeMap::new();
         let mut out = Vec::with_capacity(hits.len());
@@ -272,7 +275,7 @@ impl SearchIndex {
             let column = match columns.entry(addr.segment_ord) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64("ord")?)
+                    v.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64(ORD)?)
                 }
             };
             if let Some(ord) = column.first(addr.doc_id) {
@@ -280,5 +283,58 @@ impl SearchIndex {
             }
         }
         Ok(out)
+    }
+}
+
+/// Runs `collector` with corpus-wide statistics when given.
+fn collect<C: Collector>(
+    searcher: &Searcher,
+    query: &dyn Query,
+    global: Option<&Global>,
+    collector: &C,
+) -> tantivy::Result<C::Fruit> {
+    match global {
+        Some(g) => searcher.search_with_statistics_provider(query, collector, g),
+        None => searcher.search(query, collector),
+    }
+}
+
+/// Collects every match as (ord, score), unsorted: cheaper than a top-k heap
+/// as large as the index when the caller needs all matches anyway.
+struct AllScored;
+
+struct SegmentScored {
+    ords: Column<u64>,
+    out: Vec<(u64, Score)>,
+}
+
+impl Collector for AllScored {
+    type Fruit = Vec<(u64, Score)>;
+    type Child = SegmentScored;
+
+    fn for_segment(&self, _: SegmentOrdinal, segment: &SegmentReader) -> tantivy::Result<SegmentScored> {
+        Ok(SegmentScored { ords: segment.fast_fields().u64(ORD)?, out: Vec::new() })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        true
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<(u64, Score)>>) -> tantivy::Result<Self::Fruit> {
+        Ok(fruits.concat())
+    }
+}
+
+impl SegmentCollector for SegmentScored {
+    type Fruit = Vec<(u64, Score)>;
+
+    fn collect(&mut self, doc: DocId, score: Score) {
+        if let Some(ord) = self.ords.first(doc) {
+            self.out.push((ord, score));
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        self.out
     }
 }

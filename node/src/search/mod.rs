@@ -4,7 +4,11 @@
 pub mod index;
 pub mod text;
 
-use std::{cmp::Ordering, collections::BTreeMap, sync::Arc};
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use crate::{
     catalog::Entry,
@@ -105,21 +109,54 @@ pub struct Hits {
     pub facets: Facets,
 }
 
+/// Small numbers standing for facet values (categories and institutions,
+/// in one space), so that counting a broad query's matches neither hashes
+/// nor compares text. Values are never forgotten; there are few of them.
+#[derive(Debug, Default)]
+pub struct Labels {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Labels {
+    pub fn id(&mut self, value: &str) -> u32 {
+        if let Some(&id) = self.ids.get(value) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(value.to_string());
+        self.ids.insert(value.to_string(), id);
+        id
+    }
+
+    fn counts(&self, counts: &[u64]) -> BTreeMap<String, u64> {
+        counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(id, n)| (self.names[id].clone(), *n)).collect()
+    }
+}
+
 /// Applies filters, the extra predicate (free windows), facets, the cursor
-/// and the limit to scored matches.
-pub fn page(scored: Vec<(Arc<Entry>, f32)>, q: &Query, city: &str, extra: &dyn Fn(&InstrumentRecord) -> bool) -> Hits {
-    let mut out = Hits::default();
-    let mut kept: Vec<(Arc<Entry>, f32)> = Vec::new();
+/// and the limit to scored matches. Works on borrowed entries: a broad query
+/// can match thousands of them, and only the page is worth a reference count.
+pub fn page<'a>(
+    scored: impl IntoIterator<Item = (&'a Arc<Entry>, f32)>,
+    labels: &Labels,
+    q: &Query,
+    city: &str,
+    extra: &dyn Fn(&InstrumentRecord) -> bool,
+) -> Hits {
+    let mut total = 0;
+    let width = if q.facets { labels.names.len() } else { 0 };
+    let (mut categories, mut institutions) = (vec![0u64; width], vec![0u64; width]);
+    let mut kept: Vec<(&'a Arc<Entry>, f32)> = Vec::new();
     for (entry, score) in scored {
         let r = &entry.stored.record;
         if !q.admits(r) || !extra(r) {
             continue;
         }
-        out.total += 1;
+        total += 1;
         if q.facets {
-            *out.facets.cities.entry(city.to_string()).or_default() += 1;
-            *out.facets.categories.entry(r.category.clone()).or_default() += 1;
-            *out.facets.institutions.entry(r.institution_name.clone()).or_default() += 1;
+            categories[entry.category as usize] += 1;
+            institutions[entry.institution as usize] += 1;
         }
         if let Some((s, after)) = &q.after
             && rank((score, &entry.id), (*s, after)) != Ordering::Greater
@@ -128,7 +165,7 @@ pub fn page(scored: Vec<(Arc<Entry>, f32)>, q: &Query, city: &str, extra: &dyn F
         }
         kept.push((entry, score));
     }
-    let cmp = |a: &(Arc<Entry>, f32), b: &(Arc<Entry>, f32)| rank((a.1, &a.0.id), (b.1, &b.0.id));
+    let cmp = |a: &(&Arc<Entry>, f32), b: &(&Arc<Entry>, f32)| rank((a.1, &a.0.id), (b.1, &b.0.id));
     // Only the page needs to be in order.
     if kept.len() > q.limit && q.limit > 0 {
         kept.select_nth_unstable_by(q.limit - 1, cmp);
@@ -136,6 +173,11 @@ pub fn page(scored: Vec<(Arc<Entry>, f32)>, q: &Query, city: &str, extra: &dyn F
     }
     kept.sort_by(cmp);
     kept.truncate(q.limit);
-    out.hits = kept;
-    out
+    let mut facets = Facets::default();
+    if q.facets && total > 0 {
+        facets.cities.insert(city.to_string(), total);
+        facets.categories = labels.counts(&categories);
+        facets.institutions = labels.counts(&institutions);
+    }
+    Hits { hits: kept.into_iter().map(|(e, s)| (e.clone(), s)).collect(), total, facets }
 }
