@@ -160,12 +160,18 @@ mod tests {
                 stored("sem-1", "扫描电子显微镜", "Scanning Electron Microscope (SEM)", "01.01.02"),
                 stored("ppms-1", "综合物性测量系统", "Physical Property Measurement System (PPMS)", "02.03.01"),
                 stored("nmr-1", "核磁共振波谱仪", "Nuclear Magnetic Resonance Spectrometer (NMR)", "01.06.01"),
+                stored("tem-2", "透射电子显微镜", "300 kV Transmission Electron Microscope (TEM)", "01.01.01"),
             ],
         )
     }
 
     fn ids_in(c: &Catalog, q: &Query) -> Vec<String> {
         c.search(q, "hefei", "Anhui", None, None).hits.iter().map(|(e, _)| e.stored.record.local_id.clone()).collect()
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
     }
 
     fn text(t: &str) -> Query {
@@ -180,14 +186,17 @@ mod tests {
             assert_eq!(ids(q), vec!["nmr-1"], "{q}");
         }
         for q in ["TEM", "透射电镜", "场发射透射电子显微镜"] {
-            assert_eq!(ids(q), vec!["tem-1"], "{q}");
+            assert_eq!(sorted(ids(q)), vec!["tem-1", "tem-2"], "{q}");
         }
-        assert_eq!(ids("电镜"), vec!["sem-1", "tem-1"], "a generic name finds every kind");
-        assert_eq!(ids("显微镜"), vec!["sem-1", "tem-1"], "bigrams find the word inside names");
+        for q in ["TEM 300kV", "透射电镜 300 kV", "300kv transmission electron microscope"] {
+            assert_eq!(ids(q), vec!["tem-2"], "{q}");
+        }
+        assert_eq!(sorted(ids("电镜")), vec!["sem-1", "tem-1", "tem-2"], "a generic name finds every kind");
+        assert_eq!(sorted(ids("显微镜")), vec!["sem-1", "tem-1", "tem-2"], "bigrams find the word inside names");
         assert_eq!(ids("spectrometr"), vec!["nmr-1"], "one typo");
         assert_eq!(ids("spectrometers"), vec!["nmr-1"], "stemmed");
         assert!(ids("temperature").is_empty());
-        assert_eq!(ids("").len(), 4);
+        assert_eq!(ids("").len(), 5);
     }
 
     #[test]
@@ -195,7 +204,7 @@ mod tests {
         let c = catalog();
         let mut q = text("");
         q.categories = vec!["01.01".into()];
-        assert_eq!(ids_in(&c, &q), vec!["sem-1", "tem-1"]);
+        assert_eq!(ids_in(&c, &q), vec!["sem-1", "tem-1", "tem-2"]);
         q.categories = vec!["01.0".into()];
         assert!(ids_in(&c, &q).is_empty(), "a code prefix must end at a level boundary");
         q.categories.clear();
@@ -203,7 +212,7 @@ mod tests {
         assert!(ids_in(&c, &q).is_empty());
         q.cities = vec!["hefei".into()];
         q.provinces = vec!["anhui".into()];
-        assert_eq!(ids_in(&c, &q).len(), 4);
+        assert_eq!(ids_in(&c, &q).len(), 5);
     }
 
     #[test]

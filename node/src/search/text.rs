@@ -6,8 +6,9 @@
 //! analyzer does): 核磁共振波谱仪 → 核磁 磁共 共振 振波 波谱 谱仪, so 核磁 or
 //! 比表面 find their instruments without a dictionary. Bigrams alone do not
 //! join 透射电镜 to 场发射透射电子显微镜, or NMR to 核磁共振波谱仪; the thesaurus
-//! does. Latin runs are lowercased words, stemmed for English later in the
-//! analyzer chain.
+//! does. Latin runs are lowercased words, split where letters meet digits
+//! (so "200kV" and "200 kV" are the same two terms), stemmed for English
+//! later in the analyzer chain.
 
 use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
 
@@ -46,8 +47,15 @@ pub fn tokens(text: &str) -> Vec<(String, usize, usize)> {
             }
             i = j;
         } else if c.is_alphanumeric() {
+            // A word ends where letters meet digits too: "200kV" is written
+            // for "200 kV", and "JEM2100F" for "JEM-2100F".
+            let digit = c.is_numeric();
             let mut j = i;
-            while j < chars.len() && chars[j].1.is_alphanumeric() && !is_cjk(chars[j].1) {
+            while j < chars.len()
+                && chars[j].1.is_alphanumeric()
+                && !is_cjk(chars[j].1)
+                && chars[j].1.is_numeric() == digit
+            {
                 j += 1;
             }
             let end = if j < chars.len() { chars[j].0 } else { text.len() };
@@ -519,7 +527,8 @@ mod tests {
     #[test]
     fn chinese_becomes_bigrams_and_latin_words() {
         assert_eq!(words("核磁共振波谱仪"), ["核磁", "磁共", "共振", "振波", "波谱", "谱仪"]);
-        assert_eq!(words("TEM 200kV"), ["tem", "200kv"]);
+        assert_eq!(words("TEM 200kV"), ["tem", "200", "kv"]);
+        assert_eq!(words("JEM-2100F"), words("JEM2100F"));
         assert_eq!(words("X射线衍射仪 (XRD)"), ["x", "射线", "线衍", "衍射", "射仪", "xrd"]);
         assert_eq!(words("谱"), ["谱"]);
     }
