@@ -1,4 +1,5 @@
 use std::{
+    collections::HashMap,
     fmt, fs, io,
     path::Path,
     pin::Pin,
@@ -344,7 +345,22 @@ pub fn caller_identity<T>(request: &tonic::Request<T>) -> Result<Identity, CertE
         .ok_or_else(|| CertError::BadCertificate("the connection presented no certificate".into()))?;
     let leaf =
         certs.first().ok_or_else(|| CertError::BadCertificate("the connection presented no certificate".into()))?;
-    Identity::from_cert_der(leaf)
+    // Every call asks, and a handful of certificates ask thousands of times
+    // a second: the identity is a pure function of the (already verified)
+    // certificate's bytes, so each is parsed once.
+    static SEEN: std::sync::Mutex<Option<HashMap<Vec<u8>, Identity>>> = std::sync::Mutex::new(None);
+    const SEEN_MAX: usize = 4_096;
+    if let Some(id) = SEEN.lock().expect("poisoned").as_ref().and_then(|m| m.get(leaf.as_ref())) {
+        return Ok(id.clone());
+    }
+    let id = Identity::from_cert_der(leaf)?;
+    let mut seen = SEEN.lock().expect("poisoned");
+    let seen = seen.get_or_insert_with(HashMap::new);
+    if seen.len() >= SEEN_MAX {
+        seen.clear();
+    }
+    seen.insert(leaf.to_vec(), id.clone());
+    Ok(id)
 }
 
 /// Dials TCP, then TLS with corridor credentials. Used as a tonic connector,
