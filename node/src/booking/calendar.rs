@@ -42,7 +42,72 @@ pub struct Calendar {
     pub entries: Vec<Entry>,
 }
 
+/// The first byte of a calendar value in the binary form. Calendar days are
+/// the values every booking reads and rewrites, and they grow with the day's
+/// bookings, so they are not JSON: decoding one is a few length-checked
+/// copies. A value written as JSON (it begins with '{') is still read.
+const BINARY_V1: u8 = 1;
+const HOLD_NONE: u8 = 0;
+const HOLD_SOME: u8 = 1;
+
 impl Calendar {
+    /// The stored form: version, entry count, then per entry the booking id
+    /// (u16 length and bytes), start, end, set-up, cool-down (i64 each) and
+    /// the hold's expiry (a flag byte, then an i64 when set). Little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 + self.entries.len() * 64);
+        out.push(BINARY_V1);
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            let id = e.booking.as_bytes();
+            out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+            out.extend_from_slice(id);
+            for v in [e.start, e.end, e.setup, e.cooldown] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            match e.hold_expires {
+                Some(t) => {
+                    out.push(HOLD_SOME);
+                    out.extend_from_slice(&t.to_le_bytes());
+                }
+                None => out.push(HOLD_NONE),
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Calendar, String> {
+        match bytes.first() {
+            Some(&BINARY_V1) => {}
+            Some(b'{') => return serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Some(v) => return Err(format!("unknown calendar encoding {v}")),
+            None => return Err("empty calendar value".into()),
+        }
+        let mut r = Reader(&bytes[1..]);
+        let n = u32::from_le_bytes(r.take()?) as usize;
+        // Each entry takes at least 35 bytes: a count larger than that
+        // allows is corruption, not a reason to allocate.
+        if n > r.0.len() / 35 {
+            return Err(format!("calendar claims {n} entries in {} bytes", bytes.len()));
+        }
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = u16::from_le_bytes(r.take()?) as usize;
+            let booking = std::str::from_utf8(r.bytes(len)?).map_err(|e| format!("booking id: {e}"))?.to_string();
+            let [start, end, setup, cooldown] = [r.i64()?, r.i64()?, r.i64()?, r.i64()?];
+            let hold_expires = match r.take::<1>()?[0] {
+                HOLD_NONE => None,
+                HOLD_SOME => Some(r.i64()?),
+                v => return Err(format!("hold flag {v}")),
+            };
+            entries.push(Entry { booking, start, end, setup, cooldown, hold_expires });
+        }
+        if !r.0.is_empty() {
+            return Err(format!("{} bytes after the last entry", r.0.len()));
+        }
+        Ok(Calendar { entries })
+    }
+
     /// The first live entry whose occupied time meets [occ_start, occ_end).
     pub fn conflict(&self, occ_start: Instant, occ_end: Instant, now: Instant) -> Option<&Entry> {
         self.entries.iter().filter(|e| e.live(now)).find(|e| {
@@ -228,6 +293,28 @@ pub fn availability(
     (free, busy)
 }
 
+/// Reads the binary calendar form, refusing to run past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("calendar value ends inside an entry".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        Ok(self.bytes(N)?.try_into().expect("N bytes"))
+    }
+
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.take()?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +333,36 @@ mod tests {
             cooldown: 0,
             hold_expires: hold,
         }
+    }
+
+    #[test]
+    fn the_stored_form_round_trips_reads_old_json_and_refuses_damage() {
+        let cal = Calendar {
+            entries: vec![
+                entry("hefei/b-1", "2026-11-30T09:00:00+08:00", "2026-11-30T10:00:00+08:00", 20, None),
+                entry("hefei/b-22", "2026-11-30T11:00:00+08:00", "2026-11-30T12:30:00+08:00", 0, Some(1_764_000_000)),
+            ],
+        };
+        let bytes = cal.encode();
+        assert_eq!(Calendar::decode(&bytes).unwrap(), cal);
+        assert_eq!(Calendar::decode(&Calendar::default().encode()).unwrap(), Calendar::default());
+        // Values written as JSON stay readable.
+        assert_eq!(Calendar::decode(&serde_json::to_vec(&cal).unwrap()).unwrap(), cal);
+        // Every truncation, a trailing byte, a bad flag and a lying count are refused.
+        for n in 0..bytes.len() {
+            assert!(Calendar::decode(&bytes[..n]).is_err(), "truncated to {n}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Calendar::decode(&longer).is_err());
+        // The first entry's hold flag: after version, count, id length, id and four i64s.
+        let mut bad_flag = bytes.clone();
+        bad_flag[1 + 4 + 2 + "hefei/b-1".len() + 32] = 7;
+        assert!(Calendar::decode(&bad_flag).unwrap_err().contains("hold flag 7"));
+        let mut huge = bytes.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Calendar::decode(&huge).unwrap_err().contains("claims"));
+        assert!(Calendar::decode(b"\x09").is_err());
     }
 
     #[test]

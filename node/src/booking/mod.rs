@@ -240,8 +240,15 @@ struct Idem<T> {
 
 /// A stored value, or the key it was read from and why it does not parse.
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, BookingError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into(), reason: e.to_string() }.into())
+    serde_json::from_slice(bytes).map_err(|e| corrupt(key, e.to_string()))
+}
+
+fn corrupt(key: &[u8], reason: String) -> BookingError {
+    StoreError::Corrupt { key: String::from_utf8_lossy(key).into(), reason }.into()
+}
+
+fn decode_calendar(key: &[u8], bytes: &[u8]) -> Result<Calendar, BookingError> {
+    Calendar::decode(bytes).map_err(|reason| corrupt(key, reason))
 }
 
 pub(crate) fn get_json<T: DeserializeOwned>(tx: &mut dyn Txn, key: &[u8]) -> Result<Option<T>, BookingError> {
@@ -425,7 +432,11 @@ impl Bookings {
     ) -> Result<Days, BookingError> {
         let mut days = Days::default();
         for day in days_of(start, end) {
-            let mut cal: Calendar = get_json(tx, &keys::calendar(instrument, day))?.unwrap_or_default();
+            let key = keys::calendar(instrument, day);
+            let mut cal = match tx.get(&key)? {
+                Some(bytes) => decode_calendar(&key, &bytes)?,
+                None => Calendar::default(),
+            };
             for id in cal.prune(now) {
                 if let Some(mut b) = get_json::<Booking>(tx, &keys::booking(&id))?
                     && b.state == State::Held
@@ -443,7 +454,7 @@ impl Bookings {
 
     fn save_days(tx: &mut dyn Txn, instrument: &str, days: &Days) -> Result<(), BookingError> {
         for (day, cal) in &days.days {
-            put_json(tx, &keys::calendar(instrument, *day), cal)?;
+            tx.put(&keys::calendar(instrument, *day), cal.encode())?;
         }
         Ok(())
     }
@@ -776,8 +787,9 @@ impl Bookings {
         // Entries up to a day before `from` may reach into the window.
         let mut days = Days::default();
         for day in days_of(from - time::DAY, to) {
-            if let Some(cal) = self.read_json::<Calendar>(&keys::calendar(&record.local_id, day))? {
-                days.days.push((day, cal));
+            let key = keys::calendar(&record.local_id, day);
+            if let Some(bytes) = self.store.get(&key)? {
+                days.days.push((day, decode_calendar(&key, &bytes)?));
             }
         }
         let (free, busy) = calendar::availability(&days.merged(), &rules, from, to, self.clock.now());
