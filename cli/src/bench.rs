@@ -36,6 +36,10 @@ pub struct ReserveArgs {
     concurrency: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Offer this many calls per second across all clients (open loop)
+    /// instead of each client calling as fast as it can.
+    #[arg(long, value_parser = positive_rate)]
+    rate: Option<f64>,
     /// City whose instruments are booked.
     #[arg(long, default_value = "hefei")]
     city: String,
@@ -60,6 +64,10 @@ pub struct SearchArgs {
     concurrency: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Offer this many searches per second across all clients (open loop)
+    /// instead of each client searching as fast as it can.
+    #[arg(long, value_parser = positive_rate)]
+    rate: Option<f64>,
     /// Also measure this city's node directly, as the baseline.
     #[arg(long)]
     direct: Option<String>,
@@ -67,6 +75,13 @@ pub struct SearchArgs {
     node: Option<String>,
     #[command(flatten)]
     client: ClientOpts,
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a positive number of calls per second")),
+    }
 }
 
 /// Latencies in microseconds, and what happened.
@@ -196,8 +211,7 @@ fn slot_start(day0: i64, n: u64) -> i64 {
 /// One timed run of reservations.
 struct Run<'a> {
     label: &'a str,
-    concurrency: usize,
-    seconds: u64,
+    load: Load,
     /// Local midnight of the first day slots are taken from.
     day0: i64,
     contended: bool,
@@ -215,19 +229,55 @@ enum Outcome {
 /// The `i`-th call of client `c`.
 type Call = Arc<dyn Fn(usize, u64) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
 
-/// Runs `concurrency` clients in a closed loop for `seconds`, each timing its
-/// calls one after another, and reports the tally.
-async fn drive(label: &str, concurrency: usize, seconds: u64, json_out: bool, call: Call) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+/// How calls are paced.
+#[derive(Clone, Copy)]
+struct Load {
+    concurrency: usize,
+    seconds: u64,
+    /// Calls per second across all clients (open loop), or as fast as the
+    /// clients can go (closed loop).
+    rate: Option<f64>,
+}
+
+impl Load {
+    fn describe(&self) -> String {
+        match self.rate {
+            Some(r) => format!("{} clients offering {r}/s (open loop)", self.concurrency),
+            None => format!("{} clients (closed loop)", self.concurrency),
+        }
+    }
+}
+
+/// Runs `concurrency` clients for `seconds`, and reports the tally. In a
+/// closed loop each client sends its next call when the last one returns. At
+/// a fixed rate the k-th call is due at k / rate seconds; the first free
+/// client sends it, and its latency counts from when it was due, so a stall
+/// is charged to every call it delays (no coordinated omission).
+async fn drive(label: &str, load: Load, json_out: bool, call: Call) -> serde_json::Value {
+    let Load { concurrency, seconds, rate } = load;
     let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let due = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..concurrency)
         .map(|c| {
-            let call = call.clone();
+            let (call, due) = (call.clone(), due.clone());
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 let mut i = 0u64;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
+                loop {
+                    let t = match rate {
+                        Some(r) => {
+                            let k = due.fetch_add(1, Ordering::Relaxed);
+                            let at = started + Duration::from_secs_f64(k as f64 / r);
+                            if at >= deadline {
+                                break;
+                            }
+                            tokio::time::sleep_until(at.into()).await;
+                            at
+                        }
+                        None if Instant::now() < deadline => Instant::now(),
+                        None => break,
+                    };
                     match call(c, i).await {
                         Outcome::Ok => tally.ok.push(t.elapsed().as_micros() as u32),
                         Outcome::Refused => tally.refused += 1,
@@ -243,11 +293,14 @@ async fn drive(label: &str, concurrency: usize, seconds: u64, json_out: bool, ca
     for t in tasks {
         total.merge(t.await.unwrap_or_default());
     }
-    total.report(label, started.elapsed(), json_out)
+    let mut v = total.report(label, started.elapsed(), json_out);
+    v["clients"] = json!(concurrency);
+    v["offered_per_second"] = json!(rate);
+    v
 }
 
 async fn run_reserve(run: Run<'_>, targets: Vec<Target>, instruments: Arc<Vec<String>>) -> serde_json::Value {
-    let Run { label, concurrency, seconds, day0, contended, json, voucher } = run;
+    let Run { label, load, day0, contended, json, voucher } = run;
     let voucher = voucher.unwrap_or_default().to_string();
     let counter = Arc::new(AtomicU64::new(0));
     let prefix = format!("{label}-{}", std::process::id());
@@ -278,7 +331,7 @@ async fn run_reserve(run: Run<'_>, targets: Vec<Target>, instruments: Arc<Vec<St
             }
         })
     });
-    drive(label, concurrency, seconds, json, call).await
+    drive(label, load, json, call).await
 }
 
 /// Counts pairs of live bookings that overlap, instrument by instrument.
@@ -317,24 +370,17 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
     let gw_targets: Vec<Target> =
         (0..channels).map(|_| gateway(&args.client).map(Target::Gateway)).collect::<Result<_>>()?;
     let mut results = Vec::new();
+    let load = Load { concurrency: args.concurrency, seconds: args.seconds, rate: args.rate };
     if !args.client.json {
         println!(
-            "bench reserve: {} clients, {} s per run, {} instruments in {}",
-            args.concurrency,
+            "bench reserve: {}, {} s per run, {} instruments in {}",
+            load.describe(),
             args.seconds,
             instruments.len(),
             c.slug
         );
     }
-    let run = |label, day0, contended| Run {
-        label,
-        concurrency: args.concurrency,
-        seconds: args.seconds,
-        day0,
-        contended,
-        json: args.client.json,
-        voucher: None,
-    };
+    let run = |label, day0, contended| Run { label, load, day0, contended, json: args.client.json, voucher: None };
     if let Some(v) = args.voucher.as_deref() {
         let paid = Run { voucher: Some(v), ..run("gateway uncontended, voucher-paid", day0, false) };
         results.push(run_reserve(paid, gw_targets, instruments.clone()).await);
@@ -386,13 +432,7 @@ fn search_req(i: u64) -> pb::SearchRequest {
     pb::SearchRequest { query: q.into(), filter, limit: 20, facets: kind == "faceted", ..Default::default() }
 }
 
-async fn run_search(
-    label: &str,
-    targets: Vec<Target>,
-    concurrency: usize,
-    seconds: u64,
-    json_out: bool,
-) -> serde_json::Value {
+async fn run_search(label: &str, targets: Vec<Target>, load: Load, json_out: bool) -> serde_json::Value {
     let call: Call = Arc::new(move |c, i| {
         let mut target = targets[c % targets.len()].clone();
         // Clients start at different places in the query mix.
@@ -405,29 +445,28 @@ async fn run_search(
             if ok { Outcome::Ok } else { Outcome::Failed }
         })
     });
-    drive(label, concurrency, seconds, json_out, call).await
+    drive(label, load, json_out, call).await
 }
 
 pub async fn search(args: SearchArgs) -> Result<ExitCode> {
     let channels = (args.concurrency / 16).clamp(1, 8);
     let gw: Vec<Target> = (0..channels).map(|_| gateway(&args.client).map(Target::Gateway)).collect::<Result<_>>()?;
     let mut runs = vec![];
+    let load = Load { concurrency: args.concurrency, seconds: args.seconds, rate: args.rate };
     if !args.client.json {
         println!(
-            "bench search: {} clients, {} s per run, mixed Chinese, English and filtered queries",
-            args.concurrency, args.seconds
+            "bench search: {}, {} s per run, mixed Chinese, English, filtered and faceted queries",
+            load.describe(),
+            args.seconds
         );
     }
-    runs.push(run_search("gateway (nine cities)", gw, args.concurrency, args.seconds, args.client.json).await);
+    runs.push(run_search("gateway (nine cities)", gw, load, args.client.json).await);
     if let Some(slug) = &args.direct {
         let c: &City = city(slug)?;
         let creds = args.client.credentials("gateway")?;
         let url = args.node.clone().unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c));
         let nodes = node_targets(&url, &creds, c, channels)?;
-        runs.push(
-            run_search(&format!("direct node {}", c.slug), nodes, args.concurrency, args.seconds, args.client.json)
-                .await,
-        );
+        runs.push(run_search(&format!("direct node {}", c.slug), nodes, load, args.client.json).await);
     }
     if args.client.json {
         println!("{}", json!({"runs": runs}));
