@@ -41,7 +41,8 @@ struct State {
     /// Every version ever indexed, by the ordinal the index stores; the
     /// index refers to the current ones only.
     by_ord: Vec<Arc<Entry>>,
-    labels: Labels,
+    /// Shared so that a search can keep them after letting go of the state.
+    labels: Arc<Labels>,
 }
 
 pub struct Catalog {
@@ -77,7 +78,7 @@ impl Catalog {
         }
         let mut state = self.state.write().expect("poisoned");
         let first = state.by_ord.len() as u64;
-        let labels = &mut state.labels;
+        let labels = Arc::make_mut(&mut state.labels);
         let entries: Vec<Arc<Entry>> = written
             .into_iter()
             .map(|stored| {
@@ -124,7 +125,19 @@ impl Catalog {
         let scored = self.index.search(&q.text, stats, limit).expect("an in-RAM index answers");
         let state = self.state.read().expect("poisoned");
         let entries = scored.into_iter().filter_map(|(ord, s)| state.by_ord.get(ord as usize).map(|e| (e, s)));
-        search::page(entries, &state.labels, q, city, extra.unwrap_or(&|_| true))
+        match extra {
+            None => search::page(entries, &state.labels, q, city, &|_| true),
+            // The extra predicate reads the booking store, record by record:
+            // not under this lock, which an import's writer would queue behind
+            // (and every search behind the writer).
+            Some(extra) => {
+                let labels = state.labels.clone();
+                let admitted: Vec<(Arc<Entry>, f32)> =
+                    entries.filter(|(e, _)| q.admits(&e.stored.record)).map(|(e, s)| (e.clone(), s)).collect();
+                drop(state);
+                search::page(admitted.iter().map(|(e, s)| (e, *s)), &labels, q, city, extra)
+            }
+        }
     }
 }
 
@@ -160,7 +173,12 @@ mod tests {
                 stored("sem-1", "扫描电子显微镜", "Scanning Electron Microscope (SEM)", "01.01.02"),
                 stored("ppms-1", "综合物性测量系统", "Physical Property Measurement System (PPMS)", "02.03.01"),
                 stored("nmr-1", "核磁共振波谱仪", "Nuclear Magnetic Resonance Spectrometer (NMR)", "01.06.01"),
-                stored("tem-2", "透射电子显微镜", "300 kV Transmission Electron Microscope (TEM)", "01.01.01"),
+                stored(
+                    "tem-2",
+                    "透射电子显微镜",
+                    "300 kV Transmission Electron Microscope JEM-30000 (TEM)",
+                    "01.01.01",
+                ),
             ],
         )
     }
@@ -194,6 +212,8 @@ mod tests {
         assert_eq!(sorted(ids("电镜")), vec!["sem-1", "tem-1", "tem-2"], "a generic name finds every kind");
         assert_eq!(sorted(ids("显微镜")), vec!["sem-1", "tem-1", "tem-2"], "bigrams find the word inside names");
         assert_eq!(ids("spectrometr"), vec!["nmr-1"], "one typo");
+        assert_eq!(ids("JEM30000"), vec!["tem-2"], "a model code written without its hyphen");
+        assert!(ids("TEM 30001").is_empty(), "numbers are not typos of each other");
         assert_eq!(ids("spectrometers"), vec!["nmr-1"], "stemmed");
         assert!(ids("temperature").is_empty());
         assert_eq!(ids("").len(), 5);

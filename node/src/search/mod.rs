@@ -112,7 +112,7 @@ pub struct Hits {
 /// Small numbers standing for facet values (categories and institutions,
 /// in one space), so that counting a broad query's matches neither hashes
 /// nor compares text. Values are never forgotten; there are few of them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Labels {
     ids: HashMap<String, u32>,
     names: Vec<String>,
