@@ -190,7 +190,9 @@ impl SearchIndex {
         }
         for word in &analysis.rest {
             for term in self.terms_of(word) {
-                let latin = !term.chars().any(text::is_cjk);
+                // Only words of letters: a number or a model code one digit
+                // off ("30000" for "20000") is another thing, not a typo.
+                let latin = term.chars().all(|c| c.is_alphabetic() && !text::is_cjk(c));
                 let len = term.chars().count();
                 let per_field: Vec<(Occur, Box<dyn Query>)> = if latin && len >= FUZZY_MIN && df(&term) == 0 {
                     let distance = if len >= 2 * FUZZY_MIN { 2 } else { 1 };
