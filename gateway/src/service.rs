@@ -391,7 +391,10 @@ impl gateway_server::Gateway for GatewayService {
                         sum.add(f);
                     }
                     // Merge as answers arrive; keep only what can still make the page.
-                    hits.extend(resp.hits);
+                    hits.extend(resp.hits.into_iter().map(|mut h| {
+                        h.fill_id();
+                        h
+                    }));
                     hits.sort_by(rank_hits);
                     hits.truncate(msg.limit as usize);
                     nodes.push(node_status(c, NodeState::Ok, took, String::new()));

@@ -9,8 +9,10 @@ use prost::{
     encoding::{DecodeContext, WireType, bytes as wire_bytes, double, message, skip_field},
 };
 
-use crate::v1::Instrument;
+use crate::v1::{Instrument, NodeSearchHit};
 
+/// Equality compares representations: a decoded hit and an encoded one with
+/// the same bytes on the wire are not equal. Decoded hits compare as usual.
 #[derive(Clone, PartialEq, Default, Debug)]
 pub struct SearchHit {
     /// The summary of the record: ids, names, city, category, maker and
@@ -31,6 +33,19 @@ impl SearchHit {
     /// message, sent on as they are.
     pub fn encoded(encoded: Bytes, score: f64) -> Self {
         SearchHit { instrument: None, score, encoded: Some(encoded) }
+    }
+}
+
+impl NodeSearchHit {
+    /// Makes sure the hit names its instrument. A node of an earlier version
+    /// answers with `SearchHit`s, which read as hits without an id (field 1
+    /// is the same bytes either way); the id is then read from the instrument.
+    pub fn fill_id(&mut self) {
+        if self.id.is_empty()
+            && let Ok(i) = Instrument::decode(self.instrument.clone())
+        {
+            self.id = i.id;
+        }
     }
 }
 
@@ -55,7 +70,10 @@ impl Message for SearchHit {
     ) -> Result<(), DecodeError> {
         match tag {
             1 => {
-                self.encoded = None;
+                // A second field 1 merges into the first, encoded or not.
+                if let Some(raw) = self.encoded.take() {
+                    self.instrument = Some(Instrument::decode(raw)?);
+                }
                 message::merge(wire_type, self.instrument.get_or_insert_with(Default::default), buf, ctx)
             }
             2 => double::merge(wire_type, &mut self.score, buf, ctx),
@@ -92,6 +110,25 @@ mod tests {
         assert_eq!(raw.encode_to_vec(), plain.encode_to_vec());
         assert_eq!(raw.encoded_len(), plain.encode_to_vec().len());
         assert_eq!(SearchHit::decode(raw.encode_to_vec().as_slice()).unwrap(), plain);
+        // Merging into an encoded hit keeps what it held.
+        let mut merged = raw.clone();
+        let more = Instrument { name_en: "TEM".into(), ..Default::default() };
+        merged.merge(SearchHit::new(more, 0.0).encode_to_vec().as_slice()).unwrap();
+        let i = merged.instrument.unwrap();
+        assert_eq!((i.id.as_str(), i.name_zh.as_str(), i.name_en.as_str()), ("hefei/tem-1", "透射电镜", "TEM"));
+    }
+
+    #[test]
+    fn a_hit_from_a_node_of_the_previous_version_gets_its_id_from_the_instrument() {
+        // The previous node answer carried `repeated SearchHit hits = 1`, as
+        // SearchResponse still does.
+        let old = crate::v1::SearchResponse { hits: vec![SearchHit::new(instrument(), 2.0)], ..Default::default() };
+        let mut resp = crate::v1::NodeSearchResponse::decode(old.encode_to_vec().as_slice()).unwrap();
+        let hit = &mut resp.hits[0];
+        assert_eq!((hit.id.as_str(), hit.score), ("", 2.0));
+        hit.fill_id();
+        assert_eq!(hit.id, "hefei/tem-1");
+        assert_eq!(Instrument::decode(hit.instrument.clone()).unwrap(), instrument());
     }
 
     #[test]
