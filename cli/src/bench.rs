@@ -257,7 +257,28 @@ async fn drive(label: &str, load: Load, json_out: bool, call: Call) -> serde_jso
     let Load { concurrency, seconds, rate } = load;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
-    let due = Arc::new(AtomicU64::new(0));
+    // Due times come from a thread of their own: tokio's timer rounds to
+    // whole milliseconds, which would add up to a millisecond of the load
+    // generator's own lateness to every latency.
+    let due = rate.map(|r| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        std::thread::spawn(move || {
+            for k in 0u64.. {
+                let offset = k as f64 / r;
+                if offset >= seconds as f64 {
+                    break;
+                }
+                let at = started + Duration::from_secs_f64(offset);
+                if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if tx.send(at).is_err() {
+                    break;
+                }
+            }
+        });
+        Arc::new(tokio::sync::Mutex::new(rx))
+    });
     let tasks: Vec<_> = (0..concurrency)
         .map(|c| {
             let (call, due) = (call.clone(), due.clone());
@@ -265,16 +286,11 @@ async fn drive(label: &str, load: Load, json_out: bool, call: Call) -> serde_jso
                 let mut tally = Tally::default();
                 let mut i = 0u64;
                 loop {
-                    let t = match rate {
-                        Some(r) => {
-                            let k = due.fetch_add(1, Ordering::Relaxed);
-                            let at = started + Duration::from_secs_f64(k as f64 / r);
-                            if at >= deadline {
-                                break;
-                            }
-                            tokio::time::sleep_until(at.into()).await;
-                            at
-                        }
+                    let t = match &due {
+                        Some(due) => match due.lock().await.recv().await {
+                            Some(at) => at,
+                            None => break,
+                        },
                         None if Instant::now() < deadline => Instant::now(),
                         None => break,
                     };

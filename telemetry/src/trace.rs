@@ -33,7 +33,8 @@ impl Drop for TracingGuard {
 /// `default_filter`), plus OpenTelemetry export when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, under `OTEL_SERVICE_NAME` or
 /// `service`. Must run inside a tokio runtime. With no endpoint, spans are
-/// kept by nothing and cost little; log lines carry events' own fields.
+/// still opened but nothing formats or exports them; log lines carry their
+/// events' own fields.
 pub fn init_tracing(default_filter: &str, service: &str) -> TracingGuard {
     use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));

@@ -60,7 +60,9 @@ impl Calendar {
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
             let id = e.booking.as_bytes();
-            out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+            // Booking ids are this node's own "<city>/bk-<n>".
+            let len = u16::try_from(id.len()).expect("a booking id is short");
+            out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(id);
             for v in [e.start, e.end, e.setup, e.cooldown] {
                 out.extend_from_slice(&v.to_le_bytes());
