@@ -124,8 +124,12 @@ impl Catalog {
         let limit = if everything { usize::MAX } else { q.limit };
         let scored = self.index.search(&q.text, stats, limit).expect("an in-RAM index answers");
         let state = self.state.read().expect("poisoned");
-        let entries = scored.into_iter().filter_map(|(ord, s)| state.by_ord.get(ord as usize).map(|e| (e, s)));
+        let entries = scored.hits.into_iter().filter_map(|(ord, s)| state.by_ord.get(ord as usize).map(|e| (e, s)));
         match extra {
+            // Nothing filters: every match counts, collected or not.
+            None if !everything => {
+                Hits { total: scored.matches, ..search::page(entries, &state.labels, q, city, &|_| true) }
+            }
             None => search::page(entries, &state.labels, q, city, &|_| true),
             // The extra predicate reads the booking store, record by record:
             // not under this lock, which an import's writer would queue behind
@@ -220,6 +224,25 @@ mod tests {
     }
 
     #[test]
+    fn equal_scores_beyond_the_index_cut_still_break_by_id() {
+        // 300 instruments with one name score the same; indexed in an order
+        // unrelated to their ids.
+        let mut all: Vec<StoredInstrument> = (0..300)
+            .map(|i| {
+                stored(&format!("nmr-{:03}", (i * 7919) % 300), "核磁共振波谱仪", "NMR Spectrometer (NMR)", "01.06.01")
+            })
+            .collect();
+        all.rotate_left(123);
+        let c = Catalog::new(city_by_slug("hefei").unwrap(), all);
+        let expected: Vec<String> = (0..10).map(|i| format!("nmr-{i:03}")).collect();
+        assert_eq!(ids_in(&c, &text("NMR")), expected, "top-k path");
+        assert_eq!(c.search(&text("NMR"), "hefei", "Anhui", None, None).total, 300, "total counts every match");
+        let mut with_facets = text("NMR");
+        with_facets.facets = true;
+        assert_eq!(ids_in(&c, &with_facets), expected, "every-match path");
+    }
+
+    #[test]
     fn filters_apply_and_city_filters_short_circuit() {
         let c = catalog();
         let mut q = text("");
@@ -243,9 +266,20 @@ mod tests {
             .map(|(_, record)| StoredInstrument { record, updated_at: "t".into() })
             .collect();
         let c = Catalog::new(city_by_slug("hefei").unwrap(), all);
-        let mut q = text("显微镜");
-        q.limit = 7;
+        let mut q = text("spectrometer");
+        q.limit = 1;
+        let top_k = c.search(&q, "hefei", "Anhui", None, None);
         q.facets = true;
+        let every = c.search(&q, "hefei", "Anhui", None, None);
+        assert_eq!(
+            (top_k.total, &top_k.hits[0].0.id),
+            (every.total, &every.hits[0].0.id),
+            "the total and the page do not depend on the path taken to them"
+        );
+        assert!(every.total > 68, "more matches than the top-k path collects: {}", every.total);
+        let mut q = text("显微镜");
+        q.facets = true;
+        q.limit = 7;
         let mut seen = Vec::new();
         loop {
             let page = c.search(&q, "hefei", "Anhui", None, None);

@@ -11,7 +11,7 @@ use std::{
 use tantivy::{
     DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentOrdinal, SegmentReader,
     TantivyDocument, Term,
-    collector::{Collector, SegmentCollector, TopDocs},
+    collector::{Collector, Count, SegmentCollector, TopDocs},
     columnar::Column,
     query::{AllQuery, Bm25StatisticsProvider, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, TermQuery},
     schema::{FAST, Field, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions},
@@ -246,10 +246,11 @@ impl SearchIndex {
         Ok(out)
     }
 
-    /// Every matching document as (ord, score), scored with `global` when
-    /// given and with this index's own statistics otherwise.
-    /// At most `limit` of them, best first (ties in no particular order).
-    pub fn search(&self, text: &str, global: Option<&CorpusStats>, limit: usize) -> tantivy::Result<Vec<(u64, Score)>> {
+    /// Matching documents as (ord, score), scored with `global` when given
+    /// and with this index's own statistics otherwise. With `limit` =
+    /// `usize::MAX` every match, in no order; otherwise at least the best
+    /// `limit` (with every document tied with the last of them), best first.
+    pub fn search(&self, text: &str, global: Option<&CorpusStats>, limit: usize) -> tantivy::Result<Scored> {
         let searcher = self.searcher();
         let schema = self.index.schema();
         let df = |term: &str| -> u64 {
@@ -263,17 +264,33 @@ impl SearchIndex {
         };
         let query = self.build(text, &df);
         let global = global.map(|stats| Global { stats, schema: &schema });
+        let all = |min| -> tantivy::Result<Vec<(u64, Score)>> {
+            collect(&searcher, &*query, global.as_ref(), &AllScored { min })
+        };
         if limit == usize::MAX {
             // Every match, in no order: the caller filters before it ranks.
-            return collect(&searcher, &*query, global.as_ref(), &AllScored);
+            let hits = all(None)?;
+            return Ok(Scored { matches: hits.len() as u64, hits });
         }
         // Ties at the cut-off must all be kept: the caller breaks them by id.
-        let collector = TopDocs::with_limit(limit.saturating_mul(4) + 64).order_by_score();
-        let hits: Vec<(Score, DocAddress)> = collect(&searcher, &*query, global.as_ref(), &collector)?;
+        let cut = limit.saturating_mul(4) + 64;
+        let collector = TopDocs::with_limit(cut).order_by_score();
+        let top: Vec<(Score, DocAddress)> = collect(&searcher, &*query, global.as_ref(), &collector)?;
+        // Fewer than asked for is every match; otherwise count them (without
+        // scoring), so that the total never depends on the page size.
+        let matches =
+            if top.len() < cut { top.len() as u64 } else { collect(&searcher, &*query, None, &Count)? as u64 };
+        if limit > 0 && top.len() == cut && top[limit - 1].0 == top[cut - 1].0 {
+            // The cut fell inside a run of equal scores that reaches the page
+            // (many instruments share a name): which of them make the page is
+            // decided by id, which the index does not order by. Take the
+            // whole run, and everything above it.
+            return Ok(Scored { hits: all(Some(top[limit - 1].0))?, matches });
+        }
         // Open each segment's ordinal column once, not once per hit.
         let mut columns = BTreeMap::new();
-        let mut out = Vec::with_capacity(hits.len());
-        for (score, addr) in hits {
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, addr) in top {
             let column = match columns.entry(addr.segment_ord) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
@@ -281,11 +298,19 @@ impl SearchIndex {
                 }
             };
             if let Some(ord) = column.first(addr.doc_id) {
-                out.push((ord, score));
+                hits.push((ord, score));
             }
         }
-        Ok(out)
+        Ok(Scored { hits, matches })
     }
+}
+
+/// What [`SearchIndex::search`] found.
+pub struct Scored {
+    /// (ord, score) of the documents collected.
+    pub hits: Vec<(u64, Score)>,
+    /// How many documents match in all, collected or not.
+    pub matches: u64,
 }
 
 /// Runs `collector` with corpus-wide statistics when given.
@@ -302,11 +327,15 @@ fn collect<C: Collector>(
 }
 
 /// Collects every match as (ord, score), unsorted: cheaper than a top-k heap
-/// as large as the index when the caller needs all matches anyway.
-struct AllScored;
+/// as large as the index when the caller needs all matches anyway. With
+/// `min`, only those scoring at least that.
+struct AllScored {
+    min: Option<Score>,
+}
 
 struct SegmentScored {
     ords: Column<u64>,
+    min: Score,
     out: Vec<(u64, Score)>,
 }
 
@@ -315,7 +344,11 @@ impl Collector for AllScored {
     type Child = SegmentScored;
 
     fn for_segment(&self, _: SegmentOrdinal, segment: &SegmentReader) -> tantivy::Result<SegmentScored> {
-        Ok(SegmentScored { ords: segment.fast_fields().u64(ORD)?, out: Vec::new() })
+        Ok(SegmentScored {
+            ords: segment.fast_fields().u64(ORD)?,
+            min: self.min.unwrap_or(Score::MIN),
+            out: Vec::new(),
+        })
     }
 
     fn requires_scoring(&self) -> bool {
@@ -331,6 +364,9 @@ impl SegmentCollector for SegmentScored {
     type Fruit = Vec<(u64, Score)>;
 
     fn collect(&mut self, doc: DocId, score: Score) {
+        if score < self.min {
+            return;
+        }
         if let Some(ord) = self.ords.first(doc) {
             self.out.push((ord, score));
         }

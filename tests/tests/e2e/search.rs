@@ -33,6 +33,7 @@ async fn merged_top_20_equals_one_index_holding_everything() {
         let mut expected: Vec<(f32, String)> = one
             .search(q, None, usize::MAX)
             .unwrap()
+            .hits
             .into_iter()
             .map(|(ord, s)| {
                 let (c, r) = &all[ord as usize];
