@@ -371,27 +371,22 @@ fn refused(b: &mut Booking, from: PayState, why: &str) {
         return;
     }
     p.detail = why.to_string();
-    match from {
+    let (next, note) = match from {
         // Nothing is held at the issuer: the booking is released here.
-        PayState::Trying => {
-            p.state = PayState::Voided;
-            if b.state.is_live() {
-                b.state = State::Cancelled;
-                b.hold_expires = None;
-                b.note = format!("voucher refused: {why}");
-            }
-        }
+        PayState::Trying => (PayState::Voided, "voucher refused"),
         // The issuer gave up the hold (it expired there): cancel both sides.
-        PayState::Confirming => {
-            p.state = PayState::Cancelling;
-            if b.state.is_live() {
-                b.state = State::Cancelled;
-                b.hold_expires = None;
-                b.note = format!("voucher hold lost at the issuer: {why}");
-            }
+        PayState::Confirming => (PayState::Cancelling, "voucher hold lost at the issuer"),
+        PayState::Cancelling | PayState::Posting => {
+            p.state = PayState::Disputed;
+            return;
         }
-        PayState::Cancelling | PayState::Posting => p.state = PayState::Disputed,
-        _ => {}
+        _ => return,
+    };
+    p.state = next;
+    if b.state.is_live() {
+        b.state = State::Cancelled;
+        b.hold_expires = None;
+        b.note = format!("{note}: {why}");
     }
 }
 
