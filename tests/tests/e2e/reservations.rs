@@ -64,6 +64,11 @@ fn reserve(instrument: &str, start: i64, minutes: i64, key: &str) -> pb::Reserve
     }
 }
 
+/// A booking action with no reason given.
+fn action(booking: &pb::Booking, key: &str) -> pb::BookingActionRequest {
+    pb::BookingActionRequest { booking_id: booking.id.clone(), idempotency_key: key.into(), reason: String::new() }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_identity_is_refused_the_same_slot_with_the_conflicting_time() {
     let mesh = Mesh::start(Some(Scale::G60)).await;
@@ -103,26 +108,10 @@ async fn a_second_identity_is_refused_the_same_slot_with_the_conflicting_time() 
     let err =
         mesh.gateway("org-other").get_booking(pb::GetBookingRequest { booking_id: b.id.clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "another org's booking is not even visible");
-    let err = mesh
-        .gateway("org-other")
-        .cancel_booking(pb::BookingActionRequest {
-            booking_id: b.id.clone(),
-            idempotency_key: "x".into(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = mesh.gateway("org-other").cancel_booking(action(&b, "x")).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // Another city's admin has no say in hefei.
-    let err = mesh
-        .gateway("admin-wuhu")
-        .cancel_booking(pb::BookingActionRequest {
-            booking_id: b.id.clone(),
-            idempotency_key: "y".into(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = mesh.gateway("admin-wuhu").cancel_booking(action(&b, "y")).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 
@@ -137,25 +126,9 @@ async fn approval_flow_and_bad_times_through_the_gateway() {
     let mut org = mesh.gateway("org-demo");
     let b = org.reserve(reserve(inst, start, 60, "p")).await.unwrap().into_inner();
     assert_eq!(b.state, pb::BookingState::Pending as i32);
-    let err = org
-        .approve_booking(pb::BookingActionRequest {
-            booking_id: b.id.clone(),
-            idempotency_key: "a0".into(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = org.approve_booking(action(&b, "a0")).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let approved = mesh
-        .gateway("admin-hefei")
-        .approve_booking(pb::BookingActionRequest {
-            booking_id: b.id.clone(),
-            idempotency_key: "a1".into(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let approved = mesh.gateway("admin-hefei").approve_booking(action(&b, "a1")).await.unwrap().into_inner();
     assert_eq!(approved.state, pb::BookingState::Confirmed as i32);
 
     // A time with no zone is refused with a hint, and nothing is stored.
@@ -250,12 +223,7 @@ async fn concurrent_clients_never_double_book() {
                         }
                     };
                     let booking = if req.hold_only {
-                        let key = format!("c{c}-{k}-confirm");
-                        let r = pb::BookingActionRequest {
-                            booking_id: booking.id.clone(),
-                            idempotency_key: key,
-                            reason: String::new(),
-                        };
+                        let r = action(&booking, &format!("c{c}-{k}-confirm"));
                         gw.confirm_booking(r).await.expect("confirming a fresh hold").into_inner()
                     } else {
                         booking
