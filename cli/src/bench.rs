@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use corridor_certs::{Identity, client_channel};
+use corridor_node::booking::time::format as rfc;
 use corridor_proto::{self as pb, cities::City, node_client::NodeClient};
 use serde_json::json;
 use tonic::transport::Channel;
@@ -132,15 +133,6 @@ impl Tally {
         }
         v
     }
-}
-
-fn rfc(t: i64) -> String {
-    use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .expect("in range")
-        .to_offset(time::macros::offset!(+8))
-        .format(&Rfc3339)
-        .expect("formattable")
 }
 
 /// The bookable instruments of a city, as the gateway lists them.

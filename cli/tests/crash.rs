@@ -11,9 +11,10 @@ use std::{
 };
 
 use corridor_certs::{Credentials, Identity, client_channel};
+use corridor_node::booking::time::format as rfc;
 use corridor_node::demo::{Scale, city_inventory};
 use corridor_proto::{self as pb, node_client::NodeClient};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 
 /// Starts `corridor node run` for hefei and returns once it logs that it
 /// serves (a bound listener queues connections from then on).
@@ -41,10 +42,6 @@ fn start_node(dir: &Path, port: u16) -> Child {
     // Keep draining so the node never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     child
-}
-
-fn rfc(t: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(t).unwrap().to_offset(time::macros::offset!(+8)).format(&Rfc3339).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,13 +13,14 @@ use std::{
 };
 
 use corridor_certs::{Credentials, Identity, client_channel};
+use corridor_node::booking::time::format as rfc;
 use corridor_node::{
     demo::{Scale, voucher_instruments},
     ledger::Body,
     reconcile,
 };
 use corridor_proto::{self as pb, gateway_client::GatewayClient, node_client::NodeClient};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 use tonic::transport::Channel;
 
 const CITIES: [&str; 2] = ["hefei", "wuhu"];
@@ -147,10 +148,6 @@ impl Drop for Cluster {
             let _ = p.wait();
         }
     }
-}
-
-fn rfc(t: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(t).unwrap().to_offset(time::macros::offset!(+8)).format(&Rfc3339).unwrap()
 }
 
 /// Calls `f` until it answers, as a client retrying through restarts would.

@@ -13,7 +13,7 @@ use corridor_node::{
     demo::{Scale, city_inventory},
 };
 use corridor_tests::{Mesh, pb};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 
 async fn take(mesh: &Mesh, who: &str) -> Result<Vec<u8>, tonic::Status> {
     let mut stream = mesh.node("hefei", who).backup(pb::BackupRequest {}).await?.into_inner();
@@ -33,9 +33,7 @@ async fn a_backup_under_load_restores_to_identical_content() {
         .take(6)
         .map(|r| format!("hefei/{}", r.local_id))
         .collect();
-    let rfc = |t: i64| {
-        OffsetDateTime::from_unix_timestamp(t).unwrap().to_offset(time::macros::offset!(+8)).format(&Rfc3339).unwrap()
-    };
+    let rfc = corridor_node::booking::time::format;
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let base = (now + 8 * 3600) / 86_400 * 86_400 - 8 * 3600 + 7 * 86_400 + 8 * 3600;
     let stop = Arc::new(AtomicBool::new(false));

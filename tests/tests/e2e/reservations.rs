@@ -7,14 +7,11 @@ use std::{
 };
 
 use corridor_certs::{Identity, IssueOptions};
+use corridor_node::booking::time::format as rfc;
 use corridor_node::demo::{Scale, city_inventory};
 use corridor_tests::{Mesh, pb};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tonic::Code;
-
-fn rfc(t: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(t).unwrap().to_offset(time::macros::offset!(+8)).format(&Rfc3339).unwrap()
-}
 
 fn parse(s: &str) -> i64 {
     OffsetDateTime::parse(s, &Rfc3339).unwrap().unix_timestamp()

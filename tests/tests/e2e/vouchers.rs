@@ -4,21 +4,18 @@
 
 use std::time::Duration;
 
+use corridor_node::booking::time::format as rfc;
 use corridor_node::{
     demo::Scale,
     reconcile::{self, Period},
 };
 use corridor_tests::{Mesh, pb};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 use tonic::Code;
 
 /// 18 characters with a valid check character.
 fn uscc() -> String {
     corridor_node::model::uscc_with_check("91340200MA2N00000").unwrap()
-}
-
-fn rfc(t: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(t).unwrap().to_offset(time::macros::offset!(+8)).format(&Rfc3339).unwrap()
 }
 
 /// 09:00 in Shanghai, a week from now.
