@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Hand-written (src/hit.rs): the gateway forwards hits still encoded.
         .extern_path(".corridor.v1.SearchHit", "crate::hit::SearchHit")
-        .bytes(".corridor.v1.NodeSearchHit.instrument")
+        .bytes(".corridor.v1.NodeSearchHit")
         .compile_fds(fds)?;
     Ok(())
 }

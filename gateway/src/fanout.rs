@@ -18,7 +18,7 @@ use tokio::{
 };
 use tonic::{Code, Status, transport::Channel};
 
-use crate::{GatewayConfig, server::MAX_MESSAGE_BYTES};
+use crate::{GatewayConfig, batch::Batcher, server::MAX_MESSAGE_BYTES};
 
 /// A city's node as the gateway sees it.
 #[derive(Clone)]
@@ -27,6 +27,7 @@ pub struct CityClient {
     pub endpoint: String,
     pub client: NodeClient<Channel>,
     pub guard: Arc<Guard>,
+    pub searches: Arc<Batcher>,
 }
 
 /// Calls to one city in flight at once; more are shed at once.
@@ -115,7 +116,16 @@ impl Cities {
             let client = NodeClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            by_slug.insert(city.slug, CityClient { city, endpoint: n.endpoint.clone(), client, guard: Arc::default() });
+            by_slug.insert(
+                city.slug,
+                CityClient {
+                    city,
+                    endpoint: n.endpoint.clone(),
+                    client,
+                    guard: Arc::default(),
+                    searches: Arc::default(),
+                },
+            );
         }
         let order = corridor_proto::cities::CITIES.iter().map(|c| c.slug).filter(|s| by_slug.contains_key(s)).collect();
         Ok(Cities { by_slug, order })

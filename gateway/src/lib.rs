@@ -2,6 +2,7 @@
 //! city node under one deadline, merges what comes back, and routes
 //! per-instrument calls to the owning city. It keeps no state of its own.
 
+mod batch;
 mod config;
 mod fanout;
 mod server;

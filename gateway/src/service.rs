@@ -214,6 +214,42 @@ where
     F: FnOnce(corridor_proto::node_client::NodeClient<tonic::transport::Channel>, Request<Req>) -> Fut,
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
+    guarded(c, budget, |span| {
+        let mut req = Request::new(msg);
+        req.set_timeout(budget);
+        corridor_telemetry::inject(&span, req.metadata_mut());
+        async move { f(c.client.clone(), req).instrument(span).await.map(Response::into_inner) }
+    })
+    .await
+}
+
+/// A search of one node, alone or batched with others to the same node
+/// (see `batch`), under the same guard as every other call.
+async fn search_call(
+    c: &CityClient,
+    budget: Duration,
+    msg: pb::SearchRequest,
+) -> (Result<pb::NodeSearchResponse, (NodeState, String)>, Duration) {
+    let deadline = Instant::now() + budget;
+    guarded(c, budget, |span| {
+        let wait = span.clone();
+        async move { c.searches.search(&c.client, msg, deadline, span).instrument(wait).await }
+    })
+    .await
+}
+
+/// One call to a city through its guard: admitted or shed at once, bounded
+/// by `budget`, and its outcome counted by the circuit breaker. `start` gets
+/// the call's span, whose context the node's span joins.
+async fn guarded<Resp, F, Fut>(
+    c: &CityClient,
+    budget: Duration,
+    start: F,
+) -> (Result<Resp, (NodeState, String)>, Duration)
+where
+    F: FnOnce(tracing::Span) -> Fut,
+    Fut: Future<Output = Result<Resp, Status>>,
+{
     let started = Instant::now();
     let permit = match c.guard.admit() {
         Ok(p) => p,
@@ -221,11 +257,8 @@ where
     };
     // One child span per city call; the node's server span joins it.
     let span = tracing::info_span!("gateway.city_call", otel.name = %format!("gateway.call.{}", c.city.slug), city = c.city.slug);
-    let mut req = Request::new(msg);
-    req.set_timeout(budget);
-    corridor_telemetry::inject(&span, req.metadata_mut());
-    let result = match tokio::time::timeout(budget, f(c.client.clone(), req)).instrument(span).await {
-        Ok(Ok(resp)) => Ok(resp.into_inner()),
+    let result = match tokio::time::timeout(budget, start(span)).await {
+        Ok(Ok(resp)) => Ok(resp),
         Ok(Err(status)) => Err((classify(&status), status.message().to_string())),
         Err(_) => Err((NodeState::Timeout, format!("no answer within {} ms", budget.as_millis()))),
     };
@@ -238,7 +271,7 @@ where
 /// Orders merged hits as every node does: best score first, then by id, so
 /// that equal scores come out the same way every time.
 fn rank_hits(a: &pb::NodeSearchHit, b: &pb::NodeSearchHit) -> std::cmp::Ordering {
-    corridor_proto::cursor::rank((a.score as f32, &a.id), (b.score as f32, &b.id))
+    corridor_proto::cursor::rank_bytes((a.score as f32, &a.id), (b.score as f32, &b.id))
 }
 
 fn fail_fast(c: &CityClient, state: NodeState, detail: &str) -> Status {
@@ -268,14 +301,14 @@ struct FacetSums {
 }
 
 impl FacetSums {
-    fn add(&mut self, f: &pb::Facets) {
+    fn add(&mut self, f: pb::Facets) {
         for (sum, counts) in [
-            (&mut self.cities, &f.cities),
-            (&mut self.categories, &f.categories),
-            (&mut self.institutions, &f.institutions),
+            (&mut self.cities, f.cities),
+            (&mut self.categories, f.categories),
+            (&mut self.institutions, f.institutions),
         ] {
             for c in counts {
-                *sum.entry(c.value.clone()).or_default() += c.count;
+                *sum.entry(c.value).or_default() += c.count;
             }
         }
     }
@@ -375,7 +408,7 @@ impl gateway_server::Gateway for GatewayService {
             .map(|c| {
                 let msg = msg.clone();
                 async move {
-                    let r = call(c, budget, msg, |mut cl, r| async move { cl.search(r).await }).await;
+                    let r = search_call(c, budget, msg).await;
                     (*c, r)
                 }
             })
@@ -387,7 +420,7 @@ impl gateway_server::Gateway for GatewayService {
             match result {
                 Ok(resp) => {
                     total += resp.total;
-                    if let (Some(sum), Some(f)) = (facets.as_mut(), resp.facets.as_ref()) {
+                    if let (Some(sum), Some(f)) = (facets.as_mut(), resp.facets) {
                         sum.add(f);
                     }
                     // Merge as answers arrive; keep only what can still make the page.
@@ -416,7 +449,7 @@ impl gateway_server::Gateway for GatewayService {
         let order: Vec<&str> = corridor_proto::cities::CITIES.iter().map(|c| c.slug).collect();
         nodes.sort_by_key(|n| order.iter().position(|s| *s == n.city));
         let next_cursor = match hits.last() {
-            Some(h) if hits.len() == msg.limit as usize => corridor_proto::cursor::encode(h.score as f32, &h.id),
+            Some(h) if hits.len() == msg.limit as usize => corridor_proto::cursor::encode(h.score as f32, h.id_str()),
             _ => String::new(),
         };
         Ok(Response::new(pb::SearchResponse {

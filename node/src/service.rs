@@ -33,6 +33,9 @@ const MAX_IMPORT_ROWS: usize = 1_000_000;
 /// Most hits one search may ask for.
 pub const MAX_LIMIT: u32 = 200;
 pub const DEFAULT_LIMIT: u32 = 20;
+/// Most searches one `SearchBatch` call may carry; the gateway sends at most
+/// this many.
+pub const MAX_BATCH_ITEMS: usize = 64;
 
 #[derive(Clone)]
 pub struct NodeService {
@@ -46,6 +49,25 @@ impl NodeService {
 
     fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         caller_identity(req).map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    /// One search of this node's catalog, as `Search` and each item of
+    /// `SearchBatch` run it.
+    fn search_one(&self, req: &pb::SearchRequest) -> Result<pb::NodeSearchResponse, Status> {
+        let (q, free) = query_from(req)?;
+        let stats = req.stats.as_ref().map(stats_from_proto);
+        let found = self.node.search(&q, stats.as_ref(), free);
+        let hits = found
+            .hits
+            .into_iter()
+            .map(|(e, score)| pb::NodeSearchHit {
+                instrument: e.summary.clone(),
+                score: score as f64,
+                id: e.wire_id.clone(),
+            })
+            .collect();
+        let facets = q.facets.then(|| facets_to_proto(found.facets));
+        Ok(pb::NodeSearchResponse { hits, total: found.total, facets })
     }
 
     /// The gateway and the reconciler read every city; a city's own admin and
@@ -295,20 +317,55 @@ impl node_server::Node for NodeService {
     #[tracing::instrument(name = "node.search", skip_all, fields(city = self.node.city().slug))]
     async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::NodeSearchResponse>, Status> {
         self.authorize_read(&req)?;
-        let (q, free) = query_from(req.get_ref())?;
-        let stats = req.get_ref().stats.as_ref().map(stats_from_proto);
-        let found = self.node.search(&q, stats.as_ref(), free);
-        let hits = found
-            .hits
-            .into_iter()
-            .map(|(e, score)| pb::NodeSearchHit {
-                instrument: e.summary.clone(),
-                score: score as f64,
-                id: e.id.clone(),
+        self.search_one(req.get_ref()).map(Response::new)
+    }
+
+    #[tracing::instrument(name = "node.search_batch", skip_all, fields(city = self.node.city().slug, items = req.get_ref().items.len()))]
+    async fn search_batch(
+        &self,
+        req: Request<pb::NodeSearchBatchRequest>,
+    ) -> Result<Response<pb::NodeSearchBatchResponse>, Status> {
+        self.authorize_read(&req)?;
+        let received = std::time::Instant::now();
+        let items = req.into_inner().items;
+        if items.len() > MAX_BATCH_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "a search batch holds at most {MAX_BATCH_ITEMS} searches, not {}",
+                items.len()
+            )));
+        }
+        let results = items
+            .iter()
+            .map(|item| {
+                let budget = std::time::Duration::from_micros(item.budget_micros);
+                let outcome = if item.budget_micros > 0 && received.elapsed() >= budget {
+                    Err(Status::deadline_exceeded(format!(
+                        "this search's {} ms ran out while earlier searches of its batch ran",
+                        budget.as_millis()
+                    )))
+                } else {
+                    // Each item is its own search in its own trace, as if it
+                    // had come alone.
+                    let span =
+                        tracing::info_span!("rpc", otel.name = "node.Search", otel.kind = "server", batched = true);
+                    corridor_telemetry::set_parent_from_map(&span, &item.trace_context);
+                    match &item.request {
+                        Some(r) => span.in_scope(|| self.search_one(r)),
+                        None => Err(Status::invalid_argument("a batch item carries no search request")),
+                    }
+                };
+                pb::NodeSearchBatchResult {
+                    outcome: Some(match outcome {
+                        Ok(found) => pb::node_search_batch_result::Outcome::Found(found),
+                        Err(s) => pb::node_search_batch_result::Outcome::Error(pb::ItemError {
+                            code: s.code() as i32,
+                            message: s.message().to_string(),
+                        }),
+                    }),
+                }
             })
             .collect();
-        let facets = q.facets.then(|| facets_to_proto(&found.facets));
-        Ok(Response::new(pb::NodeSearchResponse { hits, total: found.total, facets }))
+        Ok(Response::new(pb::NodeSearchBatchResponse { results }))
     }
 
     async fn search_stats(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::CorpusStats>, Status> {

@@ -7,6 +7,11 @@ use std::cmp::Ordering;
 
 /// Ranking order of two (score, id) pairs.
 pub fn rank(a: (f32, &str), b: (f32, &str)) -> Ordering {
+    rank_bytes((a.0, a.1.as_bytes()), (b.0, b.1.as_bytes()))
+}
+
+/// [`rank`] on ids as UTF-8 bytes, which order as their strings do.
+pub fn rank_bytes(a: (f32, &[u8]), b: (f32, &[u8])) -> Ordering {
     b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))
 }
 

@@ -44,8 +44,13 @@ impl NodeSearchHit {
         if self.id.is_empty()
             && let Ok(i) = Instrument::decode(self.instrument.clone())
         {
-            self.id = i.id;
+            self.id = i.id.into();
         }
+    }
+
+    /// The id as text; empty if a node sent bytes that are not UTF-8.
+    pub fn id_str(&self) -> &str {
+        std::str::from_utf8(&self.id).unwrap_or_default()
     }
 }
 
@@ -125,9 +130,9 @@ mod tests {
         let old = crate::v1::SearchResponse { hits: vec![SearchHit::new(instrument(), 2.0)], ..Default::default() };
         let mut resp = crate::v1::NodeSearchResponse::decode(old.encode_to_vec().as_slice()).unwrap();
         let hit = &mut resp.hits[0];
-        assert_eq!((hit.id.as_str(), hit.score), ("", 2.0));
+        assert_eq!((hit.id_str(), hit.score), ("", 2.0));
         hit.fill_id();
-        assert_eq!(hit.id, "hefei/tem-1");
+        assert_eq!(hit.id_str(), "hefei/tem-1");
         assert_eq!(Instrument::decode(hit.instrument.clone()).unwrap(), instrument());
     }
 

@@ -5,7 +5,7 @@
 
 mod trace;
 
-pub use trace::{TracingGuard, extract, init_tracing, inject, span_name};
+pub use trace::{TracingGuard, context_map, extract, init_tracing, inject, set_parent_from_map, span_name};
 
 use std::{
     collections::BTreeMap,

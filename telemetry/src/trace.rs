@@ -105,6 +105,23 @@ pub fn extract(headers: &http::HeaderMap) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
 }
 
+/// `span`'s trace context as a map, for calls that carry several requests,
+/// each with its own trace, in one message.
+pub fn context_map(span: &tracing::Span) -> std::collections::HashMap<String, String> {
+    let cx = span.context();
+    let mut map = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut map));
+    map
+}
+
+/// Makes `span` a child of the trace context in `map`, if it holds one.
+pub fn set_parent_from_map(span: &tracing::Span, map: &std::collections::HashMap<String, String>) {
+    if !map.is_empty() {
+        let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(map));
+        let _ = span.set_parent(cx);
+    }
+}
+
 /// "/corridor.v1.Node/Search" → "node.Search".
 pub fn span_name(path: &str) -> String {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');

@@ -72,6 +72,8 @@ pub struct Mesh {
     pub certs: PathBuf,
     pub gateway_addr: SocketAddr,
     pub node_addrs: BTreeMap<&'static str, SocketAddr>,
+    /// Each real node's metrics, as its /metrics endpoint would show them.
+    pub node_metrics: BTreeMap<&'static str, Arc<corridor_telemetry::Metrics>>,
     nodes: BTreeMap<&'static str, Running>,
     gateway: Option<Running>,
     /// Every server's credentials, to make them reload in tests.
@@ -102,6 +104,7 @@ impl Mesh {
         let mut nodes = BTreeMap::new();
         let mut sources = Vec::new();
         let mut node_addrs = BTreeMap::new();
+        let mut node_metrics = BTreeMap::new();
         let mut endpoints = Vec::new();
         // Every listener first, so that each node starts knowing its peers.
         let mut listeners = BTreeMap::new();
@@ -145,8 +148,9 @@ impl Mesh {
                 peers: peers.clone(),
             };
             let (stop, wait) = shutdown_pair();
+            let metrics = corridor_telemetry::Metrics::new();
+            node_metrics.insert(city.slug, metrics.clone());
             let task = tokio::spawn(async move {
-                let metrics = corridor_telemetry::Metrics::new();
                 corridor_node::run(config, creds, listener, metrics, wait).await.expect("node runs");
             });
             nodes.insert(city.slug, Running { stop, task });
@@ -168,7 +172,16 @@ impl Mesh {
             let metrics = corridor_telemetry::Metrics::new();
             corridor_gateway::run(config, creds, listener, metrics, None, wait).await.expect("gateway runs");
         });
-        let mesh = Mesh { dir, certs, gateway_addr, node_addrs, nodes, gateway: Some(Running { stop, task }), sources };
+        let mesh = Mesh {
+            dir,
+            certs,
+            gateway_addr,
+            node_addrs,
+            node_metrics,
+            nodes,
+            gateway: Some(Running { stop, task }),
+            sources,
+        };
         mesh.wait_until_seeded(seed).await;
         mesh
     }

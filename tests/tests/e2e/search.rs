@@ -227,3 +227,86 @@ async fn free_window_filter_uses_the_calendar() {
     assert!(!with(&three_hours), "no three-hour window is left");
     assert!(three_hours.total > 0, "the institution's other instruments are free");
 }
+
+/// The facts of an answer that batching must not change.
+fn answer(resp: &pb::SearchResponse) -> (Vec<(String, f64)>, u64, Option<pb::Facets>, bool) {
+    let hits = resp.hits.iter().map(|h| (h.instrument.as_ref().unwrap().id.clone(), h.score)).collect();
+    (hits, resp.total, resp.facets.clone(), resp.partial)
+}
+
+fn batch_calls(mesh: &Mesh, city: &str) -> u64 {
+    let text = mesh.node_metrics[city].render();
+    text.lines()
+        .filter(|l| l.starts_with("corridor_rpc_requests_total{method=\"/corridor.v1.Node/SearchBatch\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_search_as_if_it_came_alone() {
+    use pb::node_search_batch_result::Outcome;
+    let mesh = Mesh::start(Some(Scale::G60)).await;
+    let mut node = mesh.node("hefei", "gateway");
+    let queries =
+        [search("显微镜", 20), pb::SearchRequest { facets: true, ..search("spectrometer", 10) }, search("核磁", 5)];
+    let mut alone = Vec::new();
+    for q in &queries {
+        alone.push(node.search(q.clone()).await.unwrap().into_inner());
+    }
+    let item = |q: &pb::SearchRequest| pb::NodeSearchBatchItem { request: Some(q.clone()), ..Default::default() };
+    let mut items: Vec<_> = queries.iter().map(item).collect();
+    // An item with no search in it, and one whose budget is spent before
+    // the node reaches it (four searches run before it).
+    items.push(pb::NodeSearchBatchItem::default());
+    items.push(pb::NodeSearchBatchItem { budget_micros: 1, ..item(&queries[0]) });
+    let results = node.search_batch(pb::NodeSearchBatchRequest { items }).await.unwrap().into_inner().results;
+    assert_eq!(results.len(), 5, "one result per item, in order");
+    for (got, want) in results.iter().zip(&alone) {
+        match &got.outcome {
+            Some(Outcome::Found(found)) => assert_eq!(found, want),
+            other => panic!("expected the search's answer, got {other:?}"),
+        }
+    }
+    let code = |r: &pb::NodeSearchBatchResult| match &r.outcome {
+        Some(Outcome::Error(e)) => tonic::Code::from(e.code),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(code(&results[3]), tonic::Code::InvalidArgument);
+    assert_eq!(code(&results[4]), tonic::Code::DeadlineExceeded);
+
+    let too_many = pb::NodeSearchBatchRequest { items: vec![item(&queries[2]); 65] };
+    assert_eq!(node.search_batch(too_many).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    // Batches are reads like any other: another city's node may not make them.
+    let one = pb::NodeSearchBatchRequest { items: vec![item(&queries[2])] };
+    let err = mesh.node("hefei", "node-wuhu").search_batch(one).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_queued_behind_a_slow_city_are_batched_and_answered_as_alone() {
+    let mesh =
+        Mesh::start_with(Some(Scale::G60), |c| (c == "hefei").then_some(Front::Delay(Duration::from_millis(40)))).await;
+    let gw = mesh.gateway("org-demo");
+    let queries: Vec<pb::SearchRequest> =
+        ["显微镜", "spectrometer", "核磁", "X射线 Bruker", "质谱 metabolomics", "BET"]
+            .into_iter()
+            .flat_map(|q| [search(q, 20), pb::SearchRequest { facets: true, ..search(q, 5) }])
+            .collect();
+    let mut alone = Vec::new();
+    for q in &queries {
+        alone.push(answer(&gw.clone().search(q.clone()).await.unwrap().into_inner()));
+    }
+    let before = batch_calls(&mesh, "hefei");
+    // All at once: the slow city holds two calls at a time, the rest queue.
+    let together = futures_util::future::join_all(queries.iter().map(|q| {
+        let mut gw = gw.clone();
+        let q = q.clone();
+        async move { answer(&gw.search(q).await.unwrap().into_inner()) }
+    }))
+    .await;
+    for ((got, want), q) in together.iter().zip(&alone).zip(&queries) {
+        assert!(!got.3, "{q:?}: no city may drop out");
+        assert_eq!(got, want, "{q:?}: a batched search answers as it does alone");
+    }
+    assert!(batch_calls(&mesh, "hefei") > before, "the queued searches reach the slow city as batches");
+}

@@ -1,0 +1,241 @@
+//! Natural batching of search calls to one city.
+//!
+//! Most of what a node spends on a search it is sent alone is the call, not
+//! the search: TLS records, HTTP/2 frames, a task and a wake on both sides.
+//! So at most [`CALLS_IN_FLIGHT`] search calls to a city are in flight at
+//! once, and searches that arrive while they are gather in a queue; the next
+//! call carries everything queued, up to the node's limit, as one
+//! `SearchBatch`. Nothing waits on a timer: a search that finds a call free
+//! goes out at once, alone, as a plain `Search`, so a lone client sees no
+//! batching at all, and under load batches grow with the load.
+//!
+//! A batch call is never cancelled by any one search giving up: it runs in
+//! its own task, and each search waits only for its own answer, under its
+//! own deadline. Each item carries its own remaining budget and trace
+//! context, so the node skips items whose time is up and each search stays
+//! one trace.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use corridor_proto::{self as pb, node_client::NodeClient, node_search_batch_result::Outcome};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, oneshot},
+    time::Instant,
+};
+use tonic::{Code, Request, Status, transport::Channel};
+use tracing::Instrument;
+
+/// Search calls to one city in flight at once: two, so that a node can run
+/// two batches on its two cores while the next gathers.
+pub const CALLS_IN_FLIGHT: usize = 2;
+/// Most searches in one batch; the node refuses more
+/// (`corridor_node::service::MAX_BATCH_ITEMS`).
+pub const MAX_BATCH: usize = 64;
+/// Most hits one batch may ask for, so that its answer stays well inside the
+/// message limit (16 MiB) whatever the summaries weigh.
+const MAX_BATCH_HITS: u32 = 4_000;
+
+/// The search calls to one city.
+pub struct Batcher {
+    queue: Mutex<VecDeque<Pending>>,
+    calls: Arc<Semaphore>,
+    /// Set when the node answers `SearchBatch` with UNIMPLEMENTED (a node of
+    /// an earlier version, mid-upgrade): from then on every search goes to
+    /// it alone.
+    unbatched: AtomicBool,
+}
+
+struct Pending {
+    request: pb::SearchRequest,
+    deadline: Instant,
+    span: tracing::Span,
+    reply: oneshot::Sender<Result<pb::NodeSearchResponse, Status>>,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Batcher {
+            queue: Mutex::default(),
+            calls: Arc::new(Semaphore::new(CALLS_IN_FLIGHT)),
+            unbatched: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A free call, handed back on drop; whoever hands it back looks for
+/// searches that queued meanwhile.
+struct Slot {
+    batcher: Arc<Batcher>,
+    client: NodeClient<Channel>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.batcher.kick(&self.client);
+    }
+}
+
+impl Batcher {
+    /// Runs `request` on the city's node by `deadline`, alone or in a batch.
+    /// `span` is this search's call span; the node's span joins it.
+    pub async fn search(
+        self: &Arc<Self>,
+        client: &NodeClient<Channel>,
+        request: pb::SearchRequest,
+        deadline: Instant,
+        span: tracing::Span,
+    ) -> Result<pb::NodeSearchResponse, Status> {
+        let queue_empty = self.queue.lock().expect("poisoned").is_empty();
+        if self.unbatched.load(Ordering::Relaxed) {
+            return search_alone(client.clone(), request, deadline, &span).await;
+        }
+        if queue_empty && let Ok(permit) = self.calls.clone().try_acquire_owned() {
+            let _slot = Slot { batcher: self.clone(), client: client.clone(), permit: Some(permit) };
+            return search_alone(client.clone(), request, deadline, &span).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue.lock().expect("poisoned").push_back(Pending { request, deadline, span, reply });
+        self.kick(client);
+        answer.await.unwrap_or_else(|_| Err(Status::internal("the batch carrying this search was dropped")))
+    }
+
+    /// Starts a call for the queue if one is free. Every search that queues
+    /// kicks, and every call that ends kicks, so nothing is left waiting.
+    fn kick(self: &Arc<Self>, client: &NodeClient<Channel>) {
+        if self.queue.lock().expect("poisoned").is_empty() {
+            return;
+        }
+        let Ok(permit) = self.calls.clone().try_acquire_owned() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let slot = Slot { batcher: self.clone(), client: client.clone(), permit: Some(permit) };
+        rt.spawn(async move { slot.batcher.clone().drain(&slot.client).await });
+    }
+
+    /// Sends what is queued, batch after batch, until the queue is empty.
+    async fn drain(self: Arc<Self>, client: &NodeClient<Channel>) {
+        loop {
+            let batch = self.take();
+            if batch.is_empty() {
+                return;
+            }
+            self.send(client, batch).await;
+        }
+    }
+
+    /// Up to [`MAX_BATCH`] queued searches that someone still waits for.
+    fn take(&self) -> Vec<Pending> {
+        let mut queue = self.queue.lock().expect("poisoned");
+        let mut batch = Vec::with_capacity(queue.len().min(MAX_BATCH));
+        let mut hits = 0;
+        while batch.len() < MAX_BATCH
+            && let Some(p) = queue.pop_front()
+        {
+            if !batch.is_empty() && hits + p.request.limit > MAX_BATCH_HITS {
+                queue.push_front(p);
+                break;
+            }
+            // A search whose client gave up, or whose time is up, is not sent.
+            if !p.reply.is_closed() && p.deadline > Instant::now() {
+                hits += p.request.limit;
+                batch.push(p);
+            }
+        }
+        batch
+    }
+
+    async fn send(&self, client: &NodeClient<Channel>, mut batch: Vec<Pending>) {
+        if batch.len() == 1 {
+            let p = batch.pop().expect("one");
+            let result = search_alone(client.clone(), p.request, p.deadline, &p.span).await;
+            let _ = p.reply.send(result);
+            return;
+        }
+        let now = Instant::now();
+        let last = batch.iter().map(|p| p.deadline).max().expect("not empty");
+        let span = tracing::info_span!("gateway.city_batch", items = batch.len());
+        let items = batch
+            .iter()
+            .map(|p| {
+                span.follows_from(&p.span);
+                pb::NodeSearchBatchItem {
+                    // Cloned: a node from before batching gets them again, one by one.
+                    request: Some(p.request.clone()),
+                    budget_micros: micros(p.deadline.saturating_duration_since(now)),
+                    trace_context: corridor_telemetry::context_map(&p.span),
+                }
+            })
+            .collect();
+        let mut req = Request::new(pb::NodeSearchBatchRequest { items });
+        let budget = last.saturating_duration_since(now);
+        req.set_timeout(budget);
+        corridor_telemetry::inject(&span, req.metadata_mut());
+        let answer = tokio::time::timeout(budget, client.clone().search_batch(req)).instrument(span).await;
+        match answer {
+            Ok(Ok(resp)) => {
+                let mut results = resp.into_inner().results.into_iter();
+                for p in batch {
+                    let result = match results.next().and_then(|r| r.outcome) {
+                        Some(Outcome::Found(found)) => Ok(found),
+                        Some(Outcome::Error(e)) => Err(Status::new(Code::from(e.code), e.message)),
+                        None => Err(Status::internal("the node's batch answer left this search out")),
+                    };
+                    let _ = p.reply.send(result);
+                }
+            }
+            Ok(Err(status)) if status.code() == Code::Unimplemented => {
+                // A node from before batching: ask it one search at a time,
+                // now and from now on.
+                self.unbatched.store(true, Ordering::Relaxed);
+                let alone = batch.into_iter().map(|p| async move {
+                    let result = search_alone(client.clone(), p.request, p.deadline, &p.span).await;
+                    let _ = p.reply.send(result);
+                });
+                futures_util::future::join_all(alone).await;
+            }
+            Ok(Err(status)) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(status.clone()));
+                }
+            }
+            Err(_) => {
+                for p in batch {
+                    let _ = p
+                        .reply
+                        .send(Err(Status::deadline_exceeded(format!("no answer within {} ms", budget.as_millis()))));
+                }
+            }
+        }
+    }
+}
+
+/// One search sent as its own call, its budget sent on as `grpc-timeout`.
+async fn search_alone(
+    mut client: NodeClient<Channel>,
+    request: pb::SearchRequest,
+    deadline: Instant,
+    span: &tracing::Span,
+) -> Result<pb::NodeSearchResponse, Status> {
+    let budget = deadline.saturating_duration_since(Instant::now());
+    let mut req = Request::new(request);
+    req.set_timeout(budget);
+    corridor_telemetry::inject(span, req.metadata_mut());
+    match tokio::time::timeout(budget, client.search(req)).await {
+        Ok(answer) => answer.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!("no answer within {} ms", budget.as_millis()))),
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    // 0 would mean "no budget" to the node; a search with no time left is
+    // not sent at all.
+    d.as_micros().clamp(1, u64::MAX as u128) as u64
+}
