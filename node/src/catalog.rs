@@ -29,10 +29,14 @@ pub struct Entry {
     /// The encoded summary a search hit carries, built once per version:
     /// a popular record is a hit many times over.
     pub summary: Bytes,
+    /// `id` as a hit carries it.
+    pub wire_id: Bytes,
     /// The record's category and institution as numbers from the catalog's
     /// [`Labels`], for facet counts.
     pub category: u32,
     pub institution: u32,
+    /// The ordinal the index stores for this version.
+    pub ord: u64,
 }
 
 #[derive(Default)]
@@ -43,6 +47,11 @@ struct State {
     by_ord: Vec<Arc<Entry>>,
     /// Shared so that a search can keep them after letting go of the state.
     labels: Arc<Labels>,
+    /// By ordinal: the current version's place in id order, so that ranking
+    /// ties (whole concept matches score alike) compare numbers, not ids.
+    /// Ids share the city prefix, so id order is local-id order, which
+    /// `by_id` keeps.
+    id_rank: Vec<u32>,
 }
 
 pub struct Catalog {
@@ -81,21 +90,30 @@ impl Catalog {
         let labels = Arc::make_mut(&mut state.labels);
         let entries: Vec<Arc<Entry>> = written
             .into_iter()
-            .map(|stored| {
+            .enumerate()
+            .map(|(i, stored)| {
                 let id = format!("{}/{}", self.city.slug, stored.record.local_id);
-                let summary = to_summary(&stored, self.city).encode_to_vec().into();
+                // Owned, not made from a Vec: a Vec-backed `Bytes` allocates
+                // again when a hit clones it to encode.
+                let summary = Bytes::from_owner(to_summary(&stored, self.city).encode_to_vec());
+                let wire_id = Bytes::from_owner(id.clone().into_bytes());
                 let category = labels.id(&stored.record.category);
                 let institution = labels.id(&stored.record.institution_name);
-                Arc::new(Entry { stored, id, summary, category, institution })
+                Arc::new(Entry { stored, id, summary, wire_id, category, institution, ord: first + i as u64 })
             })
             .collect();
         self.index
-            .upsert(entries.iter().enumerate().map(|(i, e)| (first + i as u64, &e.stored.record)))
+            .upsert(entries.iter().map(|e| (e.ord, &e.stored.record)))
             .expect("an in-RAM index accepts documents");
         for e in entries {
             state.by_id.insert(e.stored.record.local_id.clone(), e.clone());
             state.by_ord.push(e);
         }
+        let mut id_rank = vec![u32::MAX; state.by_ord.len()];
+        for (place, e) in state.by_id.values().enumerate() {
+            id_rank[e.ord as usize] = place as u32;
+        }
+        state.id_rank = id_rank;
     }
 
     /// This node's share of the corpus statistics for `text`.
@@ -124,7 +142,10 @@ impl Catalog {
         let limit = if everything { usize::MAX } else { q.limit };
         let scored = self.index.search(&q.text, stats, limit).expect("an in-RAM index answers");
         let state = self.state.read().expect("poisoned");
-        let entries = scored.hits.into_iter().filter_map(|(ord, s)| state.by_ord.get(ord as usize).map(|e| (e, s)));
+        let entries = scored
+            .hits
+            .into_iter()
+            .filter_map(|(ord, s)| state.by_ord.get(ord as usize).map(|e| (e, s, state.id_rank[ord as usize])));
         match extra {
             // Nothing filters: every match counts, collected or not.
             None if !everything => {
@@ -136,10 +157,12 @@ impl Catalog {
             // (and every search behind the writer).
             Some(extra) => {
                 let labels = state.labels.clone();
-                let admitted: Vec<(Arc<Entry>, f32)> =
-                    entries.filter(|(e, _)| q.admits(&e.stored.record)).map(|(e, s)| (e.clone(), s)).collect();
+                let admitted: Vec<(Arc<Entry>, f32, u32)> = entries
+                    .filter(|(e, ..)| q.admits(&e.stored.record))
+                    .map(|(e, s, place)| (e.clone(), s, place))
+                    .collect();
                 drop(state);
-                search::page(admitted.iter().map(|(e, s)| (e, *s)), &labels, q, city, extra)
+                search::page(admitted.iter().map(|(e, s, place)| (e, *s, *place)), &labels, q, city, extra)
             }
         }
     }

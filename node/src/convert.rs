@@ -370,19 +370,14 @@ pub fn stats_from_proto(p: &pb::CorpusStats) -> CorpusStats {
     }
 }
 
-fn counts(m: &std::collections::BTreeMap<String, u64>) -> Vec<pb::FacetCount> {
-    let mut v: Vec<pb::FacetCount> = m.iter().map(|(k, n)| pb::FacetCount { value: k.clone(), count: *n }).collect();
+fn counts(m: std::collections::BTreeMap<String, u64>) -> Vec<pb::FacetCount> {
+    let mut v: Vec<pb::FacetCount> = m.into_iter().map(|(value, count)| pb::FacetCount { value, count }).collect();
     v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
     v
 }
 
-pub fn facets_to_proto(f: &Facets) -> pb::Facets {
-    pb::Facets { cities: counts(&f.cities), categories: counts(&f.categories), institutions: counts(&f.institutions) }
-}
-
-pub fn facets_from_proto(p: &pb::Facets) -> Facets {
-    let map = |v: &[pb::FacetCount]| v.iter().map(|c| (c.value.clone(), c.count)).collect();
-    Facets { cities: map(&p.cities), categories: map(&p.categories), institutions: map(&p.institutions) }
+pub fn facets_to_proto(f: Facets) -> pb::Facets {
+    pb::Facets { cities: counts(f.cities), categories: counts(f.categories), institutions: counts(f.institutions) }
 }
 
 pub fn service_mode_from_proto(m: i32) -> Result<ServiceMode, String> {

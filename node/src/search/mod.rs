@@ -135,10 +135,11 @@ impl Labels {
 }
 
 /// Applies filters, the extra predicate (free windows), facets, the cursor
-/// and the limit to scored matches. Works on borrowed entries: a broad query
-/// can match thousands of them, and only the page is worth a reference count.
+/// and the limit to scored matches, each with its place in id order (see
+/// `catalog`). Works on borrowed entries: a broad query can match thousands
+/// of them, and only the page is worth a reference count.
 pub fn page<'a>(
-    scored: impl IntoIterator<Item = (&'a Arc<Entry>, f32)>,
+    scored: impl IntoIterator<Item = (&'a Arc<Entry>, f32, u32)>,
     labels: &Labels,
     q: &Query,
     city: &str,
@@ -147,8 +148,8 @@ pub fn page<'a>(
     let mut total = 0;
     let width = if q.facets { labels.names.len() } else { 0 };
     let (mut categories, mut institutions) = (vec![0u64; width], vec![0u64; width]);
-    let mut kept: Vec<(&'a Arc<Entry>, f32)> = Vec::new();
-    for (entry, score) in scored {
+    let mut kept: Vec<(&'a Arc<Entry>, f32, u32)> = Vec::new();
+    for (entry, score, place) in scored {
         let r = &entry.stored.record;
         if !q.admits(r) || !extra(r) {
             continue;
@@ -163,9 +164,10 @@ pub fn page<'a>(
         {
             continue;
         }
-        kept.push((entry, score));
+        kept.push((entry, score, place));
     }
-    let cmp = |a: &(&Arc<Entry>, f32), b: &(&Arc<Entry>, f32)| rank((a.1, &a.0.id), (b.1, &b.0.id));
+    // The order `rank` gives, with the id compared by its place.
+    let cmp = |a: &(&Arc<Entry>, f32, u32), b: &(&Arc<Entry>, f32, u32)| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2));
     // Only the page needs to be in order.
     if kept.len() > q.limit && q.limit > 0 {
         kept.select_nth_unstable_by(q.limit - 1, cmp);
@@ -179,5 +181,5 @@ pub fn page<'a>(
         facets.categories = labels.counts(&categories);
         facets.institutions = labels.counts(&institutions);
     }
-    Hits { hits: kept.into_iter().map(|(e, s)| (e.clone(), s)).collect(), total, facets }
+    Hits { hits: kept.into_iter().map(|(e, s, _)| (e.clone(), s)).collect(), total, facets }
 }
