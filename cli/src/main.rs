@@ -15,6 +15,13 @@ use clap::{Args, Parser, Subcommand};
 use corridor_certs::Credentials;
 use corridor_proto::cities::{CITIES, city_by_slug};
 
+/// Every corridor process allocates for each call it serves (messages,
+/// hits, facet maps) from several threads at once; glibc's malloc and free
+/// were a seventh of the gateway's and the nodes' profiles, and the tail
+/// latency of searches is lower with mimalloc (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "corridor", version, about = "Share large research instruments across the G60 corridor")]
 struct Cli {
@@ -325,6 +332,10 @@ enum NodeCommand {
         /// each. Needed for voucher payments, which reach the issuing city's node.
         #[arg(long = "peer", env = "CORRIDOR_PEERS", value_delimiter = ',')]
         peers: Vec<String>,
+        /// Threads serving calls; default one per core. `corridor up` gives
+        /// each of its nine nodes one, as they share the machine's cores.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
     },
 }
 
@@ -452,9 +463,23 @@ pub(crate) fn city(slug: &str) -> Result<&'static corridor_proto::cities::City> 
         .with_context(|| format!("{slug:?} is not a corridor city; cities are {}", CITIES.map(|c| c.slug).join(", ")))
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Command::Node { command: NodeCommand::Run { workers: Some(n), .. } } = &cli.command {
+        runtime.worker_threads(usize::from(*n));
+    }
+    match runtime.build() {
+        Ok(rt) => rt.block_on(start(cli)),
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(cli: Cli) -> std::process::ExitCode {
     let server = matches!(cli.command, Command::Up(_) | Command::Node { .. } | Command::Gateway { .. });
     let service = match &cli.command {
         Command::Node { command: NodeCommand::Run { city, .. } } => format!("corridor-node-{city}"),
@@ -477,7 +502,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
     match command {
         Command::Up(args) => up::up(args).await?,
         Command::Node {
-            command: NodeCommand::Run { city: slug, listen, data, certs, identity, seed, metrics, health, peers },
+            command:
+                NodeCommand::Run { city: slug, listen, data, certs, identity, seed, metrics, health, peers, workers: _ },
         } => {
             let city = city(&slug)?;
             let seed = match seed.as_deref() {

@@ -141,6 +141,11 @@ pub async fn up(args: UpArgs) -> Result<()> {
             &args.scale,
             "--metrics",
             &format!("127.0.0.1:{}", port + 10),
+            // Ten processes share this machine's cores: a second thread per
+            // node only adds cross-thread wakeups (about a tenth of a
+            // search's CPU, BENCHMARKS.md). The gateway keeps one per core.
+            "--workers",
+            "1",
         ]
         .map(String::from)
         .into_iter()
