@@ -2,8 +2,8 @@
 //!
 //! Most of what a node spends on a search it is sent alone is the call, not
 //! the search: TLS records, HTTP/2 frames, a task and a wake on both sides.
-//! So at most [`CALLS_IN_FLIGHT`] search calls to a city are in flight at
-//! once, and searches that arrive while they are gather in a queue; the next
+//! So only a few search calls to a city are in flight at once (the
+//! gateway's `search_calls_in_flight`, 2 by default), and searches that arrive while they are gather in a queue; the next
 //! call carries everything queued, up to the node's limit, as one
 //! `SearchBatch`. Nothing waits on a timer: a search that finds a call free
 //! goes out at once, alone, as a plain `Search`, so a lone client sees no
@@ -32,9 +32,6 @@ use tokio::{
 use tonic::{Code, Request, Status, transport::Channel};
 use tracing::Instrument;
 
-/// Search calls to one city in flight at once: two, so that a node can run
-/// two batches on its two cores while the next gathers.
-pub const CALLS_IN_FLIGHT: usize = 2;
 /// Most searches in one batch; the node refuses more
 /// (`corridor_node::service::MAX_BATCH_ITEMS`).
 pub const MAX_BATCH: usize = 64;
@@ -59,13 +56,10 @@ struct Pending {
     reply: oneshot::Sender<Result<pb::NodeSearchResponse, Status>>,
 }
 
-impl Default for Batcher {
-    fn default() -> Self {
-        Batcher {
-            queue: Mutex::default(),
-            calls: Arc::new(Semaphore::new(CALLS_IN_FLIGHT)),
-            unbatched: AtomicBool::new(false),
-        }
+impl Batcher {
+    /// At most `calls` search calls in flight at once.
+    pub fn new(calls: usize) -> Self {
+        Batcher { queue: Mutex::default(), calls: Arc::new(Semaphore::new(calls)), unbatched: AtomicBool::new(false) }
     }
 }
 

@@ -43,6 +43,13 @@ pub struct GatewayConfig {
     /// Time to open a connection to a node before calling it unavailable.
     #[serde(default = "connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Search calls in flight to one city at once; searches that arrive
+    /// while all are busy go together in the next one. 2 suits nodes that
+    /// share the gateway's host or LAN; raise it for nodes with more cores,
+    /// or far away, where a queued search would wait a round trip for a
+    /// free call.
+    #[serde(default = "search_calls_in_flight")]
+    pub search_calls_in_flight: usize,
     pub nodes: Vec<NodeEndpoint>,
 }
 
@@ -55,6 +62,9 @@ fn max_deadline_ms() -> u64 {
 fn connect_timeout_ms() -> u64 {
     1_000
 }
+fn search_calls_in_flight() -> usize {
+    2
+}
 
 impl GatewayConfig {
     pub fn new(nodes: Vec<NodeEndpoint>) -> Self {
@@ -62,6 +72,7 @@ impl GatewayConfig {
             default_deadline_ms: default_deadline_ms(),
             max_deadline_ms: max_deadline_ms(),
             connect_timeout_ms: connect_timeout_ms(),
+            search_calls_in_flight: search_calls_in_flight(),
             nodes,
         }
     }
@@ -105,6 +116,9 @@ impl GatewayConfig {
         if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
             return Err(ConfigError::Invalid("default_deadline_ms must be between 1 and max_deadline_ms".into()));
         }
+        if !(1..=256).contains(&self.search_calls_in_flight) {
+            return Err(ConfigError::Invalid("search_calls_in_flight must be between 1 and 256".into()));
+        }
         Ok(())
     }
 
@@ -135,9 +149,19 @@ mod tests {
                 "listed twice",
             ),
             ("colour = 1\nnodes = []", "unknown field"),
+            (
+                "search_calls_in_flight = 0\n[[nodes]]\ncity = \"hefei\"\nendpoint = \"https://x:1\"",
+                "search_calls_in_flight must be between 1 and 256",
+            ),
         ] {
             let err = GatewayConfig::parse(text).unwrap_err().to_string();
             assert!(err.contains(expect), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_kubernetes_config_is_valid() {
+        let c = GatewayConfig::parse(include_str!("../../k8s/base/gateway/gateway.toml")).unwrap();
+        assert_eq!((c.nodes.len(), c.search_calls_in_flight), (9, 8));
     }
 }

@@ -123,7 +123,7 @@ impl Cities {
                     endpoint: n.endpoint.clone(),
                     client,
                     guard: Arc::default(),
-                    searches: Arc::default(),
+                    searches: Arc::new(Batcher::new(config.search_calls_in_flight)),
                 },
             );
         }
