@@ -36,6 +36,8 @@ pub const DEFAULT_LIMIT: u32 = 20;
 /// Most searches one `SearchBatch` call may carry; the gateway sends at most
 /// this many.
 pub const MAX_BATCH_ITEMS: usize = 64;
+/// How long a batch runs its searches before letting other calls in.
+const BATCH_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Clone)]
 pub struct NodeService {
@@ -334,37 +336,43 @@ impl node_server::Node for NodeService {
                 items.len()
             )));
         }
-        let results = items
-            .iter()
-            .map(|item| {
-                let budget = std::time::Duration::from_micros(item.budget_micros);
-                let outcome = if item.budget_micros > 0 && received.elapsed() >= budget {
-                    Err(Status::deadline_exceeded(format!(
-                        "this search's {} ms ran out while earlier searches of its batch ran",
-                        budget.as_millis()
-                    )))
-                } else {
-                    // Each item is its own search in its own trace, as if it
-                    // had come alone.
-                    let span =
-                        tracing::info_span!("rpc", otel.name = "node.Search", otel.kind = "server", batched = true);
-                    corridor_telemetry::set_parent_from_map(&span, &item.trace_context);
-                    match &item.request {
-                        Some(r) => span.in_scope(|| self.search_one(r)),
-                        None => Err(Status::invalid_argument("a batch item carries no search request")),
-                    }
-                };
-                pb::NodeSearchBatchResult {
-                    outcome: Some(match outcome {
-                        Ok(found) => pb::node_search_batch_result::Outcome::Found(found),
-                        Err(s) => pb::node_search_batch_result::Outcome::Error(pb::ItemError {
-                            code: s.code() as i32,
-                            message: s.message().to_string(),
-                        }),
-                    }),
+        let mut results = Vec::with_capacity(items.len());
+        let mut ran = received;
+        for item in &items {
+            let budget = std::time::Duration::from_micros(item.budget_micros);
+            let outcome = if item.budget_micros > 0 && received.elapsed() >= budget {
+                Err(Status::deadline_exceeded(format!(
+                    "this search's {} ms ran out while earlier searches of its batch ran",
+                    budget.as_millis()
+                )))
+            } else {
+                // Each item is its own search in its own trace, as if it had
+                // come alone.
+                let span = tracing::info_span!("rpc", otel.name = "node.Search", otel.kind = "server", batched = true);
+                corridor_telemetry::set_parent_from_map(&span, &item.trace_context);
+                match &item.request {
+                    Some(r) => span.in_scope(|| self.search_one(r)),
+                    None => Err(Status::invalid_argument("a batch item carries no search request")),
                 }
-            })
-            .collect();
+            };
+            results.push(pb::NodeSearchBatchResult {
+                outcome: Some(match outcome {
+                    Ok(found) => pb::node_search_batch_result::Outcome::Found(found),
+                    Err(s) => pb::node_search_batch_result::Outcome::Error(pb::ItemError {
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                    }),
+                }),
+            });
+            // A big batch on a large catalog would hold the thread for all of
+            // its items; past a couple of milliseconds, let other calls (a
+            // booking, say) run. Not after every item: interleaving batches
+            // only makes each one finish later.
+            if ran.elapsed() >= BATCH_SLICE {
+                tokio::task::yield_now().await;
+                ran = std::time::Instant::now();
+            }
+        }
         Ok(Response::new(pb::NodeSearchBatchResponse { results }))
     }
 
