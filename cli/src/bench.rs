@@ -118,7 +118,7 @@ impl Tally {
             "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0),
         });
         if !json_out {
-            println!(
+            outln!(
                 "{label:<34} {:>8.1}/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ok {:>6}  refused {:>6} ({:.1}%)  failed {}",
                 rate,
                 pct(0.5),
@@ -380,7 +380,7 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
     let mut results = Vec::new();
     let load = Load { concurrency: args.concurrency, seconds: args.seconds, rate: args.rate };
     if !args.client.json {
-        println!(
+        outln!(
             "bench reserve: {}, {} s per run, {} instruments in {}",
             load.describe(),
             args.seconds,
@@ -407,9 +407,9 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
     }
     let overlaps = check_overlaps(&mut admin, &instruments).await?;
     if args.client.json {
-        println!("{}", json!({"runs": results, "overlaps": overlaps}));
+        outln!("{}", json!({"runs": results, "overlaps": overlaps}));
     } else {
-        println!("overlapping live bookings in {}: {overlaps}", c.slug);
+        outln!("overlapping live bookings in {}: {overlaps}", c.slug);
     }
     Ok(if overlaps == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -462,7 +462,7 @@ pub async fn search(args: SearchArgs) -> Result<ExitCode> {
     let mut runs = vec![];
     let load = Load { concurrency: args.concurrency, seconds: args.seconds, rate: args.rate };
     if !args.client.json {
-        println!(
+        outln!(
             "bench search: {}, {} s per run, mixed Chinese, English, filtered and faceted queries",
             load.describe(),
             args.seconds
@@ -477,7 +477,7 @@ pub async fn search(args: SearchArgs) -> Result<ExitCode> {
         runs.push(run_search(&format!("direct node {}", c.slug), nodes, load, args.client.json).await);
     }
     if args.client.json {
-        println!("{}", json!({"runs": runs}));
+        outln!("{}", json!({"runs": runs}));
     }
     Ok(ExitCode::SUCCESS)
 }

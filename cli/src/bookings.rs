@@ -65,7 +65,7 @@ fn booking_json(b: &pb::Booking) -> serde_json::Value {
 
 fn print_booking(b: &pb::Booking, opts: &ClientOpts) {
     if opts.json {
-        println!("{}", booking_json(b));
+        outln!("{}", booking_json(b));
         return;
     }
     let mut line = format!(
@@ -96,7 +96,7 @@ fn print_booking(b: &pb::Booking, opts: &ClientOpts) {
             line += &format!(": {}", p.detail);
         }
     }
-    println!("{line}");
+    outln!("{line}");
 }
 
 pub async fn reserve(req: pb::ReserveRequest, opts: &ClientOpts) -> Result<ExitCode> {
@@ -172,7 +172,7 @@ pub async fn list(city: Option<String>, instrument: Option<String>, all: bool, o
     };
     let resp = list_all(&mut client, req).await?;
     if opts.json {
-        println!(
+        outln!(
             "{}",
             json!({"bookings": resp.bookings.iter().map(booking_json).collect::<Vec<_>>(), "partial": resp.partial})
         );
@@ -180,9 +180,9 @@ pub async fn list(city: Option<String>, instrument: Option<String>, all: bool, o
         for b in &resp.bookings {
             print_booking(b, opts);
         }
-        println!("{} bookings", resp.bookings.len());
+        outln!("{} bookings", resp.bookings.len());
         for n in resp.nodes.iter().filter(|n| n.state != pb::NodeState::Ok as i32) {
-            println!("  {} did not answer: {}", n.city, n.detail);
+            outln!("  {} did not answer: {}", n.city, n.detail);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -220,7 +220,7 @@ async fn fetch_availability(
 pub async fn availability(instrument: &str, from: Option<&str>, days: u32, opts: &ClientOpts) -> Result<ExitCode> {
     let a = fetch_availability(instrument, from, days, opts).await?;
     if opts.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "instrument_id": a.instrument_id,
@@ -231,7 +231,7 @@ pub async fn availability(instrument: &str, from: Option<&str>, days: u32, opts:
         return Ok(ExitCode::SUCCESS);
     }
     let rules = a.rules.unwrap_or_default();
-    println!(
+    outln!(
         "{}: {}–{} min per booking, set-up {} min, cool-down {} min{}{}",
         a.instrument_id,
         rules.min_minutes,
@@ -241,13 +241,13 @@ pub async fn availability(instrument: &str, from: Option<&str>, days: u32, opts:
         if rules.training_required { ", training required" } else { "" },
         if rules.approval_required { ", owner approval required" } else { "" }
     );
-    println!("free:");
+    outln!("free:");
     for f in &a.free {
-        println!("  {} to {}", short(&f.start), short(&f.end));
+        outln!("  {} to {}", short(&f.start), short(&f.end));
     }
-    println!("busy:");
+    outln!("busy:");
     for b in &a.busy {
-        println!("  {} to {}  {}", short(&b.start), short(&b.end), b.kind);
+        outln!("  {} to {}  {}", short(&b.start), short(&b.end), b.kind);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -256,7 +256,7 @@ pub async fn calendar(instrument: &str, as_ics: bool, days: u32, opts: &ClientOp
     let a = fetch_availability(instrument, None, days, opts).await?;
     if !as_ics {
         for b in &a.busy {
-            println!("{} to {}  {}", short(&b.start), short(&b.end), b.kind);
+            outln!("{} to {}  {}", short(&b.start), short(&b.end), b.kind);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -276,7 +276,7 @@ pub async fn calendar(instrument: &str, as_ics: bool, days: u32, opts: &ClientOp
         events.push(ics::Event { start: parse(&b.start)?, end: parse(&b.end)?, kind: b.kind.clone() });
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    print!("{}", ics::calendar(instrument, &name, &events, now));
+    out!("{}", ics::calendar(instrument, &name, &events, now));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -79,13 +79,13 @@ pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &Clien
     let summary =
         client.import_instruments(Request::new(tokio_stream::iter(chunks))).await.map_err(status_error)?.into_inner();
     if opts.json {
-        println!(
+        outln!(
             "{}",
             json!({"city": city.slug, "received": summary.received, "inserted": summary.inserted,
                    "updated": summary.updated, "unchanged": summary.unchanged})
         );
     } else {
-        println!(
+        outln!(
             "imported {} into {}: {} rows, {} inserted, {} updated, {} unchanged",
             file.display(),
             city.slug,
@@ -114,7 +114,7 @@ pub async fn backup(city: &City, out: &Path, node: Option<String>, opts: &Client
     let tmp = out.with_extension("partial");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
-    println!(
+    outln!(
         "backup of {} written to {}: {} entries, {} bytes, checksum verified",
         city.slug,
         out.display(),
@@ -158,28 +158,28 @@ pub async fn search(req: pb::SearchRequest, deadline_ms: u64, opts: &ClientOpts)
                 json!({"cities": counts(&f.cities), "categories": counts(&f.categories), "institutions": counts(&f.institutions)})
             }),
         });
-        println!("{out}");
+        outln!("{out}");
         return Ok(ExitCode::SUCCESS);
     }
     for h in &resp.hits {
         let i = h.instrument.clone().unwrap_or_default();
         let inst = i.institution.unwrap_or_default();
-        println!("{:<22} {}  {}  [{}]", i.id, i.name_zh, i.name_en, inst.name);
+        outln!("{:<22} {}  {}  [{}]", i.id, i.name_zh, i.name_en, inst.name);
     }
     let answered = resp.nodes.iter().filter(|n| n.state == NodeState::Ok as i32).count();
-    println!("{} shown of {} matches; {}/{} cities answered", resp.hits.len(), resp.total, answered, resp.nodes.len());
+    outln!("{} shown of {} matches; {}/{} cities answered", resp.hits.len(), resp.total, answered, resp.nodes.len());
     for n in resp.nodes.iter().filter(|n| n.state != NodeState::Ok as i32) {
-        println!("  {}: {} after {} ms: {}", n.city, state_name(n.state), n.took_ms, n.detail);
+        outln!("  {}: {} after {} ms: {}", n.city, state_name(n.state), n.took_ms, n.detail);
     }
     if let Some(f) = &resp.facets {
         let line = |v: &[pb::FacetCount]| {
             v.iter().take(6).map(|c| format!("{} {}", c.value, c.count)).collect::<Vec<_>>().join(", ")
         };
-        println!("by city: {}", line(&f.cities));
-        println!("by category: {}", line(&f.categories));
+        outln!("by city: {}", line(&f.cities));
+        outln!("by category: {}", line(&f.categories));
     }
     if !resp.next_cursor.is_empty() {
-        println!("more: --cursor {}", resp.next_cursor);
+        outln!("more: --cursor {}", resp.next_cursor);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -209,25 +209,25 @@ pub async fn get(id: &str, opts: &ClientOpts) -> Result<ExitCode> {
         o.insert("original_value_yuan".into(), json!(yuan(i.original_value_fen)));
         o.insert("accreditations".into(), json!(i.accreditations));
         o.insert("updated_at".into(), json!(i.updated_at));
-        println!("{v}");
+        outln!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}  {} / {}", i.id, i.name_zh, i.name_en);
-    println!("  {} {} · category {} · commissioned {}", i.manufacturer, i.model, i.category, i.commissioned_on);
-    println!("  {} ({}) · {}", inst.name, inst.uscc, inst.department);
-    println!("  {} {} {}", loc.site, loc.building, loc.room);
-    println!("  contact: {} · {} · {}", contact.name, contact.phone, contact.email);
+    outln!("{}  {} / {}", i.id, i.name_zh, i.name_en);
+    outln!("  {} {} · category {} · commissioned {}", i.manufacturer, i.model, i.category, i.commissioned_on);
+    outln!("  {} ({}) · {}", inst.name, inst.uscc, inst.department);
+    outln!("  {} {} {}", loc.site, loc.building, loc.room);
+    outln!("  contact: {} · {} · {}", contact.name, contact.phone, contact.email);
     let unit = if price.unit == pb::PriceUnit::Sample as i32 { "sample" } else { "hour" };
-    println!(
+    outln!(
         "  price per {unit}: {} yuan internal, {} yuan external · vouchers {}",
         yuan(price.internal_fen),
         yuan(price.external_fen),
         if i.accepts_vouchers { "accepted" } else { "not accepted" }
     );
     if !i.description.is_empty() {
-        println!("  {}", i.description);
+        outln!("  {}", i.description);
     }
-    println!("  updated {}", i.updated_at);
+    outln!("  updated {}", i.updated_at);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -235,10 +235,10 @@ pub async fn nodes(opts: &ClientOpts) -> Result<ExitCode> {
     let mut client = gateway(opts)?;
     let resp = client.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner();
     if opts.json {
-        println!("{}", json!({"nodes": resp.nodes.iter().map(node_json).collect::<Vec<_>>()}));
+        outln!("{}", json!({"nodes": resp.nodes.iter().map(node_json).collect::<Vec<_>>()}));
     } else {
         for n in &resp.nodes {
-            println!(
+            outln!(
                 "{:<10} {:<9} {:<12} {:>6} instruments {:>5} ms  {}",
                 n.city,
                 n.province,

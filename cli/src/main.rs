@@ -1,6 +1,20 @@
 //! The `corridor` command: start the nine-city mesh, run a node or the
 //! gateway, issue certificates, import inventories, and search.
 
+/// `print!`/`println!` for command output. When stdout is closed early
+/// (`corridor search 显微镜 --json | head`), the command ends quietly with
+/// success, as Unix tools do, instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*), false)
+    };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*), true)
+    };
+}
+
 mod bench;
 mod bookings;
 mod client;
@@ -21,6 +35,17 @@ use corridor_proto::cities::{CITIES, city_by_slug};
 /// latency of searches is lower with mimalloc (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| if newline { stdout.write_all(b"\n") } else { Ok(()) });
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => panic!("writing to stdout: {e}"),
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "corridor", version, about = "Share large research instruments across the G60 corridor")]
@@ -454,7 +479,7 @@ fn issue_identity(dir: &std::path::Path, name: &str, days: u32, dns: Vec<String>
     opts.not_after = opts.not_before + std::time::Duration::from_secs(days as u64 * 86_400);
     opts.dns_names.extend(dns);
     corridor_certs::write_identity(dir, name, &ca.issue(&id, &opts)?)?;
-    println!("issued {name} ({}) in {}, valid {days} days", id.uri(), dir.display());
+    outln!("issued {name} ({}) in {}, valid {days} days", id.uri(), dir.display());
     Ok(())
 }
 
@@ -529,7 +554,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let backup = corridor_node::backup::verify(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}; nothing restored", file.display()))?;
-            println!(
+            outln!(
                 "{}: a backup of {} taken {}, {} entries, checksum verified",
                 file.display(),
                 backup.city,
@@ -538,7 +563,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             );
             if !verify_only {
                 corridor_node::backup::restore(&backup, &data).map_err(|e| anyhow::anyhow!("{e}; nothing restored"))?;
-                println!("restored into {}; start the node with --data {}", data.display(), data.display());
+                outln!("restored into {}; start the node with --data {}", data.display(), data.display());
             }
         }
         Command::Gateway { command: GatewayCommand::Run { config, listen, certs, identity, metrics, health } } => {
@@ -564,7 +589,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 }
             }
             std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote {n} instruments to {}", out.display());
+            outln!("wrote {n} instruments to {}", out.display());
         }
         Command::Certs { command: CertsCommand::Issue { name, dir, days, dns } } => {
             issue_identity(&dir, &name, days, dns)?;
@@ -580,7 +605,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         }
         Command::Certs { command: CertsCommand::Revoke { name, dir } } => {
             let serial = corridor_certs::revoke(&dir, &name)?;
-            println!("revoked {name} (serial {serial}); {} updated", corridor_certs::crl_path(&dir).display());
+            outln!("revoked {name} (serial {serial}); {} updated", corridor_certs::crl_path(&dir).display());
         }
         Command::Certs { command: CertsCommand::Init { out, cities, force } } => {
             let cities: Vec<String> =
@@ -590,7 +615,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             }
             let refs: Vec<&str> = cities.iter().map(String::as_str).collect();
             let names = corridor_certs::init_dir(&out, &refs, force)?;
-            println!("wrote ca.pem and {} identities to {}", names.len(), out.display());
+            outln!("wrote ca.pem and {} identities to {}", names.len(), out.display());
         }
         Command::Import { file, city: slug, node, client } => {
             let city = city(&slug)?;

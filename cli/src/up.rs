@@ -188,7 +188,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
             bail!("the mesh was not ready within {} s; see the logs in {}", READY_TIMEOUT.as_secs(), logs.display());
         }
     };
-    println!(
+    outln!(
         "corridor ready: gateway {url}, {cities} cities, {instruments} instruments, in {:.1} s (metrics on http://127.0.0.1:{}-{}/metrics; logs in {}; Ctrl-C stops)",
         started.elapsed().as_secs_f64(),
         args.port_base as usize + 10,

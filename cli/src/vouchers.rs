@@ -113,7 +113,7 @@ pub fn yuan_to_fen(field: &str, s: &str) -> Result<i64> {
 
 fn print_voucher(v: &pb::Voucher, opts: &ClientOpts) {
     if opts.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "id": v.id, "city": v.city, "province": v.province, "enterprise_uscc": v.enterprise_uscc,
@@ -127,7 +127,7 @@ fn print_voucher(v: &pb::Voucher, opts: &ClientOpts) {
         );
         return;
     }
-    println!(
+    outln!(
         "{} ({}, {}): {} for {} {}\n  face {} yuan, balance {} yuan ({} held, {} spent)\n  pays {}% of a fee, at most {} yuan a use; valid {} to {}; in {}",
         v.id,
         v.city,
@@ -233,7 +233,7 @@ pub async fn reconcile(a: ReconcileArgs) -> Result<ExitCode> {
     let csv_path = out.join("settlement.csv");
     std::fs::write(&csv_path, reconcile::settlement_csv(&report))
         .with_context(|| format!("writing {}", csv_path.display()))?;
-    print!("{}", reconcile::summary(&report));
-    println!("wrote {} and {}", json_path.display(), csv_path.display());
+    out!("{}", reconcile::summary(&report));
+    outln!("wrote {} and {}", json_path.display(), csv_path.display());
     Ok(if report.breaks.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

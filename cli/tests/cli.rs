@@ -90,6 +90,16 @@ async fn search_json_has_hits_nodes_and_partial() {
         assert!(h["id"].as_str().unwrap().starts_with(h["city"].as_str().unwrap()));
         assert!(h["name"].as_str().unwrap().contains("显微镜"));
     }
+
+    // Output into a pipe already closed (`| head` that has had enough): a
+    // quiet success, not a panic.
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["search", "显微镜", "--json"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{:?}: {err}", out.status);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
