@@ -3,9 +3,9 @@
 //! Most of what a node spends on a search it is sent alone is the call, not
 //! the search: TLS records, HTTP/2 frames, a task and a wake on both sides.
 //! So only a few search calls to a city are in flight at once (the
-//! gateway's `search_calls_in_flight`, 2 by default), and searches that arrive while they are gather in a queue; the next
-//! call carries everything queued, up to the node's limit, as one
-//! `SearchBatch`. Nothing waits on a timer: a search that finds a call free
+//! gateway's `search_calls_in_flight`, 2 by default), and searches that
+//! arrive while they are busy gather in a queue; the next call carries
+//! everything queued, up to the node's limit, as one `SearchBatch`. Nothing waits on a timer: a search that finds a call free
 //! goes out at once, alone, as a plain `Search`, so a lone client sees no
 //! batching at all, and under load batches grow with the load.
 //!
@@ -29,8 +29,10 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, oneshot},
     time::Instant,
 };
-use tonic::{Code, Request, Status, transport::Channel};
+use tonic::{Code, Status, transport::Channel};
 use tracing::Instrument;
+
+use crate::fanout::{no_answer, node_request};
 
 /// Most searches in one batch; the node refuses more
 /// (`corridor_node::service::MAX_BATCH_ITEMS`).
@@ -56,13 +58,6 @@ struct Pending {
     reply: oneshot::Sender<Result<pb::NodeSearchResponse, Status>>,
 }
 
-impl Batcher {
-    /// At most `calls` search calls in flight at once.
-    pub fn new(calls: usize) -> Self {
-        Batcher { queue: Mutex::default(), calls: Arc::new(Semaphore::new(calls)), unbatched: AtomicBool::new(false) }
-    }
-}
-
 /// A free call, handed back on drop; whoever hands it back looks for
 /// searches that queued meanwhile.
 struct Slot {
@@ -79,6 +74,11 @@ impl Drop for Slot {
 }
 
 impl Batcher {
+    /// At most `calls` search calls in flight at once.
+    pub fn new(calls: usize) -> Self {
+        Batcher { queue: Mutex::default(), calls: Arc::new(Semaphore::new(calls)), unbatched: AtomicBool::new(false) }
+    }
+
     /// Runs `request` on the city's node by `deadline`, alone or in a batch.
     /// `span` is this search's call span; the node's span joins it.
     pub async fn search(
@@ -88,10 +88,10 @@ impl Batcher {
         deadline: Instant,
         span: tracing::Span,
     ) -> Result<pb::NodeSearchResponse, Status> {
-        let queue_empty = self.queue.lock().expect("poisoned").is_empty();
         if self.unbatched.load(Ordering::Relaxed) {
             return search_alone(client.clone(), request, deadline, &span).await;
         }
+        let queue_empty = self.queue.lock().expect("poisoned").is_empty();
         if queue_empty && let Ok(permit) = self.calls.clone().try_acquire_owned() {
             let _slot = Slot { batcher: self.clone(), client: client.clone(), permit: Some(permit) };
             return search_alone(client.clone(), request, deadline, &span).await;
@@ -168,10 +168,8 @@ impl Batcher {
                 }
             })
             .collect();
-        let mut req = Request::new(pb::NodeSearchBatchRequest { items });
         let budget = last.saturating_duration_since(now);
-        req.set_timeout(budget);
-        corridor_telemetry::inject(&span, req.metadata_mut());
+        let req = node_request(pb::NodeSearchBatchRequest { items }, budget, &span);
         let answer = tokio::time::timeout(budget, client.clone().search_batch(req)).instrument(span).await;
         match answer {
             Ok(Ok(resp)) => {
@@ -202,9 +200,7 @@ impl Batcher {
             }
             Err(_) => {
                 for p in batch {
-                    let _ = p
-                        .reply
-                        .send(Err(Status::deadline_exceeded(format!("no answer within {} ms", budget.as_millis()))));
+                    let _ = p.reply.send(Err(Status::deadline_exceeded(no_answer(budget))));
                 }
             }
         }
@@ -219,12 +215,9 @@ async fn search_alone(
     span: &tracing::Span,
 ) -> Result<pb::NodeSearchResponse, Status> {
     let budget = deadline.saturating_duration_since(Instant::now());
-    let mut req = Request::new(request);
-    req.set_timeout(budget);
-    corridor_telemetry::inject(span, req.metadata_mut());
-    match tokio::time::timeout(budget, client.search(req)).await {
+    match tokio::time::timeout(budget, client.search(node_request(request, budget, span))).await {
         Ok(answer) => answer.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::deadline_exceeded(format!("no answer within {} ms", budget.as_millis()))),
+        Err(_) => Err(Status::deadline_exceeded(no_answer(budget))),
     }
 }
 

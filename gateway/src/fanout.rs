@@ -16,7 +16,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Request, Status, transport::Channel};
 
 use crate::{GatewayConfig, batch::Batcher, server::MAX_MESSAGE_BYTES};
 
@@ -139,6 +139,27 @@ impl Cities {
     pub fn all(&self) -> impl Iterator<Item = &CityClient> {
         self.order.iter().map(|s| &self.by_slug[s])
     }
+}
+
+impl CityClient {
+    /// The span of one call to this city; the node's server span joins it.
+    pub fn call_span(&self) -> tracing::Span {
+        tracing::info_span!("gateway.city_call", otel.name = %format!("gateway.call.{}", self.city.slug), city = self.city.slug)
+    }
+}
+
+/// A call to a node: `msg`, with `budget` sent on as `grpc-timeout` and
+/// `span`'s trace context, which the node's span joins.
+pub fn node_request<T>(msg: T, budget: Duration, span: &tracing::Span) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.set_timeout(budget);
+    corridor_telemetry::inject(span, req.metadata_mut());
+    req
+}
+
+/// Why a node call that ran out of `budget` failed.
+pub fn no_answer(budget: Duration) -> String {
+    format!("no answer within {} ms", budget.as_millis())
 }
 
 /// The budget a client gave us in `grpc-timeout`, if any.

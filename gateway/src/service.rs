@@ -19,7 +19,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{
     Cities, GatewayConfig,
-    fanout::{CityClient, classify, client_deadline, node_budget},
+    fanout::{CityClient, classify, client_deadline, no_answer, node_budget, node_request},
 };
 
 const MAX_LIMIT: u32 = 200;
@@ -136,12 +136,10 @@ impl GatewayService {
         F: FnOnce(NodeClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let span = tracing::info_span!("gateway.city_call", otel.name = %format!("gateway.call.{}", c.city.slug), city = c.city.slug);
-        let mut r = Request::new(msg);
-        r.set_timeout(budget);
+        let span = c.call_span();
+        let mut r = node_request(msg, budget, &span);
         let uri = caller.uri().parse().map_err(|_| Status::internal("identity is not valid metadata"))?;
         r.metadata_mut().insert(ON_BEHALF_OF, uri);
-        corridor_telemetry::inject(&span, r.metadata_mut());
         match tokio::time::timeout(budget, f(c.client.clone(), r)).instrument(span).await {
             Ok(Ok(resp)) => Ok(Response::new(resp.into_inner())),
             Ok(Err(s)) => Err(match classify(&s) {
@@ -215,9 +213,7 @@ where
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
     guarded(c, budget, |span| {
-        let mut req = Request::new(msg);
-        req.set_timeout(budget);
-        corridor_telemetry::inject(&span, req.metadata_mut());
+        let req = node_request(msg, budget, &span);
         async move { f(c.client.clone(), req).instrument(span).await.map(Response::into_inner) }
     })
     .await
@@ -255,12 +251,10 @@ where
         Ok(p) => p,
         Err(why) => return (Err((NodeState::Unavailable, why)), started.elapsed()),
     };
-    // One child span per city call; the node's server span joins it.
-    let span = tracing::info_span!("gateway.city_call", otel.name = %format!("gateway.call.{}", c.city.slug), city = c.city.slug);
-    let result = match tokio::time::timeout(budget, start(span)).await {
+    let result = match tokio::time::timeout(budget, start(c.call_span())).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(status)) => Err((classify(&status), status.message().to_string())),
-        Err(_) => Err((NodeState::Timeout, format!("no answer within {} ms", budget.as_millis()))),
+        Err(_) => Err((NodeState::Timeout, no_answer(budget))),
     };
     // Refusals a node decides (not found, invalid) are answers, not sickness.
     c.guard.record(!matches!(&result, Err((NodeState::Timeout | NodeState::Unavailable, _))));
