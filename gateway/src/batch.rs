@@ -34,9 +34,6 @@ use tracing::Instrument;
 
 use crate::fanout::{no_answer, node_request};
 
-/// Most searches in one batch; the node refuses more
-/// (`corridor_node::service::MAX_BATCH_ITEMS`).
-pub const MAX_BATCH: usize = 64;
 /// Most hits one batch may ask for, so that its answer stays well inside the
 /// message limit (16 MiB) whatever the summaries weigh.
 const MAX_BATCH_HITS: u32 = 4_000;
@@ -125,12 +122,12 @@ impl Batcher {
         }
     }
 
-    /// Up to [`MAX_BATCH`] queued searches that someone still waits for.
+    /// Up to [`pb::MAX_SEARCH_BATCH`] queued searches that someone still waits for.
     fn take(&self) -> Vec<Pending> {
         let mut queue = self.queue.lock().expect("poisoned");
-        let mut batch = Vec::with_capacity(queue.len().min(MAX_BATCH));
+        let mut batch = Vec::with_capacity(queue.len().min(pb::MAX_SEARCH_BATCH));
         let mut hits = 0;
-        while batch.len() < MAX_BATCH
+        while batch.len() < pb::MAX_SEARCH_BATCH
             && let Some(p) = queue.pop_front()
         {
             if !batch.is_empty() && hits + p.request.limit > MAX_BATCH_HITS {

@@ -33,9 +33,6 @@ const MAX_IMPORT_ROWS: usize = 1_000_000;
 /// Most hits one search may ask for.
 pub const MAX_LIMIT: u32 = 200;
 pub const DEFAULT_LIMIT: u32 = 20;
-/// Most searches one `SearchBatch` call may carry; the gateway sends at most
-/// this many.
-pub const MAX_BATCH_ITEMS: usize = 64;
 /// How long a batch runs its searches before letting other calls in.
 const BATCH_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -330,9 +327,10 @@ impl node_server::Node for NodeService {
         self.authorize_read(&req)?;
         let received = std::time::Instant::now();
         let items = req.into_inner().items;
-        if items.len() > MAX_BATCH_ITEMS {
+        if items.len() > pb::MAX_SEARCH_BATCH {
             return Err(Status::invalid_argument(format!(
-                "a search batch holds at most {MAX_BATCH_ITEMS} searches, not {}",
+                "a search batch holds at most {} searches, not {}",
+                pb::MAX_SEARCH_BATCH,
                 items.len()
             )));
         }

@@ -21,6 +21,10 @@ pub use v1::*;
 /// Nodes honour it only when the TLS peer is the gateway itself.
 pub const ON_BEHALF_OF: &str = "x-corridor-on-behalf-of";
 
+/// Most searches one `SearchBatch` call may carry: nodes refuse more, and
+/// the gateway sends no more.
+pub const MAX_SEARCH_BATCH: usize = 64;
+
 /// gRPC server reflection, v1 and v1alpha (many clients, Python grpcio's among
 /// them, still speak only v1alpha). It lists `service` (the corridor service
 /// this server really serves: a gateway does not serve `corridor.v1.Node`),
