@@ -24,13 +24,12 @@ use crate::{
 #[derive(Debug)]
 pub struct Entry {
     pub stored: StoredInstrument,
-    /// "<city>/<local-id>", kept ready for ranking ties and cursors.
-    pub id: String,
+    /// "<city>/<local-id>" as UTF-8, kept ready for cursors and as a hit
+    /// carries it.
+    pub id: Bytes,
     /// The encoded summary a search hit carries, built once per version:
     /// a popular record is a hit many times over.
     pub summary: Bytes,
-    /// `id` as a hit carries it.
-    pub wire_id: Bytes,
     /// The record's category and institution as numbers from the catalog's
     /// [`Labels`], for facet counts.
     pub category: u32,
@@ -92,14 +91,13 @@ impl Catalog {
             .into_iter()
             .enumerate()
             .map(|(i, stored)| {
-                let id = format!("{}/{}", self.city.slug, stored.record.local_id);
                 // Owned, not made from a Vec: a Vec-backed `Bytes` allocates
                 // again when a hit clones it to encode.
+                let id = Bytes::from_owner(format!("{}/{}", self.city.slug, stored.record.local_id).into_bytes());
                 let summary = Bytes::from_owner(to_summary(&stored, self.city).encode_to_vec());
-                let wire_id = Bytes::from_owner(id.clone().into_bytes());
                 let category = labels.id(&stored.record.category);
                 let institution = labels.id(&stored.record.institution_name);
-                Arc::new(Entry { stored, id, summary, wire_id, category, institution, ord: first + i as u64 })
+                Arc::new(Entry { stored, id, summary, category, institution, ord: first + i as u64 })
             })
             .collect();
         self.index

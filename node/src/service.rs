@@ -62,7 +62,7 @@ impl NodeService {
             .map(|(e, score)| pb::NodeSearchHit {
                 instrument: e.summary.clone(),
                 score: score as f64,
-                id: e.wire_id.clone(),
+                id: e.id.clone(),
             })
             .collect();
         let facets = q.facets.then(|| facets_to_proto(found.facets));

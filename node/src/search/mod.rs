@@ -76,7 +76,7 @@ impl Query {
     }
 }
 
-pub use corridor_proto::cursor::rank;
+use corridor_proto::cursor::rank_bytes;
 
 /// Match counts by value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -160,7 +160,7 @@ pub fn page<'a>(
             institutions[entry.institution as usize] += 1;
         }
         if let Some((s, after)) = &q.after
-            && rank((score, &entry.id), (*s, after)) != Ordering::Greater
+            && rank_bytes((score, &entry.id), (*s, after.as_bytes())) != Ordering::Greater
         {
             continue;
         }
