@@ -6,6 +6,7 @@
 //! `logs/<name>.log`, `run/<name>.pid` and `gateway.toml`.
 
 use std::{
+    io::Write,
     path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -188,7 +189,11 @@ pub async fn up(args: UpArgs) -> Result<()> {
             bail!("the mesh was not ready within {} s; see the logs in {}", READY_TIMEOUT.as_secs(), logs.display());
         }
     };
-    outln!(
+    // Not outln!: a reader that has seen this line and gone (`| head -1`)
+    // must not end the command here, which would leave the mesh running
+    // unowned. The mesh serves on until Ctrl-C or SIGTERM stops it.
+    let _ = writeln!(
+        std::io::stdout(),
         "corridor ready: gateway {url}, {cities} cities, {instruments} instruments, in {:.1} s (metrics on http://127.0.0.1:{}-{}/metrics; logs in {}; Ctrl-C stops)",
         started.elapsed().as_secs_f64(),
         args.port_base as usize + 10,
