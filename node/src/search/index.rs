@@ -9,9 +9,9 @@ use std::{
 };
 
 use tantivy::{
-    DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentOrdinal, SegmentReader,
+    DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentOrdinal, SegmentReader,
     TantivyDocument, Term,
-    collector::{Collector, Count, SegmentCollector, TopDocs},
+    collector::{Collector, SegmentCollector},
     columnar::Column,
     query::{AllQuery, Bm25StatisticsProvider, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, TermQuery},
     schema::{FAST, Field, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions},
@@ -246,10 +246,10 @@ impl SearchIndex {
         Ok(out)
     }
 
-    /// Matching documents as (ord, score), scored with `global` when given
-    /// and with this index's own statistics otherwise. With `limit` =
-    /// `usize::MAX` every match, in no order; otherwise at least the best
-    /// `limit` (with every document tied with the last of them), best first.
+    /// Matching documents as (ord, score), in no order, scored with `global`
+    /// when given and with this index's own statistics otherwise. With
+    /// `limit` = `usize::MAX` every match; otherwise the best `limit` and
+    /// every document tied with the last of them.
     pub fn search(&self, text: &str, global: Option<&CorpusStats>, limit: usize) -> tantivy::Result<Scored> {
         let searcher = self.searcher();
         let schema = self.index.schema();
@@ -264,43 +264,13 @@ impl SearchIndex {
         };
         let query = self.build(text, &df);
         let global = global.map(|stats| Global { stats, schema: &schema });
-        let all = |min| -> tantivy::Result<Vec<(u64, Score)>> {
-            collect(&searcher, &*query, global.as_ref(), &AllScored { min })
-        };
-        if limit == usize::MAX {
-            // Every match, in no order: the caller filters before it ranks.
-            let hits = all(None)?;
-            return Ok(Scored { matches: hits.len() as u64, hits });
-        }
-        // Ties at the cut-off must all be kept: the caller breaks them by id.
-        let cut = limit.saturating_mul(4) + 64;
-        let collector = TopDocs::with_limit(cut).order_by_score();
-        let top: Vec<(Score, DocAddress)> = collect(&searcher, &*query, global.as_ref(), &collector)?;
-        // Fewer than asked for is every match; otherwise count them (without
-        // scoring), so that the total never depends on the page size.
-        let matches =
-            if top.len() < cut { top.len() as u64 } else { collect(&searcher, &*query, None, &Count)? as u64 };
-        if limit > 0 && top.len() == cut && top[limit - 1].0 == top[cut - 1].0 {
-            // The cut fell inside a run of equal scores that reaches the page
-            // (many instruments share a name): which of them make the page is
-            // decided by id, which the index does not order by. Take the
-            // whole run, and everything above it.
-            return Ok(Scored { hits: all(Some(top[limit - 1].0))?, matches });
-        }
-        // Open each segment's ordinal column once, not once per hit.
-        let mut columns = BTreeMap::new();
-        let mut hits = Vec::with_capacity(top.len());
-        for (score, addr) in top {
-            let column = match columns.entry(addr.segment_ord) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64(ORD)?)
-                }
-            };
-            if let Some(ord) = column.first(addr.doc_id) {
-                hits.push((ord, score));
-            }
-        }
+        // One scoring pass both counts every match (so that the total never
+        // depends on the page size) and keeps the best `limit` with every
+        // match tied with the last of them: many instruments share a name,
+        // and which of a run of equal scores make the page is decided by id,
+        // which the index does not order by. With `usize::MAX` it keeps all,
+        // for a caller that filters before it ranks.
+        let (hits, matches) = collect(&searcher, &*query, global.as_ref(), &BestWithTies { limit })?;
         Ok(Scored { hits, matches })
     }
 }
@@ -326,28 +296,37 @@ fn collect<C: Collector>(
     }
 }
 
-/// Collects every match as (ord, score), unsorted: cheaper than a top-k heap
-/// as large as the index when the caller needs all matches anyway. With
-/// `min`, only those scoring at least that.
-struct AllScored {
-    min: Option<Score>,
+/// The best `limit` matches, every match tied with the last of them, and how
+/// many match in all: one scoring pass where a top-k heap, a count and a
+/// second pass for the ties took three.
+struct BestWithTies {
+    limit: usize,
 }
 
-struct SegmentScored {
+struct SegmentBest {
     ords: Column<u64>,
-    min: Score,
-    out: Vec<(u64, Score)>,
+    limit: usize,
+    /// Scores below this cannot reach the page: `limit` kept ones beat it.
+    floor: Score,
+    /// Kept candidates beyond which the worst are dropped. It doubles past
+    /// what a drop leaves, so a long run of ties costs linear time.
+    prune_at: usize,
+    kept: Vec<(u64, Score)>,
+    matches: u64,
 }
 
-impl Collector for AllScored {
-    type Fruit = Vec<(u64, Score)>;
-    type Child = SegmentScored;
+impl Collector for BestWithTies {
+    type Fruit = (Vec<(u64, Score)>, u64);
+    type Child = SegmentBest;
 
-    fn for_segment(&self, _: SegmentOrdinal, segment: &SegmentReader) -> tantivy::Result<SegmentScored> {
-        Ok(SegmentScored {
+    fn for_segment(&self, _: SegmentOrdinal, segment: &SegmentReader) -> tantivy::Result<SegmentBest> {
+        Ok(SegmentBest {
             ords: segment.fast_fields().u64(ORD)?,
-            min: self.min.unwrap_or(Score::MIN),
-            out: Vec::new(),
+            limit: self.limit,
+            floor: if self.limit == 0 { Score::INFINITY } else { Score::MIN },
+            prune_at: self.limit.saturating_mul(2).max(64),
+            kept: Vec::new(),
+            matches: 0,
         })
     }
 
@@ -355,24 +334,77 @@ impl Collector for AllScored {
         true
     }
 
-    fn merge_fruits(&self, fruits: Vec<Vec<(u64, Score)>>) -> tantivy::Result<Self::Fruit> {
-        Ok(fruits.concat())
+    fn merge_fruits(&self, fruits: Vec<(Vec<(u64, Score)>, u64)>) -> tantivy::Result<Self::Fruit> {
+        let matches = fruits.iter().map(|(_, n)| n).sum();
+        let mut kept: Vec<(u64, Score)> = fruits.into_iter().flat_map(|(k, _)| k).collect();
+        keep_best(&mut kept, self.limit);
+        Ok((kept, matches))
     }
 }
 
-impl SegmentCollector for SegmentScored {
-    type Fruit = Vec<(u64, Score)>;
+impl SegmentCollector for SegmentBest {
+    type Fruit = (Vec<(u64, Score)>, u64);
 
     fn collect(&mut self, doc: DocId, score: Score) {
-        if score < self.min {
+        self.matches += 1;
+        if score < self.floor {
             return;
         }
         if let Some(ord) = self.ords.first(doc) {
-            self.out.push((ord, score));
+            self.kept.push((ord, score));
+        }
+        if self.kept.len() >= self.prune_at {
+            self.floor = keep_best(&mut self.kept, self.limit);
+            self.prune_at = self.prune_at.max(self.kept.len().saturating_mul(2));
         }
     }
 
     fn harvest(self) -> Self::Fruit {
-        self.out
+        (self.kept, self.matches)
+    }
+}
+
+/// Keeps the best `limit` of `hits` and every one tied with the last of
+/// them; returns the score of that last one (the lowest that can still make
+/// the page).
+fn keep_best(hits: &mut Vec<(u64, Score)>, limit: usize) -> Score {
+    if limit == 0 {
+        hits.clear();
+        return Score::INFINITY;
+    }
+    if hits.len() <= limit {
+        return Score::MIN;
+    }
+    let mut scores: Vec<Score> = hits.iter().map(|h| h.1).collect();
+    let (_, &mut last, _) = scores.select_nth_unstable_by(limit - 1, |a, b| b.total_cmp(a));
+    hits.retain(|h| h.1 >= last);
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_best_keeps_the_best_and_every_tie_with_the_last() {
+        // Scores with long runs of ties, in a scrambled order.
+        let hits: Vec<(u64, Score)> = (0..500u64).map(|i| ((i * 7919) % 500, ((i * 31) % 9) as Score)).collect();
+        for limit in [0, 1, 5, 20, 55, 499, 500, 10_000] {
+            let mut kept = hits.clone();
+            let floor = keep_best(&mut kept, limit);
+            let mut scores: Vec<Score> = hits.iter().map(|h| h.1).collect();
+            scores.sort_by(|a, b| b.total_cmp(a));
+            let expect: Vec<(u64, Score)> = match limit {
+                0 => Vec::new(),
+                l if l >= hits.len() => hits.clone(),
+                l => hits.iter().copied().filter(|h| h.1 >= scores[l - 1]).collect(),
+            };
+            let sorted = |mut v: Vec<(u64, Score)>| {
+                v.sort_by_key(|h| h.0);
+                v
+            };
+            assert_eq!(sorted(kept.clone()), sorted(expect), "limit {limit}");
+            assert!(kept.iter().all(|h| h.1 >= floor), "limit {limit}");
+        }
     }
 }
