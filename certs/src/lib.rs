@@ -2,12 +2,14 @@
 //! certificate issue, server and client TLS configs, and turning a verified peer
 //! certificate into a typed [`Identity`].
 
+mod coalesce;
 mod error;
 mod identity;
 mod issue;
 mod revoke;
 mod tls;
 
+pub use coalesce::Coalesce;
 pub use error::CertError;
 pub use identity::Identity;
 pub use issue::{Ca, IssueOptions, IssuedCert, init_dir, write_identity};

@@ -29,7 +29,7 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{CertError, Identity};
+use crate::{CertError, Identity, coalesce::Coalesce};
 
 /// The one crypto provider in the process. Passing it explicitly everywhere
 /// means no process-wide default is needed, so a second provider in the
@@ -296,7 +296,7 @@ pub fn tls_incoming(
     listener: TcpListener,
     source: Arc<CredentialSource>,
     opts: TlsAcceptOptions,
-) -> ReceiverStream<io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+) -> ReceiverStream<io::Result<Coalesce<tokio_rustls::server::TlsStream<TcpStream>>>> {
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(opts.max_handshakes.max(1)));
     tokio::spawn(async move {
@@ -327,7 +327,7 @@ pub fn tls_incoming(
                 drop(permit);
                 match result {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        let _ = tx.send(Ok(Coalesce::new(stream))).await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "tls handshake refused"),
                     Err(_) => tracing::info!(%peer, "tls handshake timed out"),
@@ -381,7 +381,7 @@ impl TlsConnector {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl tower::Service<Uri> for TlsConnector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Response = TokioIo<Coalesce<tokio_rustls::client::TlsStream<TcpStream>>>;
     type Error = io::Error;
     type Future = BoxFuture<Result<Self::Response, io::Error>>;
 
@@ -402,7 +402,7 @@ impl tower::Service<Uri> for TlsConnector {
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let tls = connector.connect(name, tcp).await?;
-            Ok(TokioIo::new(tls))
+            Ok(TokioIo::new(Coalesce::new(tls)))
         })
     }
 }
