@@ -398,6 +398,10 @@ enum GatewayCommand {
         /// Serve the gRPC health service alone, in plaintext, for probes.
         #[arg(long)]
         health: Option<SocketAddr>,
+        /// Threads serving calls; default one per core. `corridor up` gives
+        /// the gateway one, as it shares the machine's cores with nine nodes.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
     },
 }
 
@@ -492,7 +496,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
-    if let Command::Node { command: NodeCommand::Run { workers: Some(n), .. } } = &cli.command {
+    if let Command::Node { command: NodeCommand::Run { workers: Some(n), .. } }
+    | Command::Gateway { command: GatewayCommand::Run { workers: Some(n), .. } } = &cli.command
+    {
         runtime.worker_threads(usize::from(*n));
     }
     match runtime.build() {
@@ -566,7 +572,9 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 outln!("restored into {}; start the node with --data {}", data.display(), data.display());
             }
         }
-        Command::Gateway { command: GatewayCommand::Run { config, listen, certs, identity, metrics, health } } => {
+        Command::Gateway {
+            command: GatewayCommand::Run { config, listen, certs, identity, metrics, health, workers: _ },
+        } => {
             let config = corridor_gateway::GatewayConfig::load(&config)?;
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;

@@ -143,8 +143,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
             "--metrics",
             &format!("127.0.0.1:{}", port + 10),
             // Ten processes share this machine's cores: a second thread per
-            // node only adds cross-thread wakeups (about a tenth of a
-            // search's CPU, BENCHMARKS.md). The gateway keeps one per core.
+            // process only adds cross-thread wakeups (about a tenth of a
+            // search's CPU, BENCHMARKS.md).
             "--workers",
             "1",
         ]
@@ -166,6 +166,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
         &s(&certs),
         "--metrics",
         &format!("127.0.0.1:{}", args.port_base as usize + 10),
+        "--workers",
+        "1",
     ]
     .map(String::from);
     procs.push(spawn("gateway", &gw_args, &logs.join("gateway.log"))?);
