@@ -286,12 +286,14 @@ fn state_label(s: NodeState) -> &'static str {
     }
 }
 
-/// Facet counts summed across cities.
+/// Facet counts summed across cities. Hashed, not ordered: a broad query
+/// brings hundreds of institutions from every city, and the order wanted
+/// (by count) is made once at the end.
 #[derive(Default)]
 struct FacetSums {
-    cities: BTreeMap<String, u64>,
-    categories: BTreeMap<String, u64>,
-    institutions: BTreeMap<String, u64>,
+    cities: HashMap<String, u64>,
+    categories: HashMap<String, u64>,
+    institutions: HashMap<String, u64>,
 }
 
 impl FacetSums {
@@ -308,10 +310,11 @@ impl FacetSums {
     }
 
     fn into_proto(self) -> pb::Facets {
-        let counts = |m: BTreeMap<String, u64>| {
+        let counts = |m: HashMap<String, u64>| {
             let mut v: Vec<pb::FacetCount> =
                 m.into_iter().map(|(value, count)| pb::FacetCount { value, count }).collect();
-            v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+            // Values are distinct, so the order is total without a stable sort.
+            v.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
             v
         };
         pb::Facets {
