@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use tantivy::{
@@ -62,8 +62,26 @@ pub struct SearchIndex {
     reader: IndexReader,
     writer: Mutex<IndexWriter>,
     fields: Fields,
-    /// Serialises reload with searches that must see one generation.
-    generation: RwLock<()>,
+    /// What searches read: one generation of the index, swapped whole after
+    /// each commit.
+    current: RwLock<Arc<View>>,
+}
+
+/// One generation of the index, with each segment's column of catalog
+/// places already open: opening it is a dictionary lookup per segment that
+/// every search used to repeat.
+struct View {
+    searcher: Searcher,
+    /// By segment ordinal.
+    ords: Vec<Column<u64>>,
+}
+
+impl View {
+    fn of(reader: &IndexReader) -> tantivy::Result<Arc<View>> {
+        let searcher = reader.searcher();
+        let ords = searcher.segment_readers().iter().map(|s| s.fast_fields().u64(ORD)).collect::<Result<_, _>>()?;
+        Ok(Arc::new(View { searcher, ords }))
+    }
 }
 
 /// Statistics from a [`CorpusStats`], answering tantivy's BM25 questions.
@@ -119,7 +137,8 @@ impl SearchIndex {
         // One thread: the node has other work, and documents are small.
         let writer = index.writer_with_num_threads(1, 15_000_000).expect("an in-RAM writer");
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().expect("a reader");
-        SearchIndex { index, reader, writer: Mutex::new(writer), fields, generation: RwLock::new(()) }
+        let current = RwLock::new(View::of(&reader).expect("an empty in-RAM index opens"));
+        SearchIndex { index, reader, writer: Mutex::new(writer), fields, current }
     }
 
     fn document(&self, ord: u64, r: &InstrumentRecord) -> TantivyDocument {
@@ -153,13 +172,15 @@ impl SearchIndex {
             writer.add_document(self.document(ord, r))?;
         }
         writer.commit()?;
-        let _g = self.generation.write().expect("poisoned");
-        self.reader.reload()
+        // Still under the writer's lock, so generations are swapped in order.
+        self.reader.reload()?;
+        let view = View::of(&self.reader)?;
+        *self.current.write().expect("poisoned") = view;
+        Ok(())
     }
 
-    fn searcher(&self) -> Searcher {
-        let _g = self.generation.read().expect("poisoned");
-        self.reader.searcher()
+    fn view(&self) -> Arc<View> {
+        self.current.read().expect("poisoned").clone()
     }
 
     /// The terms of a query word, as the index analyzes text.
@@ -228,7 +249,8 @@ impl SearchIndex {
 
     /// This node's statistics for the terms `text` may use.
     pub fn stats(&self, text: &str) -> tantivy::Result<CorpusStats> {
-        let searcher = self.searcher();
+        let view = self.view();
+        let searcher = &view.searcher;
         let schema = self.index.schema();
         // Every exact term, fuzzy or not: the gateway decides on the sums.
         let query = self.build(text, &|_| 1);
@@ -251,7 +273,8 @@ impl SearchIndex {
     /// `limit` = `usize::MAX` every match; otherwise the best `limit` and
     /// every document tied with the last of them.
     pub fn search(&self, text: &str, global: Option<&CorpusStats>, limit: usize) -> tantivy::Result<Scored> {
-        let searcher = self.searcher();
+        let view = self.view();
+        let searcher = &view.searcher;
         let schema = self.index.schema();
         let df = |term: &str| -> u64 {
             match global {
@@ -259,7 +282,7 @@ impl SearchIndex {
                     .iter()
                     .map(|f| g.doc_freq.get(&(f.to_string(), term.to_string())).copied().unwrap_or(0))
                     .sum(),
-                None => self.local_df(&searcher, term),
+                None => self.local_df(searcher, term),
             }
         };
         let query = self.build(text, &df);
@@ -270,7 +293,7 @@ impl SearchIndex {
         // and which of a run of equal scores make the page is decided by id,
         // which the index does not order by. With `usize::MAX` it keeps all,
         // for a caller that filters before it ranks.
-        let (hits, matches) = collect(&searcher, &*query, global.as_ref(), &BestWithTies { limit })?;
+        let (hits, matches) = collect(searcher, &*query, global.as_ref(), &BestWithTies { limit, ords: &view.ords })?;
         Ok(Scored { hits, matches })
     }
 }
@@ -299,8 +322,10 @@ fn collect<C: Collector>(
 /// The best `limit` matches, every match tied with the last of them, and how
 /// many match in all: one scoring pass where a top-k heap, a count and a
 /// second pass for the ties took three.
-struct BestWithTies {
+struct BestWithTies<'a> {
     limit: usize,
+    /// Each segment's column of catalog places, by segment ordinal.
+    ords: &'a [Column<u64>],
 }
 
 struct SegmentBest {
@@ -315,13 +340,14 @@ struct SegmentBest {
     matches: u64,
 }
 
-impl Collector for BestWithTies {
+impl Collector for BestWithTies<'_> {
     type Fruit = (Vec<(u64, Score)>, u64);
     type Child = SegmentBest;
 
-    fn for_segment(&self, _: SegmentOrdinal, segment: &SegmentReader) -> tantivy::Result<SegmentBest> {
+    fn for_segment(&self, ord: SegmentOrdinal, _: &SegmentReader) -> tantivy::Result<SegmentBest> {
+        let ords = self.ords.get(ord as usize).cloned();
         Ok(SegmentBest {
-            ords: segment.fast_fields().u64(ORD)?,
+            ords: ords.ok_or_else(|| tantivy::TantivyError::InternalError(format!("no segment {ord}")))?,
             limit: self.limit,
             floor: if self.limit == 0 { Score::INFINITY } else { Score::MIN },
             prune_at: self.limit.saturating_mul(2).max(64),
