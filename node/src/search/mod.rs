@@ -4,11 +4,7 @@
 pub mod index;
 pub mod text;
 
-use std::{
-    cmp::Ordering,
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{cmp::Ordering, collections::HashMap, sync::Arc};
 
 use crate::{
     catalog::Entry,
@@ -78,26 +74,13 @@ impl Query {
 
 use corridor_proto::cursor::rank_bytes;
 
-/// Match counts by value.
+/// Match counts by value, in no particular order (the gateway orders the
+/// sums), and only values with matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facets {
-    pub cities: BTreeMap<String, u64>,
-    pub categories: BTreeMap<String, u64>,
-    pub institutions: BTreeMap<String, u64>,
-}
-
-impl Facets {
-    pub fn add(&mut self, other: &Facets) {
-        for (mine, theirs) in [
-            (&mut self.cities, &other.cities),
-            (&mut self.categories, &other.categories),
-            (&mut self.institutions, &other.institutions),
-        ] {
-            for (k, v) in theirs {
-                *mine.entry(k.clone()).or_default() += v;
-            }
-        }
-    }
+    pub cities: Vec<(String, u64)>,
+    pub categories: Vec<(String, u64)>,
+    pub institutions: Vec<(String, u64)>,
 }
 
 /// One page of a node's answer.
@@ -129,7 +112,9 @@ impl Labels {
         id
     }
 
-    fn counts(&self, counts: &[u64]) -> BTreeMap<String, u64> {
+    /// Each value's count, in label order: no map and no sort, as a broad
+    /// query counts hundreds of institutions.
+    fn counts(&self, counts: &[u64]) -> Vec<(String, u64)> {
         counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(id, n)| (self.names[id].clone(), *n)).collect()
     }
 }
@@ -148,7 +133,13 @@ pub fn page<'a>(
     let mut total = 0;
     let width = if q.facets { labels.names.len() } else { 0 };
     let (mut categories, mut institutions) = (vec![0u64; width], vec![0u64; width]);
-    let mut kept: Vec<(&'a Arc<Entry>, f32, u32)> = Vec::new();
+    // The order `rank` gives, with the id compared by its place.
+    let cmp = |a: &(&Arc<Entry>, f32, u32), b: &(&Arc<Entry>, f32, u32)| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2));
+    // Only the page is kept: whenever twice as many wait, the best `limit`
+    // of them are chosen, so a broad match list costs linear time and a
+    // page's worth of memory.
+    let prune_at = q.limit.saturating_mul(2).max(64);
+    let mut kept: Vec<(&'a Arc<Entry>, f32, u32)> = Vec::with_capacity(prune_at.min(1024));
     for (entry, score, place) in scored {
         let r = &entry.stored.record;
         if !q.admits(r) || !extra(r) {
@@ -159,25 +150,27 @@ pub fn page<'a>(
             categories[entry.category as usize] += 1;
             institutions[entry.institution as usize] += 1;
         }
-        if let Some((s, after)) = &q.after
-            && rank_bytes((score, &entry.id), (*s, after.as_bytes())) != Ordering::Greater
+        if q.limit == 0
+            || q.after
+                .as_ref()
+                .is_some_and(|(s, after)| rank_bytes((score, &entry.id), (*s, after.as_bytes())) != Ordering::Greater)
         {
             continue;
         }
         kept.push((entry, score, place));
+        if kept.len() >= prune_at {
+            kept.select_nth_unstable_by(q.limit - 1, cmp);
+            kept.truncate(q.limit);
+        }
     }
-    // The order `rank` gives, with the id compared by its place.
-    let cmp = |a: &(&Arc<Entry>, f32, u32), b: &(&Arc<Entry>, f32, u32)| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2));
-    // Only the page needs to be in order.
-    if kept.len() > q.limit && q.limit > 0 {
+    if kept.len() > q.limit {
         kept.select_nth_unstable_by(q.limit - 1, cmp);
         kept.truncate(q.limit);
     }
-    kept.sort_by(cmp);
-    kept.truncate(q.limit);
+    kept.sort_unstable_by(cmp);
     let mut facets = Facets::default();
     if q.facets && total > 0 {
-        facets.cities.insert(city.to_string(), total);
+        facets.cities = vec![(city.to_string(), total)];
         facets.categories = labels.counts(&categories);
         facets.institutions = labels.counts(&institutions);
     }
