@@ -143,12 +143,11 @@ impl Batcher {
         batch
     }
 
-    async fn send(&self, client: &NodeClient<Channel>, mut batch: Vec<Pending>) {
-        if batch.len() == 1 {
-            let p = batch.pop().expect("one");
-            let result = search_alone(client.clone(), p.request, p.deadline, &p.span).await;
-            let _ = p.reply.send(result);
-            return;
+    async fn send(&self, client: &NodeClient<Channel>, batch: Vec<Pending>) {
+        // One search, or a node known to predate batches (another call may
+        // have learnt it while these queued): each goes as its own call.
+        if batch.len() == 1 || self.unbatched.load(Ordering::Relaxed) {
+            return each_alone(client, batch).await;
         }
         let now = Instant::now();
         let last = batch.iter().map(|p| p.deadline).max().expect("not empty");
@@ -184,11 +183,7 @@ impl Batcher {
                 // A node from before batching: ask it one search at a time,
                 // now and from now on.
                 self.unbatched.store(true, Ordering::Relaxed);
-                let alone = batch.into_iter().map(|p| async move {
-                    let result = search_alone(client.clone(), p.request, p.deadline, &p.span).await;
-                    let _ = p.reply.send(result);
-                });
-                futures_util::future::join_all(alone).await;
+                each_alone(client, batch).await;
             }
             Ok(Err(status)) => {
                 for p in batch {
@@ -202,6 +197,15 @@ impl Batcher {
             }
         }
     }
+}
+
+/// Sends each search as its own call, all at once.
+async fn each_alone(client: &NodeClient<Channel>, batch: Vec<Pending>) {
+    futures_util::future::join_all(batch.into_iter().map(|p| async move {
+        let result = search_alone(client.clone(), p.request, p.deadline, &p.span).await;
+        let _ = p.reply.send(result);
+    }))
+    .await;
 }
 
 /// One search sent as its own call, its budget sent on as `grpc-timeout`.

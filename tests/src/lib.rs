@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use corridor_certs::{Ca, CredentialSource, Credentials, Identity, IssueOptions, client_channel, write_identity};
 use corridor_gateway::{GatewayConfig, NodeEndpoint};
@@ -33,6 +36,58 @@ pub enum Front {
     /// A TCP proxy that holds every chunk from the node this long: the city
     /// is slow, not dead.
     Delay(Duration),
+    /// The city's node as an older version would serve it, slow as with
+    /// `Delay`: it does not know `SearchBatch` (UNIMPLEMENTED, each refusal
+    /// counted in `refused`) and answers every other call as the node does.
+    Old { delay: Duration, refused: Arc<AtomicUsize> },
+}
+
+/// Serves as `city`'s node, with its identity, and passes every call on to
+/// the real node at `node` except `SearchBatch`, which it refuses as a node
+/// that predates it would.
+async fn old_node(certs: &std::path::Path, city: &str, node: SocketAddr, refused: Arc<AtomicUsize>) -> SocketAddr {
+    use tonic::codegen::http;
+    #[derive(Clone)]
+    struct Old {
+        node: Channel,
+        refused: Arc<AtomicUsize>,
+    }
+    impl tonic::server::NamedService for Old {
+        const NAME: &'static str = "corridor.v1.Node";
+    }
+    type Reply = Result<http::Response<tonic::body::Body>, std::convert::Infallible>;
+    impl tower::Service<http::Request<tonic::body::Body>> for Old {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>;
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            if req.uri().path() == "/corridor.v1.Node/SearchBatch" {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return Box::pin(async { Ok(tonic::Status::unimplemented("unknown method SearchBatch").into_http()) });
+            }
+            let mut node = self.node.clone();
+            Box::pin(async move {
+                let forwarded = match std::future::poll_fn(|cx| tower::Service::poll_ready(&mut node, cx)).await {
+                    Ok(()) => tower::Service::call(&mut node, req).await,
+                    Err(e) => Err(e),
+                };
+                Ok(forwarded.unwrap_or_else(|e| tonic::Status::unavailable(e.to_string()).into_http()))
+            })
+        }
+    }
+    // It reaches the node as the gateway does, so the node sees the same caller.
+    let gateway = Credentials::load(certs, "gateway").expect("gateway creds");
+    let node = client_channel(&format!("https://{node}"), &gateway, Some(Identity::Node(city.into())), CONNECT_TIMEOUT)
+        .expect("channel to the node");
+    let creds = CredentialSource::load(certs, &format!("node-{city}")).expect("node creds");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let incoming = corridor_certs::tls_incoming(listener, creds, corridor_certs::TlsAcceptOptions::default());
+    tokio::spawn(tonic::transport::Server::builder().add_service(Old { node, refused }).serve_with_incoming(incoming));
+    addr
 }
 
 /// Forwards TCP to `target`, delaying the node's replies by `delay`. TLS
@@ -157,6 +212,9 @@ impl Mesh {
             node_addrs.insert(city.slug, addr);
             let routed = match front {
                 Some(Front::Delay(d)) => delaying_proxy(addr, d).await,
+                Some(Front::Old { delay, refused }) => {
+                    old_node(&certs, city.slug, delaying_proxy(addr, delay).await, refused).await
+                }
                 _ => addr,
             };
             endpoints.push(NodeEndpoint { city: city.slug.into(), endpoint: format!("https://{routed}") });

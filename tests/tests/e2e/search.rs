@@ -3,6 +3,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -229,7 +233,10 @@ async fn free_window_filter_uses_the_calendar() {
 }
 
 /// The facts of an answer that batching must not change.
-fn answer(resp: &pb::SearchResponse) -> (Vec<(String, f64)>, u64, Option<pb::Facets>, bool) {
+/// Hits with scores, total, facets, partial.
+type Answer = (Vec<(String, f64)>, u64, Option<pb::Facets>, bool);
+
+fn answer(resp: &pb::SearchResponse) -> Answer {
     let hits = resp.hits.iter().map(|h| (h.instrument.as_ref().unwrap().id.clone(), h.score)).collect();
     (hits, resp.total, resp.facets.clone(), resp.partial)
 }
@@ -286,27 +293,62 @@ async fn a_batch_answers_each_search_as_if_it_came_alone() {
 async fn searches_queued_behind_a_slow_city_are_batched_and_answered_as_alone() {
     let mesh =
         Mesh::start_with(Some(Scale::G60), |c| (c == "hefei").then_some(Front::Delay(Duration::from_millis(40)))).await;
-    let gw = mesh.gateway("org-demo");
-    let queries: Vec<pb::SearchRequest> =
-        ["显微镜", "spectrometer", "核磁", "X射线 Bruker", "质谱 metabolomics", "BET"]
-            .into_iter()
-            .flat_map(|q| [search(q, 20), pb::SearchRequest { facets: true, ..search(q, 5) }])
-            .collect();
-    let mut alone = Vec::new();
-    for q in &queries {
-        alone.push(answer(&gw.clone().search(q.clone()).await.unwrap().into_inner()));
-    }
+    let queries = mixed_queries();
+    let alone = one_by_one(&mesh, &queries).await;
     let before = batch_calls(&mesh, "hefei");
     // All at once: the slow city holds two calls at a time, the rest queue.
+    assert_all_as_alone(&mesh, &queries, &alone).await;
+    assert!(batch_calls(&mesh, "hefei") > before, "the queued searches reach the slow city as batches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_predates_batches_gets_queued_searches_one_by_one() {
+    let refused = Arc::new(AtomicUsize::new(0));
+    let r = refused.clone();
+    let mesh = Mesh::start_with(Some(Scale::G60), move |c| {
+        (c == "hefei").then(|| Front::Old { delay: Duration::from_millis(40), refused: r.clone() })
+    })
+    .await;
+    let queries = mixed_queries();
+    let alone = one_by_one(&mesh, &queries).await;
+    assert_eq!(refused.load(Ordering::SeqCst), 0, "a lone search goes out as Search");
+    assert_all_as_alone(&mesh, &queries, &alone).await;
+    let tried = refused.load(Ordering::SeqCst);
+    assert!(tried >= 1, "the queued searches were offered as a batch first");
+    // Once refused, the gateway no longer offers that node batches.
+    assert_all_as_alone(&mesh, &queries, &alone).await;
+    assert_eq!(refused.load(Ordering::SeqCst), tried, "no batch after the refusal");
+    assert_eq!(batch_calls(&mesh, "hefei"), 0, "the node itself never saw a batch");
+}
+
+/// Searches of every kind in the mix, with and without facets.
+fn mixed_queries() -> Vec<pb::SearchRequest> {
+    ["显微镜", "spectrometer", "核磁", "X射线 Bruker", "质谱 metabolomics", "BET"]
+        .into_iter()
+        .flat_map(|q| [search(q, 20), pb::SearchRequest { facets: true, ..search(q, 5) }])
+        .collect()
+}
+
+async fn one_by_one(mesh: &Mesh, queries: &[pb::SearchRequest]) -> Vec<Answer> {
+    let gw = mesh.gateway("org-demo");
+    let mut alone = Vec::new();
+    for q in queries {
+        alone.push(answer(&gw.clone().search(q.clone()).await.unwrap().into_inner()));
+    }
+    alone
+}
+
+/// Sends every query at once and checks each answer against `alone`.
+async fn assert_all_as_alone(mesh: &Mesh, queries: &[pb::SearchRequest], alone: &[Answer]) {
+    let gw = mesh.gateway("org-demo");
     let together = futures_util::future::join_all(queries.iter().map(|q| {
         let mut gw = gw.clone();
         let q = q.clone();
         async move { answer(&gw.search(q).await.unwrap().into_inner()) }
     }))
     .await;
-    for ((got, want), q) in together.iter().zip(&alone).zip(&queries) {
+    for ((got, want), q) in together.iter().zip(alone).zip(queries) {
         assert!(!got.3, "{q:?}: no city may drop out");
-        assert_eq!(got, want, "{q:?}: a batched search answers as it does alone");
+        assert_eq!(got, want, "{q:?}: a search answers together as it does alone");
     }
-    assert!(batch_calls(&mesh, "hefei") > before, "the queued searches reach the slow city as batches");
 }
