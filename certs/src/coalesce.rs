@@ -43,10 +43,6 @@ impl<T> Coalesce<T> {
     pub fn new(inner: T) -> Self {
         Coalesce { inner, buf: Vec::new(), sent: 0, yielded: false }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncWrite + Unpin> Coalesce<T> {

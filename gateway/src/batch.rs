@@ -5,9 +5,10 @@
 //! So only a few search calls to a city are in flight at once (the
 //! gateway's `search_calls_in_flight`, 2 by default), and searches that
 //! arrive while they are busy gather in a queue; the next call carries
-//! everything queued, up to the node's limit, as one `SearchBatch`. Nothing waits on a timer: a search that finds a call free
-//! goes out at once, alone, as a plain `Search`, so a lone client sees no
-//! batching at all, and under load batches grow with the load.
+//! everything queued, up to the node's limit, as one `SearchBatch`. Nothing
+//! waits on a timer: a search that finds a call free goes out at once,
+//! alone, as a plain `Search`, so a lone client sees no batching at all, and
+//! under load batches grow with the load.
 //!
 //! A batch call is never cancelled by any one search giving up: it runs in
 //! its own task, and each search waits only for its own answer, under its

@@ -310,17 +310,10 @@ impl FacetSums {
     }
 
     fn into_proto(self) -> pb::Facets {
-        let counts = |m: HashMap<String, u64>| {
-            let mut v: Vec<pb::FacetCount> =
-                m.into_iter().map(|(value, count)| pb::FacetCount { value, count }).collect();
-            // Values are distinct, so the order is total without a stable sort.
-            v.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
-            v
-        };
         pb::Facets {
-            cities: counts(self.cities),
-            categories: counts(self.categories),
-            institutions: counts(self.institutions),
+            cities: pb::facet_counts(self.cities),
+            categories: pb::facet_counts(self.categories),
+            institutions: pb::facet_counts(self.institutions),
         }
     }
 }

@@ -370,15 +370,12 @@ pub fn stats_from_proto(p: &pb::CorpusStats) -> CorpusStats {
     }
 }
 
-fn counts(m: Vec<(String, u64)>) -> Vec<pb::FacetCount> {
-    let mut v: Vec<pb::FacetCount> = m.into_iter().map(|(value, count)| pb::FacetCount { value, count }).collect();
-    // Values are distinct, so the order is total without a stable sort.
-    v.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
-    v
-}
-
 pub fn facets_to_proto(f: Facets) -> pb::Facets {
-    pb::Facets { cities: counts(f.cities), categories: counts(f.categories), institutions: counts(f.institutions) }
+    pb::Facets {
+        cities: pb::facet_counts(f.cities),
+        categories: pb::facet_counts(f.categories),
+        institutions: pb::facet_counts(f.institutions),
+    }
 }
 
 pub fn service_mode_from_proto(m: i32) -> Result<ServiceMode, String> {

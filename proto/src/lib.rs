@@ -21,6 +21,15 @@ pub use v1::*;
 /// Nodes honour it only when the TLS peer is the gateway itself.
 pub const ON_BEHALF_OF: &str = "x-corridor-on-behalf-of";
 
+/// A facet's counts in the order `Facets` carries them: most matches first,
+/// then by value. Values are distinct, so the order is total without a
+/// stable sort.
+pub fn facet_counts(counts: impl IntoIterator<Item = (String, u64)>) -> Vec<FacetCount> {
+    let mut v: Vec<FacetCount> = counts.into_iter().map(|(value, count)| FacetCount { value, count }).collect();
+    v.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+    v
+}
+
 /// Most searches one `SearchBatch` call may carry: nodes refuse more, and
 /// the gateway sends no more.
 pub const MAX_SEARCH_BATCH: usize = 64;

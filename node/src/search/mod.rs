@@ -139,6 +139,12 @@ pub fn page<'a>(
     // of them are chosen, so a broad match list costs linear time and a
     // page's worth of memory.
     let prune_at = q.limit.saturating_mul(2).max(64);
+    let keep_page = |kept: &mut Vec<(&'a Arc<Entry>, f32, u32)>| {
+        if kept.len() > q.limit {
+            kept.select_nth_unstable_by(q.limit - 1, cmp);
+            kept.truncate(q.limit);
+        }
+    };
     let mut kept: Vec<(&'a Arc<Entry>, f32, u32)> = Vec::with_capacity(prune_at.min(1024));
     for (entry, score, place) in scored {
         let r = &entry.stored.record;
@@ -159,14 +165,10 @@ pub fn page<'a>(
         }
         kept.push((entry, score, place));
         if kept.len() >= prune_at {
-            kept.select_nth_unstable_by(q.limit - 1, cmp);
-            kept.truncate(q.limit);
+            keep_page(&mut kept);
         }
     }
-    if kept.len() > q.limit {
-        kept.select_nth_unstable_by(q.limit - 1, cmp);
-        kept.truncate(q.limit);
-    }
+    keep_page(&mut kept);
     kept.sort_unstable_by(cmp);
     let mut facets = Facets::default();
     if q.facets && total > 0 {
