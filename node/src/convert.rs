@@ -44,29 +44,42 @@ pub fn to_proto(s: &StoredInstrument, city: &City) -> pb::Instrument {
 /// The fields a search hit carries: enough to list and filter; the whole
 /// record is one GetInstrument away. Keeps fan-out replies small, and is
 /// built without touching the rest of the record (it runs for every hit).
+/// `s` cut to at most `max` characters. Records stored before fields had
+/// limits may be larger; a search hit never carries more than a record
+/// imported today could.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => s[..at].to_string(),
+        None => s.to_string(),
+    }
+}
+
 pub fn to_summary(s: &StoredInstrument, city: &City) -> pb::Instrument {
+    use crate::model::{MAX_LIST_ITEMS, MAX_SHORT_CHARS};
     let r = &s.record;
+    let short = |v: &str| clip(v, MAX_SHORT_CHARS);
     pb::Instrument {
         id: format!("{}/{}", city.slug, r.local_id),
         local_id: r.local_id.clone(),
         city: city.slug.into(),
         province: city.province.into(),
-        name_zh: r.name_zh.clone(),
-        name_en: r.name_en.clone(),
-        category: r.category.clone(),
-        manufacturer: r.manufacturer.clone(),
-        model: r.model.clone(),
-        institution: Some(pb::Institution { name: r.institution_name.clone(), ..Default::default() }),
+        name_zh: short(&r.name_zh),
+        name_en: short(&r.name_en),
+        category: short(&r.category),
+        manufacturer: short(&r.manufacturer),
+        model: short(&r.model),
+        institution: Some(pb::Institution { name: short(&r.institution_name), ..Default::default() }),
         access_level: match r.access_level {
             AccessLevel::Open => pb::AccessLevel::Open,
             AccessLevel::ResearchOnly => pb::AccessLevel::ResearchOnly,
             AccessLevel::Restricted => pb::AccessLevel::Restricted,
         } as i32,
         training_required: r.training_required,
-        accreditations: r.accreditations.clone(),
+        accreditations: r.accreditations.iter().take(MAX_LIST_ITEMS).map(|a| short(a)).collect(),
         service_modes: r
             .service_modes
             .iter()
+            .take(MAX_LIST_ITEMS)
             .map(|m| match m {
                 ServiceMode::SelfOperated => pb::ServiceMode::SelfOperated,
                 ServiceMode::StaffOperated => pb::ServiceMode::StaffOperated,
@@ -412,6 +425,20 @@ mod tests {
         let p = to_proto(&s, city_by_slug("hefei").unwrap());
         assert_eq!(p.id, "hefei/a");
         assert_eq!(from_proto(p).unwrap(), r);
+    }
+
+    #[test]
+    fn a_summary_stays_small_whatever_is_stored() {
+        use prost::Message;
+        // As a record stored before fields had limits could be.
+        let mut r = sample("a");
+        r.name_en = "N".repeat(6 << 20);
+        r.name_zh = "名".repeat(1 << 20);
+        r.service_modes = vec![ServiceMode::MailIn; 100_000];
+        let s = StoredInstrument { record: r, updated_at: "t".into() };
+        let summary = to_summary(&s, city_by_slug("hefei").unwrap());
+        assert!(summary.encoded_len() < 2_000, "{} bytes", summary.encoded_len());
+        assert_eq!(summary.name_zh.chars().count(), crate::model::MAX_SHORT_CHARS);
     }
 
     #[test]

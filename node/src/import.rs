@@ -145,6 +145,21 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_record_names_its_line_and_field() {
+        let mut big = sample("b");
+        big.description = "说明".repeat(5 << 20);
+        let text = jsonl(&[sample("a"), big]);
+        let rows = parse(Format::JsonLines, text.as_bytes()).unwrap();
+        let err = check_rows("hefei", &rows).unwrap_err();
+        assert!(
+            err.to_string().starts_with("line 2: description: is 31457280 bytes long"),
+            "{}",
+            &err.to_string()[..80]
+        );
+        assert!(err.to_string().len() < 200, "the refusal does not repeat the value");
+    }
+
+    #[test]
     fn unknown_fields_and_broken_json_are_refused() {
         let err = parse(Format::JsonLines, b"{\"local_id\":\"a\",\"colour\":1}\n").unwrap_err();
         assert_eq!(err.line, 1);

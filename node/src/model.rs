@@ -225,9 +225,10 @@ pub fn check_category(code: &str) -> Result<(), String> {
 }
 
 fn check_local_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if id.len() > 64 {
+        return Err(format!("is {} bytes long; use 1 to 64 of A-Z, a-z, 0-9, '-', '_' and '.'", id.len()));
+    }
+    let ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if ok { Ok(()) } else { Err(format!("{id:?}: use 1 to 64 of A-Z, a-z, 0-9, '-', '_' and '.'")) }
 }
 
@@ -240,6 +241,7 @@ impl InstrumentRecord {
     /// Checks every rule a stored record must satisfy. `city` is the node's city.
     pub fn validate(&self, city: &str) -> Result<(), Invalid> {
         check_local_id(&self.local_id).map_err(|r| invalid("local_id", r))?;
+        self.check_sizes()?;
         if !self.city.is_empty() && self.city != city {
             return Err(invalid("city", format!("{:?} belongs to another node; this node is {city:?}", self.city)));
         }
@@ -282,6 +284,67 @@ impl InstrumentRecord {
             || self.photo_url.starts_with("http://");
         if !url_ok {
             return Err(invalid("photo_url", format!("{:?} is not an http(s) URL", self.photo_url)));
+        }
+        Ok(())
+    }
+}
+
+/// Longest text fields, in characters. Names and short fields are what a
+/// person reads in a list; a description is a few paragraphs. Generous for
+/// real records, and small enough that a page of 200 hits stays far below
+/// any message limit.
+pub const MAX_SHORT_CHARS: usize = 200;
+pub const MAX_DESCRIPTION_CHARS: usize = 4_000;
+pub const MAX_NOTES_CHARS: usize = 2_000;
+pub const MAX_URL_CHARS: usize = 2_048;
+/// Most entries in a list field, and the longest entry.
+pub const MAX_LIST_ITEMS: usize = 32;
+pub const MAX_LIST_ITEM_CHARS: usize = 100;
+
+fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), Invalid> {
+    // Bytes first: a huge value is refused without counting its characters.
+    if value.len() > max * 4 || value.chars().count() > max {
+        return Err(invalid(field, format!("is {} bytes long; at most {max} characters", value.len())));
+    }
+    Ok(())
+}
+
+impl InstrumentRecord {
+    /// Every field within its size limit.
+    fn check_sizes(&self) -> Result<(), Invalid> {
+        let short = [
+            ("name_zh", &self.name_zh),
+            ("name_en", &self.name_en),
+            ("manufacturer", &self.manufacturer),
+            ("model", &self.model),
+            ("asset_number", &self.asset_number),
+            ("institution_name", &self.institution_name),
+            ("department", &self.department),
+            ("site", &self.site),
+            ("building", &self.building),
+            ("room", &self.room),
+            ("contact_name", &self.contact_name),
+            ("contact_phone", &self.contact_phone),
+            ("contact_email", &self.contact_email),
+        ];
+        for (field, value) in short {
+            check_len(field, value, MAX_SHORT_CHARS)?;
+        }
+        check_len("description", &self.description, MAX_DESCRIPTION_CHARS)?;
+        check_len("booking_notes", &self.booking_notes, MAX_NOTES_CHARS)?;
+        check_len("photo_url", &self.photo_url, MAX_URL_CHARS)?;
+        let lists = [
+            ("techniques", self.techniques.len()),
+            ("accreditations", self.accreditations.len()),
+            ("service_modes", self.service_modes.len()),
+        ];
+        for (field, n) in lists {
+            if n > MAX_LIST_ITEMS {
+                return Err(invalid(field, format!("has {n} entries; at most {MAX_LIST_ITEMS}")));
+            }
+        }
+        for t in &self.techniques {
+            check_len("techniques", t, MAX_LIST_ITEM_CHARS)?;
         }
         Ok(())
     }
@@ -364,6 +427,14 @@ pub(crate) mod tests {
             ("accreditations", |r| r.accreditations = vec!["ISO".into()]),
             ("price", |r| r.price_external_fen = -1),
             ("photo_url", |r| r.photo_url = "ftp://x".into()),
+            ("name_en", |r| r.name_en = "x".repeat(MAX_SHORT_CHARS + 1)),
+            ("name_zh", |r| r.name_zh = "电".repeat(6_000_000)),
+            ("description", |r| r.description = "d".repeat(10 << 20)),
+            ("booking_notes", |r| r.booking_notes = "n".repeat(MAX_NOTES_CHARS + 1)),
+            ("techniques", |r| r.techniques = vec!["t".into(); MAX_LIST_ITEMS + 1]),
+            ("techniques", |r| r.techniques = vec!["t".repeat(MAX_LIST_ITEM_CHARS + 1)]),
+            ("service_modes", |r| r.service_modes = vec![ServiceMode::MailIn; 1000]),
+            ("local_id", |r| r.local_id = "x".repeat(1 << 20)),
         ];
         for (field, break_it) in cases {
             let mut bad = r.clone();
