@@ -163,23 +163,7 @@ pub fn no_answer(budget: Duration) -> String {
 }
 
 /// The budget a client gave us in `grpc-timeout`, if any.
-pub fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
-    if v.len() < 2 {
-        return None;
-    }
-    let (n, unit) = v.split_at(v.len() - 1);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
+pub use corridor_proto::limits::grpc_timeout as client_deadline;
 
 /// The budget for node calls: the client's deadline (bounded), minus a margin
 /// so that the merged answer still reaches the client in time.

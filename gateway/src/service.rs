@@ -357,6 +357,8 @@ impl gateway_server::Gateway for GatewayService {
         self.caller(&req)?;
         let deadline = Instant::now() + self.budget(&req);
         let mut msg = req.into_inner();
+        // Refused here, as every node would refuse it, before any fan-out.
+        corridor_proto::limits::check_query(&msg.query).map_err(Status::invalid_argument)?;
         msg.limit = match msg.limit {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),

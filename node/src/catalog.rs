@@ -314,4 +314,31 @@ mod tests {
         let unique: std::collections::BTreeSet<_> = seen.iter().collect();
         assert_eq!((seen.len(), unique.len()), (total, total), "no repeats, no gaps");
     }
+
+    #[test]
+    fn a_search_past_its_deadline_stops_where_it_is() {
+        let all: Vec<StoredInstrument> = corridor_inventory(Scale::G60)
+            .into_iter()
+            .filter(|(c, _)| c.slug == "hefei")
+            .map(|(_, record)| StoredInstrument { record, updated_at: "t".into() })
+            .collect();
+        let c = Catalog::new(city_by_slug("hefei").unwrap(), all);
+        // The free-window predicate is the costly part of a search: count
+        // how many records it is asked about.
+        let asked = std::cell::Cell::new(0usize);
+        let window = |_: &InstrumentRecord| {
+            asked.set(asked.get() + 1);
+            true
+        };
+        let mut q = text("");
+        let full = c.search(&q, "hefei", "Anhui", None, Some(&window));
+        assert!(!full.stopped);
+        assert!(asked.get() > 150, "every record is looked at without a deadline: {}", asked.get());
+        asked.set(0);
+        q.deadline = Some(tokio::time::Instant::now());
+        let cut = c.search(&q, "hefei", "Anhui", None, Some(&window));
+        assert!(cut.stopped, "a deadline that has passed stops the search");
+        assert!(cut.hits.is_empty() && cut.total == 0);
+        assert!(asked.get() < 64, "it stopped at once, after {} records", asked.get());
+    }
 }

@@ -35,6 +35,10 @@ pub const MAX_LIMIT: u32 = 200;
 pub const DEFAULT_LIMIT: u32 = 20;
 /// How long a batch runs its searches before letting other calls in.
 const BATCH_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+/// The most one search may cost, whatever deadline its caller gave (or none):
+/// a search runs on the node's own thread, and past this it only delays
+/// every other call.
+pub const MAX_SEARCH_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct NodeService {
@@ -51,11 +55,25 @@ impl NodeService {
     }
 
     /// One search of this node's catalog, as `Search` and each item of
-    /// `SearchBatch` run it.
-    fn search_one(&self, req: &pb::SearchRequest) -> Result<pb::NodeSearchResponse, Status> {
-        let (q, free) = query_from(req)?;
+    /// `SearchBatch` run it, given up once `budget` (the caller's, capped at
+    /// [`MAX_SEARCH_TIME`]) has passed since `received`.
+    fn search_one(
+        &self,
+        req: &pb::SearchRequest,
+        received: tokio::time::Instant,
+        budget: Option<std::time::Duration>,
+    ) -> Result<pb::NodeSearchResponse, Status> {
+        let budget = budget.map_or(MAX_SEARCH_TIME, |b| b.min(MAX_SEARCH_TIME));
+        let (mut q, free) = query_from(req)?;
+        q.deadline = Some(received + budget);
         let stats = req.stats.as_ref().map(stats_from_proto);
         let found = self.node.search(&q, stats.as_ref(), free);
+        if found.stopped {
+            return Err(Status::deadline_exceeded(format!(
+                "the search was stopped after {} ms, its deadline; narrow it (fewer words, a city or a category)",
+                budget.as_millis()
+            )));
+        }
         let hits = found
             .hits
             .into_iter()
@@ -247,6 +265,7 @@ fn status(e: NodeError) -> Status {
 /// Turns a wire search into a node query, bounding the limit, and reads the
 /// free-window filter.
 pub fn query_from(req: &pb::SearchRequest) -> Result<(Query, Option<FreeWindow>), Status> {
+    corridor_proto::limits::check_query(&req.query).map_err(Status::invalid_argument)?;
     let filter = req.filter.clone().unwrap_or_default();
     let limit = match req.limit {
         0 => DEFAULT_LIMIT,
@@ -296,6 +315,7 @@ pub fn query_from(req: &pb::SearchRequest) -> Result<(Query, Option<FreeWindow>)
         after,
         limit: limit as usize,
         facets: req.facets,
+        deadline: None,
     };
     Ok((query, free))
 }
@@ -316,7 +336,8 @@ impl node_server::Node for NodeService {
     #[tracing::instrument(name = "node.search", skip_all, fields(city = self.node.city().slug))]
     async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::NodeSearchResponse>, Status> {
         self.authorize_read(&req)?;
-        self.search_one(req.get_ref()).map(Response::new)
+        let budget = corridor_proto::limits::grpc_timeout(req.metadata());
+        self.search_one(req.get_ref(), tokio::time::Instant::now(), budget).map(Response::new)
     }
 
     #[tracing::instrument(name = "node.search_batch", skip_all, fields(city = self.node.city().slug, items = req.get_ref().items.len()))]
@@ -325,7 +346,7 @@ impl node_server::Node for NodeService {
         req: Request<pb::NodeSearchBatchRequest>,
     ) -> Result<Response<pb::NodeSearchBatchResponse>, Status> {
         self.authorize_read(&req)?;
-        let received = std::time::Instant::now();
+        let received = tokio::time::Instant::now();
         let items = req.into_inner().items;
         if items.len() > pb::MAX_SEARCH_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -335,7 +356,7 @@ impl node_server::Node for NodeService {
             )));
         }
         let mut results = Vec::with_capacity(items.len());
-        let mut ran = received;
+        let mut ran = std::time::Instant::now();
         for item in &items {
             let budget = std::time::Duration::from_micros(item.budget_micros);
             let outcome = if item.budget_micros > 0 && received.elapsed() >= budget {
@@ -349,7 +370,9 @@ impl node_server::Node for NodeService {
                 let span = tracing::info_span!("rpc", otel.name = "node.Search", otel.kind = "server", batched = true);
                 corridor_telemetry::set_parent_from_map(&span, &item.trace_context);
                 match &item.request {
-                    Some(r) => span.in_scope(|| self.search_one(r)),
+                    Some(r) => {
+                        span.in_scope(|| self.search_one(r, received, (item.budget_micros > 0).then_some(budget)))
+                    }
                     None => Err(Status::invalid_argument("a batch item carries no search request")),
                 }
             };
@@ -376,6 +399,7 @@ impl node_server::Node for NodeService {
 
     async fn search_stats(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::CorpusStats>, Status> {
         self.authorize_read(&req)?;
+        corridor_proto::limits::check_query(&req.get_ref().query).map_err(Status::invalid_argument)?;
         Ok(Response::new(stats_to_proto(&self.node.search_stats(&req.get_ref().query))))
     }
 

@@ -4,6 +4,7 @@
 pub mod cities;
 pub mod cursor;
 pub mod hit;
+pub mod limits;
 pub mod page;
 
 #[allow(clippy::all, clippy::pedantic)]

@@ -112,6 +112,8 @@ fn text_options() -> TextOptions {
 
 /// Latin terms this long or longer may match with one typo; twice as long, two.
 const FUZZY_MIN: usize = 5;
+/// Most query words matched with typos allowed; the rest must match exactly.
+const MAX_FUZZY_TERMS: usize = 4;
 
 impl Default for SearchIndex {
     fn default() -> Self {
@@ -209,13 +211,18 @@ impl SearchIndex {
                 .collect();
             must.push((Occur::Must, Box::new(BooleanQuery::new(any))));
         }
+        // Each fuzzy term builds an automaton over the whole term dictionary:
+        // a few typos are worth it, a query of nonsense words is not.
+        let mut fuzzy_left = MAX_FUZZY_TERMS;
         for word in &analysis.rest {
             for term in self.terms_of(word) {
                 // Only words of letters: a number or a model code one digit
                 // off ("30000" for "20000") is another thing, not a typo.
                 let latin = term.chars().all(|c| c.is_alphabetic() && !text::is_cjk(c));
                 let len = term.chars().count();
-                let per_field: Vec<(Occur, Box<dyn Query>)> = if latin && len >= FUZZY_MIN && df(&term) == 0 {
+                let fuzzy = latin && len >= FUZZY_MIN && fuzzy_left > 0 && df(&term) == 0;
+                fuzzy_left -= usize::from(fuzzy);
+                let per_field: Vec<(Occur, Box<dyn Query>)> = if fuzzy {
                     let distance = if len >= 2 * FUZZY_MIN { 2 } else { 1 };
                     [f.name_en, f.body]
                         .into_iter()

@@ -30,7 +30,13 @@ pub struct Query {
     pub after: Option<(f32, String)>,
     pub limit: usize,
     pub facets: bool,
+    /// When the caller stops waiting: past it, the search stops where it is
+    /// and reports so, instead of holding the node for an answer nobody reads.
+    pub deadline: Option<tokio::time::Instant>,
 }
+
+/// How many matches a search looks at between two looks at the clock.
+const DEADLINE_CHECK_EVERY: u32 = 64;
 
 /// "Free for at least `minutes` between `from` and `to`" (unix seconds).
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +96,8 @@ pub struct Hits {
     /// Every match that passes the filters, on every page.
     pub total: u64,
     pub facets: Facets,
+    /// The deadline passed before the search was done: the rest is empty.
+    pub stopped: bool,
 }
 
 /// Small numbers standing for facet values (categories and institutions,
@@ -146,7 +154,15 @@ pub fn page<'a>(
         }
     };
     let mut kept: Vec<(&'a Arc<Entry>, f32, u32)> = Vec::with_capacity(prune_at.min(1024));
+    let mut examined = 0u32;
     for (entry, score, place) in scored {
+        // The free-window predicate reads calendars: a broad query over a
+        // large city can take long, so the deadline is looked at as it goes.
+        if examined.is_multiple_of(DEADLINE_CHECK_EVERY) && q.deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
+            return Hits { stopped: true, ..Hits::default() };
+        }
+        examined = examined.wrapping_add(1);
         let r = &entry.stored.record;
         if !q.admits(r) || !extra(r) {
             continue;
@@ -176,5 +192,5 @@ pub fn page<'a>(
         facets.categories = labels.counts(&categories);
         facets.institutions = labels.counts(&institutions);
     }
-    Hits { hits: kept.into_iter().map(|(e, s, _)| (e.clone(), s)).collect(), total, facets }
+    Hits { hits: kept.into_iter().map(|(e, s, _)| (e.clone(), s)).collect(), total, facets, stopped: false }
 }

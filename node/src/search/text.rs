@@ -12,9 +12,7 @@
 
 use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
 
-pub fn is_cjk(c: char) -> bool {
-    matches!(c, '\u{4E00}'..='\u{9FFF}' | '\u{3400}'..='\u{4DBF}' | '\u{F900}'..='\u{FAFF}' | '\u{20000}'..='\u{2A6DF}')
-}
+pub use corridor_proto::limits::is_cjk;
 
 /// Splits text into Latin words and CJK bigrams.
 #[derive(Clone, Default)]
@@ -449,9 +447,12 @@ pub fn analyze(text: &str) -> Analysis {
             let chars: Vec<char> = w.chars().collect();
             let mut p = 0;
             let mut leftover = String::new();
+            // No alias is longer than the longest one: looking further would
+            // make a long query cost the square of its length.
+            let longest = table().first().map_or(0, |(a, _)| a.chars().count());
             while p < chars.len() {
                 let mut hit = None;
-                for q in (p + 1..=chars.len()).rev() {
+                for q in (p + 1..=chars.len().min(p + longest)).rev() {
                     let sub: String = chars[p..q].iter().collect();
                     if let Some(ids) = lookup(&sub) {
                         hit = Some((q, ids));
