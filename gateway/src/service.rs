@@ -15,7 +15,7 @@ use corridor_proto::{
 };
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::{
     Cities, GatewayConfig,
@@ -124,6 +124,8 @@ impl GatewayService {
         self.forward_to(c, caller, budget, req.into_inner(), f).await
     }
 
+    /// A routed call, through the city's guard like every other call to
+    /// it; the node's answer reaches the caller with its code (see `relay`).
     async fn forward_to<Req, Resp, F, Fut>(
         &self,
         c: &CityClient,
@@ -136,27 +138,14 @@ impl GatewayService {
         F: FnOnce(NodeClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let span = c.call_span();
-        let mut r = node_request(msg, budget, &span);
         let uri = caller.uri().parse().map_err(|_| Status::internal("identity is not valid metadata"))?;
-        r.metadata_mut().insert(ON_BEHALF_OF, uri);
-        match tokio::time::timeout(budget, f(c.client.clone(), r)).instrument(span).await {
-            Ok(Ok(resp)) => Ok(Response::new(resp.into_inner())),
-            Ok(Err(s)) => Err(match classify(&s) {
-                NodeState::Unavailable => {
-                    Status::unavailable(format!("city {} is unavailable: {}", c.city.slug, s.message()))
-                }
-                NodeState::Timeout => {
-                    Status::deadline_exceeded(format!("city {} did not answer in time: {}", c.city.slug, s.message()))
-                }
-                _ => Status::new(s.code(), s.message()),
-            }),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "city {} did not answer within {} ms",
-                c.city.slug,
-                budget.as_millis()
-            ))),
-        }
+        let (result, _) = guarded(c, budget, |span| {
+            let mut r = node_request(msg, budget, &span);
+            r.metadata_mut().insert(ON_BEHALF_OF, uri);
+            async move { f(c.client.clone(), r).instrument(span).await.map(Response::into_inner) }
+        })
+        .await;
+        result.map(Response::new).map_err(|s| relay(c, s))
     }
 
     /// The cities a search must ask: those the filter allows.
@@ -212,11 +201,12 @@ where
     F: FnOnce(corridor_proto::node_client::NodeClient<tonic::transport::Channel>, Request<Req>) -> Fut,
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
-    guarded(c, budget, |span| {
+    let (result, took) = guarded(c, budget, |span| {
         let req = node_request(msg, budget, &span);
         async move { f(c.client.clone(), req).instrument(span).await.map(Response::into_inner) }
     })
-    .await
+    .await;
+    (result.map_err(|s| (classify(&s), s.message().to_string())), took)
 }
 
 /// A search of one node, alone or batched with others to the same node
@@ -227,21 +217,20 @@ async fn search_call(
     msg: pb::SearchRequest,
 ) -> (Result<pb::NodeSearchResponse, (NodeState, String)>, Duration) {
     let deadline = Instant::now() + budget;
-    guarded(c, budget, |span| {
+    let (result, took) = guarded(c, budget, |span| {
         let wait = span.clone();
         async move { c.searches.search(&c.client, msg, deadline, span).instrument(wait).await }
     })
-    .await
+    .await;
+    (result.map_err(|s| (classify(&s), s.message().to_string())), took)
 }
 
 /// One call to a city through its guard: admitted or shed at once, bounded
 /// by `budget`, and its outcome counted by the circuit breaker. `start` gets
-/// the call's span, whose context the node's span joins.
-async fn guarded<Resp, F, Fut>(
-    c: &CityClient,
-    budget: Duration,
-    start: F,
-) -> (Result<Resp, (NodeState, String)>, Duration)
+/// the call's span, whose context the node's span joins. A failure is the
+/// node's own status, or one standing for the guard's refusal
+/// (UNAVAILABLE) or the budget running out (DEADLINE_EXCEEDED).
+async fn guarded<Resp, F, Fut>(c: &CityClient, budget: Duration, start: F) -> (Result<Resp, Status>, Duration)
 where
     F: FnOnce(tracing::Span) -> Fut,
     Fut: Future<Output = Result<Resp, Status>>,
@@ -249,17 +238,31 @@ where
     let started = Instant::now();
     let permit = match c.guard.admit() {
         Ok(p) => p,
-        Err(why) => return (Err((NodeState::Unavailable, why)), started.elapsed()),
+        Err(why) => return (Err(Status::unavailable(why)), started.elapsed()),
     };
     let result = match tokio::time::timeout(budget, start(c.call_span())).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(status)) => Err((classify(&status), status.message().to_string())),
-        Err(_) => Err((NodeState::Timeout, no_answer(budget))),
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(no_answer(budget))),
     };
     // Refusals a node decides (not found, invalid) are answers, not sickness.
-    c.guard.record(!matches!(&result, Err((NodeState::Timeout | NodeState::Unavailable, _))));
+    let sick = result.as_ref().is_err_and(|s| matches!(classify(s), NodeState::Timeout | NodeState::Unavailable));
+    c.guard.record(!sick);
     drop(permit);
     (result, started.elapsed())
+}
+
+/// A failed routed call as its caller sees it: the node's own code and
+/// message when the node answered; UNAVAILABLE when it could not be reached
+/// (the connection broke, or its guard refused); DEADLINE_EXCEEDED when it
+/// did not answer in time. The one place that says so.
+fn relay(c: &CityClient, s: Status) -> Status {
+    match classify(&s) {
+        NodeState::Unavailable => Status::unavailable(format!("city {} is unavailable: {}", c.city.slug, s.message())),
+        NodeState::Timeout => {
+            Status::deadline_exceeded(format!("city {} did not answer in time: {}", c.city.slug, s.message()))
+        }
+        _ => Status::new(s.code(), s.message()),
+    }
 }
 
 /// Orders merged hits as every node does: best score first, then by id, so
@@ -456,25 +459,8 @@ impl gateway_server::Gateway for GatewayService {
     }
 
     async fn get_instrument(&self, req: Request<pb::GetInstrumentRequest>) -> Result<Response<pb::Instrument>, Status> {
-        self.caller(&req)?;
-        let budget = self.budget(&req);
         let id = req.get_ref().id.clone();
-        let (city, _) = split_instrument_id(&id).ok_or_else(|| {
-            Status::invalid_argument(format!("{id:?} is not an instrument id \"<city>/<local-id>\" of a corridor city"))
-        })?;
-        let c = self
-            .cities
-            .get(city.slug)
-            .ok_or_else(|| Status::unavailable(format!("city {} is not configured on this gateway", city.slug)))?;
-        let (result, _) =
-            call(c, budget, req.into_inner(), |mut cl, r| async move { cl.get_instrument(r).await }).await;
-        result.map(Response::new).map_err(|(state, detail)| match state {
-            NodeState::Timeout => {
-                Status::deadline_exceeded(format!("city {} did not answer in time: {detail}", city.slug))
-            }
-            NodeState::Unavailable => Status::unavailable(format!("city {} is unavailable: {detail}", city.slug)),
-            _ => Status::new(Code::NotFound, detail),
-        })
+        self.forward(req, &id, |mut c, r| async move { c.get_instrument(r).await }).await
     }
 
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {

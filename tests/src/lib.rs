@@ -40,17 +40,33 @@ pub enum Front {
     /// `Delay`: it does not know `SearchBatch` (UNIMPLEMENTED, each refusal
     /// counted in `refused`) and answers every other call as the node does.
     Old { delay: Duration, refused: Arc<AtomicUsize> },
+    /// A city whose node is in trouble: it answers every call with this code
+    /// (a corrupt store answers DATA_LOSS, say), as the node would.
+    Answer(tonic::Code),
+    /// The real node behind a proxy that, once the flag is set, closes both
+    /// sides at the next bytes either sends: the node died under the call.
+    Cut(Arc<std::sync::atomic::AtomicBool>),
 }
 
-/// Serves as `city`'s node, with its identity, and passes every call on to
-/// the real node at `node` except `SearchBatch`, which it refuses as a node
-/// that predates it would.
-async fn old_node(certs: &std::path::Path, city: &str, node: SocketAddr, refused: Arc<AtomicUsize>) -> SocketAddr {
+/// How `front_node` answers for a city.
+enum Stand {
+    /// As a node that predates `SearchBatch` (see [`Front::Old`]).
+    Old(Arc<AtomicUsize>),
+    /// Every call with this code.
+    Answer(tonic::Code),
+}
+
+/// Serves as `city`'s node, with its identity. As [`Stand::Old`] it passes
+/// every call on to the real node at `node` except `SearchBatch`, which it
+/// refuses as a node that predates it would; as [`Stand::Answer`] it answers
+/// every call itself.
+async fn front_node(certs: &std::path::Path, city: &str, node: SocketAddr, stand: Stand) -> SocketAddr {
     use tonic::codegen::http;
     #[derive(Clone)]
     struct Old {
         node: Channel,
         refused: Arc<AtomicUsize>,
+        answer: Option<tonic::Code>,
     }
     impl tonic::server::NamedService for Old {
         const NAME: &'static str = "corridor.v1.Node";
@@ -64,6 +80,12 @@ async fn old_node(certs: &std::path::Path, city: &str, node: SocketAddr, refused
             std::task::Poll::Ready(Ok(()))
         }
         fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            if let Some(code) = self.answer {
+                let path = req.uri().path().to_string();
+                return Box::pin(async move {
+                    Ok(tonic::Status::new(code, format!("{path}: store is corrupt")).into_http())
+                });
+            }
             if req.uri().path() == "/corridor.v1.Node/SearchBatch" {
                 self.refused.fetch_add(1, Ordering::SeqCst);
                 return Box::pin(async { Ok(tonic::Status::unimplemented("unknown method SearchBatch").into_http()) });
@@ -86,7 +108,53 @@ async fn old_node(certs: &std::path::Path, city: &str, node: SocketAddr, refused
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().unwrap();
     let incoming = corridor_certs::tls_incoming(listener, creds, corridor_certs::TlsAcceptOptions::default());
-    tokio::spawn(tonic::transport::Server::builder().add_service(Old { node, refused }).serve_with_incoming(incoming));
+    let old = match stand {
+        Stand::Old(refused) => Old { node, refused, answer: None },
+        Stand::Answer(code) => Old { node, refused: Arc::default(), answer: Some(code) },
+    };
+    tokio::spawn(tonic::transport::Server::builder().add_service(old).serve_with_incoming(incoming));
+    addr
+}
+
+/// Forwards TCP to `target` until `cut` is set; from then on, the first
+/// bytes either side sends close both connections instead of arriving, as
+/// a killed node's connections close.
+async fn cutting_proxy(target: SocketAddr, cut: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::tcp::{OwnedReadHalf, OwnedWriteHalf},
+    };
+    /// Copies until either side closes, or the cut.
+    async fn pipe(mut from: OwnedReadHalf, to: &mut OwnedWriteHalf, cut: &std::sync::atomic::AtomicBool) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else { continue };
+            let (cr, mut cw) = client.into_split();
+            let (sr, mut sw) = server.into_split();
+            let cut = cut.clone();
+            // The first direction to stop drops all four halves, which
+            // closes both connections.
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = pipe(cr, &mut sw, &cut) => {}
+                    _ = pipe(sr, &mut cw, &cut) => {}
+                }
+            });
+        }
+    });
     addr
 }
 
@@ -213,8 +281,10 @@ impl Mesh {
             let routed = match front {
                 Some(Front::Delay(d)) => delaying_proxy(addr, d).await,
                 Some(Front::Old { delay, refused }) => {
-                    old_node(&certs, city.slug, delaying_proxy(addr, delay).await, refused).await
+                    front_node(&certs, city.slug, delaying_proxy(addr, delay).await, Stand::Old(refused)).await
                 }
+                Some(Front::Answer(code)) => front_node(&certs, city.slug, addr, Stand::Answer(code)).await,
+                Some(Front::Cut(cut)) => cutting_proxy(addr, cut).await,
                 _ => addr,
             };
             endpoints.push(NodeEndpoint { city: city.slug.into(), endpoint: format!("https://{routed}") });

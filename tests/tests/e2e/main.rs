@@ -8,6 +8,7 @@ mod backup;
 mod mesh;
 mod reservations;
 mod rotation;
+mod routing;
 mod search;
 mod trust;
 mod vouchers;
