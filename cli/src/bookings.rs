@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::{
     ClientOpts,
-    client::{gateway, status_error},
+    client::{at, gateway},
     ics,
 };
 
@@ -46,8 +46,25 @@ fn payment_state(s: i32) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn short(t: &str) -> String {
-    t.get(..16).map(|p| p.replace('T', " ")).unwrap_or_else(|| t.to_string())
+/// A time as a person reads it, with its zone: Asia/Shanghai (`+08:00`), or
+/// UTC with `--utc`. Text that is not RFC 3339 is shown as it came.
+pub fn when(t: &str, utc: bool) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let Ok(at) = time::OffsetDateTime::parse(t, &Rfc3339) else { return t.to_string() };
+    let (at, zone) = if utc {
+        (at.to_offset(time::UtcOffset::UTC), "UTC")
+    } else {
+        (at.to_offset(time::macros::offset!(+8)), "+08:00")
+    };
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    format!("{} {zone}", at.format(&f).unwrap_or_else(|_| t.to_string()))
+}
+
+/// `given` echoed in Asia/Shanghai, and as given when it named another zone,
+/// so that a time typed in UTC is never silently read eight hours off.
+pub fn echo_time(given: &str) -> String {
+    let local = when(given, false);
+    if given.ends_with("+08:00") { local } else { format!("{local} ({} as given)", when(given, true)) }
 }
 
 fn booking_json(b: &pb::Booking) -> serde_json::Value {
@@ -55,6 +72,8 @@ fn booking_json(b: &pb::Booking) -> serde_json::Value {
         "id": b.id, "instrument_id": b.instrument_id, "requester": b.requester, "state": state(b.state),
         "start": b.start, "end": b.end, "occupied_start": b.occupied_start, "occupied_end": b.occupied_end,
         "hold_expires_at": b.hold_expires_at, "purpose": b.purpose, "fee_yuan": yuan(b.fee_fen),
+        "cancel_fee_yuan": yuan(b.cancel_fee_fen), "free_cancel_until": b.free_cancel_until,
+        "late_cancel_fee_percent": b.late_cancel_fee_percent,
         "price_per_hour_yuan": yuan(b.price_per_hour_fen), "actual_minutes": b.actual_minutes, "note": b.note,
         "payment": b.payment.as_ref().map(|p| json!({
             "voucher_id": p.voucher_id, "op_id": p.op_id, "state": payment_state(p.state),
@@ -68,6 +87,7 @@ fn print_booking(b: &pb::Booking, opts: &ClientOpts) {
         outln!("{}", booking_json(b));
         return;
     }
+    let short = |t: &str| when(t, opts.utc);
     let mut line = format!(
         "{} {}: {} {} to {} (instrument occupied {} to {})",
         state(b.state),
@@ -84,6 +104,11 @@ fn print_booking(b: &pb::Booking, opts: &ClientOpts) {
     if b.fee_fen != 0 {
         line += &format!("; fee {} yuan", yuan(b.fee_fen));
     }
+    if b.cancel_fee_fen != 0 {
+        line += &format!("; cancelling now costs {} yuan", yuan(b.cancel_fee_fen));
+    } else if !b.free_cancel_until.is_empty() && live(b.state) {
+        line += &format!("; free cancellation until {}", short(&b.free_cancel_until));
+    }
     if let Some(p) = &b.payment {
         line += &format!(
             "; voucher {} {} (held {} yuan, posted {} yuan)",
@@ -99,18 +124,74 @@ fn print_booking(b: &pb::Booking, opts: &ClientOpts) {
     outln!("{line}");
 }
 
+fn live(state: i32) -> bool {
+    [pb::BookingState::Held, pb::BookingState::Pending, pb::BookingState::Confirmed].iter().any(|s| *s as i32 == state)
+}
+
 pub async fn reserve(req: pb::ReserveRequest, opts: &ClientOpts) -> Result<ExitCode> {
+    if !opts.json {
+        eprintln!("booking {} from {} to {}", req.instrument_id, echo_time(&req.start), echo_time(&req.end));
+    }
     let mut client = gateway(opts)?;
-    let b = client.reserve(req).await.map_err(status_error)?.into_inner();
+    let b = client.reserve(req).await.map_err(at(&opts.gateway))?.into_inner();
     print_booking(&b, opts);
     Ok(ExitCode::SUCCESS)
 }
 
 pub enum Action {
     Confirm,
-    Cancel,
     Approve,
     Decline,
+}
+
+/// Cancels a booking after showing what it costs. A late-cancellation fee is
+/// accepted with `accept_fee`, or at the prompt when a person is at the
+/// terminal; otherwise nothing is sent. The node refuses if the fee has grown
+/// since (the free-cancellation time passed meanwhile).
+pub async fn cancel(
+    booking: String,
+    reason: String,
+    key: Option<String>,
+    accept_fee: bool,
+    opts: &ClientOpts,
+) -> Result<ExitCode> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let mut client = gateway(opts)?;
+    let b = client
+        .get_booking(pb::GetBookingRequest { booking_id: booking.clone() })
+        .await
+        .map_err(at(&opts.gateway))?
+        .into_inner();
+    let fee = b.cancel_fee_fen;
+    if fee > 0 {
+        let terms = format!(
+            "cancelling {} now costs {} yuan ({}% of the expected fee; free cancellation ended at {})",
+            b.id,
+            yuan(fee),
+            b.late_cancel_fee_percent,
+            when(&b.free_cancel_until, opts.utc)
+        );
+        if !accept_fee {
+            if opts.json || !std::io::stdin().is_terminal() {
+                bail!("{terms}; nothing was changed: pass --accept-fee to cancel and pay it");
+            }
+            eprint!("{terms}. Cancel and pay it? [y/N] ");
+            std::io::stderr().flush()?;
+            let mut answer = String::new();
+            std::io::stdin().lock().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                bail!("not cancelled; nothing was changed");
+            }
+        }
+    }
+    let req = pb::BookingActionRequest {
+        booking_id: booking,
+        idempotency_key: key.unwrap_or_else(new_key),
+        reason,
+        accept_fee_fen: Some(fee),
+    };
+    print_booking(&client.cancel_booking(req).await.map_err(at(&opts.gateway))?.into_inner(), opts);
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn action(
@@ -121,14 +202,18 @@ pub async fn action(
     opts: &ClientOpts,
 ) -> Result<ExitCode> {
     let mut client = gateway(opts)?;
-    let req = pb::BookingActionRequest { booking_id: booking, idempotency_key: key.unwrap_or_else(new_key), reason };
+    let req = pb::BookingActionRequest {
+        booking_id: booking,
+        idempotency_key: key.unwrap_or_else(new_key),
+        reason,
+        accept_fee_fen: None,
+    };
     let resp = match what {
         Action::Confirm => client.confirm_booking(req).await,
-        Action::Cancel => client.cancel_booking(req).await,
         Action::Approve => client.approve_booking(req).await,
         Action::Decline => client.decline_booking(req).await,
     };
-    print_booking(&resp.map_err(status_error)?.into_inner(), opts);
+    print_booking(&resp.map_err(at(&opts.gateway))?.into_inner(), opts);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -139,7 +224,7 @@ pub async fn complete(booking: String, minutes: u32, key: Option<String>, opts: 
         actual_minutes: minutes,
         idempotency_key: key.unwrap_or_else(new_key),
     };
-    print_booking(&client.complete_booking(req).await.map_err(status_error)?.into_inner(), opts);
+    print_booking(&client.complete_booking(req).await.map_err(at(&opts.gateway))?.into_inner(), opts);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -151,7 +236,7 @@ pub async fn list_all(
 ) -> Result<pb::ListBookingsResponse> {
     let mut all = pb::ListBookingsResponse::default();
     loop {
-        let page = client.list_bookings(req.clone()).await.map_err(status_error)?.into_inner();
+        let page = client.list_bookings(req.clone()).await.map_err(crate::client::status_error)?.into_inner();
         all.bookings.extend(page.bookings);
         all.partial |= page.partial;
         all.nodes = page.nodes;
@@ -214,7 +299,7 @@ async fn fetch_availability(
     let (from, to) = window(from, days)?;
     let mut client = gateway(opts)?;
     let req = pb::AvailabilityRequest { instrument_id: instrument.into(), from, to };
-    Ok(client.check_availability(req).await.map_err(status_error)?.into_inner())
+    Ok(client.check_availability(req).await.map_err(at(&opts.gateway))?.into_inner())
 }
 
 pub async fn availability(instrument: &str, from: Option<&str>, days: u32, opts: &ClientOpts) -> Result<ExitCode> {
@@ -231,6 +316,7 @@ pub async fn availability(instrument: &str, from: Option<&str>, days: u32, opts:
         return Ok(ExitCode::SUCCESS);
     }
     let rules = a.rules.unwrap_or_default();
+    let short = |t: &str| when(t, opts.utc);
     outln!(
         "{}: {}–{} min per booking, set-up {} min, cool-down {} min{}{}",
         a.instrument_id,
@@ -255,6 +341,7 @@ pub async fn availability(instrument: &str, from: Option<&str>, days: u32, opts:
 pub async fn calendar(instrument: &str, as_ics: bool, days: u32, opts: &ClientOpts) -> Result<ExitCode> {
     let a = fetch_availability(instrument, None, days, opts).await?;
     if !as_ics {
+        let short = |t: &str| when(t, opts.utc);
         for b in &a.busy {
             outln!("{} to {}  {}", short(&b.start), short(&b.end), b.kind);
         }
@@ -283,6 +370,14 @@ pub async fn calendar(instrument: &str, as_ics: bool, days: u32, opts: &ClientOp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_times_carry_their_zone() {
+        assert_eq!(when("2026-12-07T09:00:00+08:00", false), "2026-12-07 09:00 +08:00");
+        assert_eq!(when("2026-12-07T09:00:00+08:00", true), "2026-12-07 01:00 UTC");
+        assert_eq!(echo_time("2026-12-07T09:00:00+08:00"), "2026-12-07 09:00 +08:00");
+        assert_eq!(echo_time("2026-12-07T01:00:00Z"), "2026-12-07 09:00 +08:00 (2026-12-07 01:00 UTC as given)");
+    }
 
     #[test]
     fn times_without_a_zone_are_read_as_shanghai() {

@@ -69,6 +69,9 @@ pub struct ClientOpts {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Print times in UTC instead of Asia/Shanghai (every printed time names its zone).
+    #[arg(long, global = true)]
+    utc: bool,
 }
 
 impl ClientOpts {
@@ -227,11 +230,15 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Cancel a booking (a late cancellation may cost a fee).
+    /// Cancel a booking. A late cancellation costs a fee: it is shown first,
+    /// and asked for, or accepted ahead with --accept-fee.
     Cancel {
         booking: String,
         #[arg(long, default_value = "")]
         reason: String,
+        /// Accept the late-cancellation fee shown (refused if it grows before the cancellation lands).
+        #[arg(long)]
+        accept_fee: bool,
         #[arg(long)]
         key: Option<String>,
         #[command(flatten)]
@@ -548,7 +555,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let peers = corridor_node::parse_peers(&peers).map_err(anyhow::Error::msg)?;
-            let config = corridor_node::NodeConfig { city, data_dir: data, seed, health_addr: health, peers };
+            let config =
+                corridor_node::NodeConfig { city, data_dir: data, seed, health_addr: health, peers, clock_skew: None };
             let registry = serve_metrics(metrics).await?;
             corridor_node::run(config, creds, listener, registry, shutdown_signal()).await?;
         }
@@ -724,8 +732,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Confirm { booking, key, client } => {
             return bookings::action(bookings::Action::Confirm, booking, String::new(), key, &client).await;
         }
-        Command::Cancel { booking, reason, key, client } => {
-            return bookings::action(bookings::Action::Cancel, booking, reason, key, &client).await;
+        Command::Cancel { booking, reason, accept_fee, key, client } => {
+            return bookings::cancel(booking, reason, key, accept_fee, &client).await;
         }
         Command::Approve { booking, key, client } => {
             return bookings::action(bookings::Action::Approve, booking, String::new(), key, &client).await;

@@ -201,12 +201,17 @@ async fn settled(c: &Cluster, id: &str) -> pb::Booking {
 async fn every_crash_point_ends_final_and_matched_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(dir.path());
-    let (inst, _) = voucher_instruments(Scale::G60, "hefei").remove(0);
-    let rules = pb::BookingRules { min_minutes: 15, max_minutes: 600, max_advance_days: 365, ..Default::default() };
-    c.gateway("admin-hefei")
-        .set_booking_rules(pb::SetBookingRulesRequest { instrument_id: inst.clone(), rules: Some(rules) })
-        .await
-        .unwrap();
+    // One instrument for the bookings a week ahead, and one each for the two
+    // that are completed (which must have started by then).
+    let insts: Vec<String> = voucher_instruments(Scale::G60, "hefei").into_iter().take(3).map(|(i, _)| i).collect();
+    assert_eq!(insts.len(), 3);
+    for inst in &insts {
+        let rules = pb::BookingRules { min_minutes: 15, max_minutes: 600, max_advance_days: 365, ..Default::default() };
+        c.gateway("admin-hefei")
+            .set_booking_rules(pb::SetBookingRulesRequest { instrument_id: inst.clone(), rules: Some(rules) })
+            .await
+            .unwrap();
+    }
     let today = OffsetDateTime::now_utc().to_offset(time::macros::offset!(+8)).date();
     let face = 100_000_000;
     let voucher = c
@@ -244,10 +249,19 @@ async fn every_crash_point_ends_final_and_matched_on_both_sides() {
     let mut ids = Vec::new();
     for (n, (who, point, at_completion)) in matrix.into_iter().enumerate() {
         let key = format!("op{n}");
+        // A booking completed below starts at the next whole minute (at
+        // least 5 s away, to be booked first): completion comes after the
+        // start, so the test waits for it.
+        let (inst, start) = if at_completion {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            (&insts[n - 6], (now + 5 + 59) / 60 * 60)
+        } else {
+            (&insts[0], day0 + n as i64 * 86_400)
+        };
         let req = pb::ReserveRequest {
             instrument_id: inst.clone(),
-            start: rfc(day0 + n as i64 * 86_400),
-            end: rfc(day0 + n as i64 * 86_400 + 7200),
+            start: rfc(start),
+            end: rfc(start + 7200),
             idempotency_key: key.clone(),
             voucher_id: voucher.id.clone(),
             ..Default::default()
@@ -269,6 +283,10 @@ async fn every_crash_point_ends_final_and_matched_on_both_sides() {
         let b = settled(&c, &b.id).await;
         if at_completion {
             assert_eq!(b.payment.as_ref().unwrap().state, pb::PaymentState::Confirmed as i32, "{point}: {b:?}");
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while OffsetDateTime::now_utc().unix_timestamp() < start {
+                tick.tick().await;
+            }
             c.restart(who, Some(point));
             let _ = c
                 .gateway("admin-hefei")
@@ -309,6 +327,7 @@ async fn every_crash_point_ends_final_and_matched_on_both_sides() {
                     booking_id: b.id.clone(),
                     idempotency_key: format!("cancel{n}"),
                     reason: "plans changed".into(),
+                    ..Default::default()
                 })
                 .await;
             c.wait_crashed(who).await;

@@ -213,6 +213,9 @@ pub fn booking_to_proto(b: &Booking, city: &City, now: t::Instant) -> pb::Bookin
             posted_fen: p.posted_fen,
             detail: p.detail.clone(),
         }),
+        cancel_fee_fen: b.cancel_terms.map(|t| b.cancel_fee(t, now)).unwrap_or(0),
+        free_cancel_until: b.cancel_terms.map(|t| t::format(t.free_until)).unwrap_or_default(),
+        late_cancel_fee_percent: b.cancel_terms.map(|t| t.percent).unwrap_or(0),
     }
 }
 

@@ -10,7 +10,7 @@ use tonic::transport::Server;
 
 use crate::{
     NodeService,
-    booking::{SystemClock, store::SledBookings},
+    booking::{SkewedClock, SystemClock, store::SledBookings},
     demo::Scale,
     node::{Node, NodeError},
     payment::Payments,
@@ -41,6 +41,9 @@ pub struct NodeConfig {
     /// Other cities' nodes (and this one's), by city slug: `https://host:port`.
     /// Without them the node takes no voucher payments.
     pub peers: BTreeMap<String, String>,
+    /// Seconds added to the wall clock, shared and changeable: for tests
+    /// that move time forward. `None` in every real deployment.
+    pub clock_skew: Option<Arc<std::sync::atomic::AtomicI64>>,
 }
 
 /// Serves one city node on an already-bound listener until `shutdown`
@@ -61,8 +64,11 @@ pub async fn run(
         let _all = gate.write().expect("poisoned");
         crate::backup::snapshot(&db, city, &crate::node::now_rfc3339())
     });
-    let mut node =
-        Node::open(config.city, store.clone(), bookings, Arc::new(SystemClock))?.with_snapshotter(snapshotter);
+    let clock: Arc<dyn crate::booking::Clock> = match &config.clock_skew {
+        Some(skew) => Arc::new(SkewedClock(skew.clone())),
+        None => Arc::new(SystemClock),
+    };
+    let mut node = Node::open(config.city, store.clone(), bookings, clock)?.with_snapshotter(snapshotter);
     if !config.peers.is_empty() {
         let issuers = GrpcIssuers::new(config.city.slug, &config.peers, creds.clone())?;
         node = node.with_payments(Payments::new(Arc::new(issuers)));

@@ -489,7 +489,9 @@ impl node_server::Node for NodeService {
     async fn cancel_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
-        self.changed(self.node.bookings().cancel(&actor, &r.booking_id, &r.idempotency_key, &r.reason).await).await
+        let accept = r.accept_fee_fen.unwrap_or(0);
+        self.changed(self.node.bookings().cancel(&actor, &r.booking_id, &r.idempotency_key, &r.reason, accept).await)
+            .await
     }
 
     async fn approve_booking(&self, req: Request<pb::BookingActionRequest>) -> Result<Response<pb::Booking>, Status> {

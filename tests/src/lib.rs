@@ -201,6 +201,8 @@ pub struct Mesh {
     gateway: Option<Running>,
     /// Every server's credentials, to make them reload in tests.
     sources: Vec<Arc<CredentialSource>>,
+    /// Seconds every node's clock runs ahead of the wall clock.
+    clock_skew: Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn shutdown_pair() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send + 'static) {
@@ -229,6 +231,7 @@ impl Mesh {
         let mut node_addrs = BTreeMap::new();
         let mut node_metrics = BTreeMap::new();
         let mut endpoints = Vec::new();
+        let clock_skew: Arc<std::sync::atomic::AtomicI64> = Arc::default();
         // Every listener first, so that each node starts knowing its peers.
         let mut listeners = BTreeMap::new();
         let mut peers = BTreeMap::new();
@@ -269,6 +272,7 @@ impl Mesh {
                 seed,
                 health_addr: None,
                 peers: peers.clone(),
+                clock_skew: Some(clock_skew.clone()),
             };
             let (stop, wait) = shutdown_pair();
             let metrics = corridor_telemetry::Metrics::new();
@@ -309,6 +313,7 @@ impl Mesh {
             nodes,
             gateway: Some(Running { stop, task }),
             sources,
+            clock_skew,
         };
         mesh.wait_until_seeded(seed).await;
         mesh
@@ -389,6 +394,23 @@ impl Mesh {
     pub fn city(slug: &str) -> &'static corridor_proto::cities::City {
         city_by_slug(slug).expect("city")
     }
+
+    /// The time every node reads now (unix seconds).
+    pub fn now(&self) -> i64 {
+        time_now() + self.clock_skew.load(Ordering::SeqCst)
+    }
+
+    /// Moves every node's clock forward to `t` (unix seconds), as if the
+    /// mesh had waited until then: a booking is completed only after its
+    /// start.
+    pub fn advance_to(&self, t: i64) {
+        let ahead = (t - time_now()).max(0);
+        self.clock_skew.fetch_max(ahead, Ordering::SeqCst);
+    }
+}
+
+fn time_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64
 }
 
 impl Drop for Mesh {

@@ -20,7 +20,7 @@ use self::{
 };
 use crate::{
     ledger,
-    model::{InstrumentRecord, PriceUnit, Status},
+    model::{InstrumentRecord, PriceUnit, Status, yuan},
     payment::{self, Payment},
     store::StoreError,
 };
@@ -64,6 +64,20 @@ impl State {
     pub fn is_live(self) -> bool {
         matches!(self, State::Held | State::Pending | State::Confirmed)
     }
+
+    /// States whose time stays taken in the calendar: the live ones, and a
+    /// completed booking, whose time was used (and may still be running).
+    pub fn holds_time(self) -> bool {
+        self.is_live() || self == State::Completed
+    }
+}
+
+/// The cancellation terms in force when a booking was made: free until
+/// `free_until`, then `percent` of the expected fee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelTerms {
+    pub free_until: Instant,
+    pub percent: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +108,10 @@ pub struct Booking {
     /// Set when a voucher pays part of the fee.
     #[serde(default)]
     pub payment: Option<Payment>,
+    /// The terms agreed when booked. Absent on bookings stored before they
+    /// were recorded; the instrument's current rules then apply.
+    #[serde(default)]
+    pub cancel_terms: Option<CancelTerms>,
 }
 
 impl Booking {
@@ -111,6 +129,16 @@ impl Booking {
         match self.price_unit {
             PriceUnit::Hour => fee_for_minutes(self.price_fen, (self.end - self.start) / MINUTE),
             PriceUnit::Sample => self.price_fen,
+        }
+    }
+
+    /// What cancelling at `now` costs: a late fee on a confirmed booking
+    /// past its free-cancellation time, else nothing.
+    pub fn cancel_fee(&self, terms: CancelTerms, now: Instant) -> i64 {
+        if self.state_at(now) == State::Confirmed && now > terms.free_until {
+            self.expected_fee() * terms.percent as i64 / 100
+        } else {
+            0
         }
     }
 
@@ -180,6 +208,17 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
         ::time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+}
+
+/// Wall-clock time moved by a shared offset in seconds: the in-process test
+/// mesh moves every node's clock at once, so that a booking can be completed
+/// after its start without waiting for it.
+pub struct SkewedClock(pub Arc<std::sync::atomic::AtomicI64>);
+
+impl Clock for SkewedClock {
+    fn now(&self) -> Instant {
+        SystemClock.now() + self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -566,6 +605,7 @@ impl Bookings {
                 institution: record.institution_name.clone(),
                 institution_uscc: record.institution_uscc.clone(),
                 payment: voucher.clone().map(|(voucher, issuer)| Payment::trying(voucher, issuer, &id, !req.hold_only)),
+                cancel_terms: Some(rules.cancel_terms(start)),
             };
             days.insert(&booking.entry());
             Self::save_days(tx, &record.local_id, &days)?;
@@ -618,7 +658,7 @@ impl Bookings {
         let mut b: Booking = get_json(tx, &keys::booking(id))?.unwrap_or(b);
         change(&mut b, &rules, now, tx)?;
         b.updated_at = now;
-        if b.state.is_live() {
+        if b.state.holds_time() {
             days.set_hold(&b.id, b.hold_expires);
         } else {
             days.remove(&b.id);
@@ -652,14 +692,51 @@ impl Bookings {
         .await
     }
 
-    pub async fn cancel(&self, actor: &Actor, id: &str, key: &str, reason: &str) -> Result<Booking, BookingError> {
+    /// Cancels a booking. A late-cancellation fee is charged only when the
+    /// caller accepted at least that much (`accept_fee_fen`), so that nobody
+    /// pays a fee they were not shown. A confirmed booking that has begun
+    /// cannot be cancelled: its time is being used, and freeing it would let
+    /// someone else book an instrument in use.
+    pub async fn cancel(
+        &self,
+        actor: &Actor,
+        id: &str,
+        key: &str,
+        reason: &str,
+        accept_fee_fen: i64,
+    ) -> Result<Booking, BookingError> {
         self.transition(actor, "cancel", id, key, reason.to_string(), |b, rules, now, _| {
             let state = b.state_at(now);
             if !state.is_live() {
                 return Err(Self::not_in(b, "cancel", now));
             }
+            if state == State::Confirmed && now >= b.start {
+                return Err(BookingError::State(format!(
+                    "cannot cancel booking {}: it began at {}; the city's admin records its completion with the minutes used",
+                    b.id,
+                    time::short(b.start)
+                )));
+            }
+            let terms = *b.cancel_terms.get_or_insert_with(|| rules.cancel_terms(b.start));
+            let fee = b.cancel_fee(terms, now);
+            if fee > accept_fee_fen {
+                return Err(Violation::new(
+                    "late_cancel_fee",
+                    format!(
+                        "cancelling booking {} now costs {} yuan ({}% of {} yuan; free cancellation ended at {}), \
+                         but {} yuan was accepted; accept the fee to cancel",
+                        b.id,
+                        yuan(fee),
+                        terms.percent,
+                        yuan(b.expected_fee()),
+                        time::short(terms.free_until),
+                        yuan(accept_fee_fen.max(0))
+                    ),
+                )
+                .into());
+            }
             if state == State::Confirmed {
-                b.fee_fen = rules.cancel_fee(b.start, now, b.expected_fee());
+                b.fee_fen = fee;
             }
             payment::release(b);
             b.state = State::Cancelled;
@@ -714,6 +791,15 @@ impl Bookings {
         self.transition(actor, "complete", id, key, actual_minutes.to_string(), |b, _, now, tx| {
             if b.state_at(now) != State::Confirmed {
                 return Err(Self::not_in(b, "complete", now));
+            }
+            // Use is recorded after it happens: a completion ahead of time
+            // would charge for a slot that may still be cancelled or moved.
+            if now < b.start {
+                return Err(BookingError::State(format!(
+                    "cannot complete booking {} before it starts at {}",
+                    b.id,
+                    time::short(b.start)
+                )));
             }
             let fee_fen = match b.price_unit {
                 PriceUnit::Hour => fee_for_minutes(b.price_fen, actual_minutes as i64),

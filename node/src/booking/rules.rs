@@ -200,10 +200,12 @@ impl Rules {
         if spans.is_empty() { "closed that day".into() } else { spans.join(", ") }
     }
 
-    /// The fee for cancelling a confirmed booking at `now`.
-    pub fn cancel_fee(&self, start: Instant, now: Instant, expected_fee: i64) -> i64 {
-        let deadline = start - self.cancel_deadline_hours as i64 * HOUR;
-        if now > deadline { expected_fee * self.late_cancel_fee_percent as i64 / 100 } else { 0 }
+    /// The cancellation terms of a booking starting at `start`.
+    pub fn cancel_terms(&self, start: Instant) -> super::CancelTerms {
+        super::CancelTerms {
+            free_until: start - self.cancel_deadline_hours as i64 * HOUR,
+            percent: self.late_cancel_fee_percent,
+        }
     }
 }
 
@@ -306,8 +308,9 @@ mod tests {
     fn late_cancellation_costs_the_percentage() {
         let r = rules();
         let start = at("2026-12-01T09:00:00+08:00");
-        assert_eq!(r.cancel_fee(start, start - 24 * HOUR, 10_000), 0, "exactly at the deadline is free");
-        assert_eq!(r.cancel_fee(start, start - 24 * HOUR + MINUTE, 10_000), 5_000);
+        let terms = r.cancel_terms(start);
+        assert_eq!(terms.free_until, start - 24 * HOUR);
+        assert_eq!(terms.percent, 50);
     }
 
     #[test]

@@ -163,33 +163,92 @@ async fn training_and_approval_rules() {
     }
 }
 
-#[tokio::test]
-async fn cancellation_fees_and_completion_records() {
+fn at(t: &str) -> Reserve {
+    let (start, end) = t.split_once('/').unwrap();
+    Reserve {
+        start: start.into(),
+        end: end.into(),
+        hold_only: false,
+        purpose: String::new(),
+        idempotency_key: t.into(),
+        voucher: None,
+    }
+}
+
+/// Advances the paused clock until `e` reads `t`.
+async fn advance_to(e: &Bookings, t: &str) {
+    let target = time::parse("t", t).unwrap();
+    tokio::time::advance(std::time::Duration::from_secs((target - e.now()) as u64)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_fee_is_charged_only_when_accepted() {
     for (name, store, _dir) in backends() {
         let e = engine(store);
         let mut inst = instrument();
         inst.price_external_fen = 60_000; // 600 yuan an hour
-        // Tomorrow 11:00 is within the 24 h cancellation deadline.
-        let soon = Reserve {
-            start: "2026-11-24T09:00:00+08:00".into(),
-            end: "2026-11-24T11:00:00+08:00".into(),
-            hold_only: false,
-            purpose: String::new(),
-            idempotency_key: "s".into(),
-            voucher: None,
-        };
-        let b = e.reserve(&org("a"), &inst, soon).await.unwrap();
-        let b = e.cancel(&org("a"), &b.id, "c1", "plans changed").await.unwrap();
-        assert_eq!((b.state, b.fee_fen), (State::Cancelled, 60_000), "{name}: 50% of 2 h at 600");
-        let early = e.reserve(&org("a"), &inst, req("10:00", "12:00", "e")).await.unwrap();
-        assert_eq!(e.cancel(&org("a"), &early.id, "c2", "").await.unwrap().fee_fen, 0, "{name}");
+        // Tomorrow 09:00 is within the 24 h cancellation deadline.
+        let b = e.reserve(&org("a"), &inst, at("2026-11-24T09:00:00+08:00/2026-11-24T11:00:00+08:00")).await.unwrap();
+        let terms = b.cancel_terms.expect("terms are recorded when booked");
+        assert_eq!(time::format(terms.free_until), "2026-11-23T09:00:00+08:00", "{name}");
+        assert_eq!(b.cancel_fee(terms, e.now()), 60_000, "{name}: 50% of 2 h at 600");
+        let err = e.cancel(&org("a"), &b.id, "c0", "plans changed", 0).await.unwrap_err();
+        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "late_cancel_fee"), "{name}: {err}");
+        assert!(err.to_string().contains("costs 600.00 yuan (50% of 1200.00 yuan"), "{name}: {err}");
+        let err = e.cancel(&org("a"), &b.id, "c1", "plans changed", 59_999).await.unwrap_err();
+        assert!(matches!(err, BookingError::Rule(_)), "{name}: {err}");
+        assert_eq!(e.get(&org("a"), &b.id).unwrap().state, State::Confirmed, "{name}: a refusal changes nothing");
+        let b = e.cancel(&org("a"), &b.id, "c2", "plans changed", 60_000).await.unwrap();
+        assert_eq!((b.state, b.fee_fen), (State::Cancelled, 60_000), "{name}");
 
+        let early = e.reserve(&org("a"), &inst, req("10:00", "12:00", "e")).await.unwrap();
+        assert_eq!(early.cancel_fee(early.cancel_terms.unwrap(), e.now()), 0, "{name}");
+        assert_eq!(e.cancel(&org("a"), &early.id, "c3", "", 0).await.unwrap().fee_fen, 0, "{name}");
+
+        // Terms are the ones agreed when booked: a later rule change does
+        // not raise the fee of a booking already made.
+        let kept = e.reserve(&org("a"), &inst, req("14:00", "16:00", "k")).await.unwrap();
+        let mut stricter = Rules::default_for(false);
+        stricter.cancel_deadline_hours = 24 * 30;
+        stricter.late_cancel_fee_percent = 100;
+        e.set_rules(&admin(), &inst, stricter).unwrap();
+        assert_eq!(e.cancel(&org("a"), &kept.id, "c4", "", 0).await.unwrap().fee_fen, 0, "{name}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn completion_comes_after_the_start_and_keeps_the_time_used() {
+    for (name, store, _dir) in backends() {
+        let e = engine(store);
+        let mut inst = instrument();
+        inst.price_external_fen = 60_000;
         let b = e.reserve(&org("a"), &inst, req("14:00", "16:00", "u")).await.unwrap();
+        let early = e.reserve(&org("b"), &inst, req("10:00", "12:00", "v")).await.unwrap();
         assert!(matches!(e.complete(&org("a"), &b.id, "d0", 90).await.unwrap_err(), BookingError::Denied(_)));
-        let done = e.complete(&admin(), &b.id, "d1", 90).await.unwrap();
+        let err = e.complete(&admin(), &b.id, "d1", 90).await.unwrap_err();
+        assert!(matches!(err, BookingError::State(_)), "{name}: {err}");
+        assert!(err.to_string().contains("before it starts at 2026-12-01 14:00"), "{name}: {err}");
+        // The refused completion neither charged nor freed anything.
+        let still = e.get(&admin(), &b.id).unwrap();
+        assert_eq!((still.state, still.fee_fen), (State::Confirmed, 0), "{name}");
+        let (raw, _) = e.ledger_page(0, 100).unwrap();
+        assert!(raw.is_empty(), "{name}: no service record");
+        let err = e.reserve(&org("c"), &inst, req("14:30", "15:30", "w")).await.unwrap_err();
+        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
+
+        // Under way: it cannot be cancelled, only completed.
+        advance_to(&e, "2026-12-01T10:30:00+08:00").await;
+        let err = e.cancel(&org("b"), &early.id, "x0", "", i64::MAX).await.unwrap_err();
+        assert!(err.to_string().contains("it began at 2026-12-01 10:00"), "{name}: {err}");
+
+        advance_to(&e, "2026-12-01T14:30:00+08:00").await;
+        let done = e.complete(&admin(), &b.id, "d2", 90).await.unwrap();
         assert_eq!((done.state, done.fee_fen), (State::Completed, 90_000), "{name}");
-        let again = e.complete(&admin(), &b.id, "d1", 90).await.unwrap();
+        let again = e.complete(&admin(), &b.id, "d2", 90).await.unwrap();
         assert_eq!(again, done);
+        // Completed while still running: the rest of its slot stays taken.
+        let err = e.reserve(&org("c"), &inst, req("15:30", "16:00", "w2")).await.unwrap_err();
+        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
         let (raw, head) = e.ledger_page(0, 100).unwrap();
         let records = crate::ledger::verify(&raw, &head).unwrap();
         assert_eq!(records.len(), 1, "{name}: a retried completion writes one record");
@@ -201,6 +260,6 @@ async fn cancellation_fees_and_completion_records() {
             "{name}: {:?}",
             records[0]
         );
-        assert!(matches!(e.complete(&admin(), &b.id, "d2", 90).await.unwrap_err(), BookingError::State(_)));
+        assert!(matches!(e.complete(&admin(), &b.id, "d3", 90).await.unwrap_err(), BookingError::State(_)));
     }
 }

@@ -63,7 +63,7 @@ fn reserve(instrument: &str, start: i64, minutes: i64, key: &str) -> pb::Reserve
 
 /// A booking action with no reason given.
 fn action(booking: &pb::Booking, key: &str) -> pb::BookingActionRequest {
-    pb::BookingActionRequest { booking_id: booking.id.clone(), idempotency_key: key.into(), reason: String::new() }
+    pb::BookingActionRequest { booking_id: booking.id.clone(), idempotency_key: key.into(), ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,6 +232,8 @@ async fn concurrent_clients_never_double_book() {
                             booking_id: booking.id.clone(),
                             idempotency_key: format!("c{c}-{k}-cancel"),
                             reason: "test".into(),
+                            // Bookings a week ahead: free to cancel.
+                            accept_fee_fen: None,
                         };
                         gw.cancel_booking(r).await.expect("cancelling our own booking");
                         record(Outcome::Cancelled(booking.id.clone()));
