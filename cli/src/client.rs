@@ -15,7 +15,7 @@ use corridor_proto::{self as pb, NodeState, cities::City, gateway_client::Gatewa
 use serde_json::json;
 use tonic::{Request, transport::Channel};
 
-use crate::{ClientOpts, up};
+use crate::ClientOpts;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest reply a client accepts (a city admin's booking list can be large).
@@ -48,6 +48,38 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 
+/// Like [`status_error`], for a call to `addr`: a failure that may have
+/// come from the connection rather than from an answer names the address,
+/// so that a wrong `--gateway` or `--node` is plain to see.
+pub fn at(addr: &str) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
+    move |s| {
+        use tonic::Code;
+        let reached = !matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded);
+        let e = status_error(s);
+        if reached { e } else { anyhow::anyhow!("calling {addr}: {e}") }
+    }
+}
+
+/// Every city's node endpoint, as the gateway at `--gateway` has them (any
+/// port base, any deployment), asked as `identity`.
+pub async fn node_endpoints(opts: &ClientOpts, identity: &str) -> Result<Vec<(String, String)>> {
+    let mut gw = gateway_as(opts, identity)?;
+    let nodes = gw.list_nodes(pb::ListNodesRequest {}).await.map_err(at(&opts.gateway))?.into_inner().nodes;
+    Ok(nodes.into_iter().filter(|n| !n.endpoint.is_empty()).map(|n| (n.city, n.endpoint)).collect())
+}
+
+/// Where `city`'s node listens: `--node` when given, else the endpoint the
+/// gateway has for it.
+pub async fn node_endpoint(city: &City, node: Option<String>, opts: &ClientOpts, identity: &str) -> Result<String> {
+    if let Some(n) = node {
+        return Ok(n);
+    }
+    let endpoints = node_endpoints(opts, identity).await?;
+    endpoints.into_iter().find(|(c, _)| c == city.slug).map(|(_, e)| e).with_context(|| {
+        format!("the gateway at {} has no endpoint for {}; pass --node https://HOST:PORT", opts.gateway, city.slug)
+    })
+}
+
 pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &ClientOpts) -> Result<ExitCode> {
     let format =
         Format::from_path(file).with_context(|| format!("{}: name the file .jsonl or .csv", file.display()))?;
@@ -57,8 +89,9 @@ pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &Clien
     let rows = parse(format, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}; nothing imported", file.display()))?;
     check_rows(city.slug, &rows).map_err(|e| anyhow::anyhow!("{}: {e}; nothing imported", file.display()))?;
 
-    let creds = opts.credentials(&format!("admin-{}", city.slug))?;
-    let endpoint = node.unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, city));
+    let admin = format!("admin-{}", city.slug);
+    let creds = opts.credentials(&admin)?;
+    let endpoint = node_endpoint(city, node, opts, &admin).await?;
     let channel = client_channel(&endpoint, &creds, Some(Identity::Node(city.slug.into())), CONNECT_TIMEOUT)?;
     let mut client = NodeClient::new(channel);
     let chunks: Vec<pb::ImportChunk> = rows
@@ -77,7 +110,7 @@ pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &Clien
         })
         .collect();
     let summary =
-        client.import_instruments(Request::new(tokio_stream::iter(chunks))).await.map_err(status_error)?.into_inner();
+        client.import_instruments(Request::new(tokio_stream::iter(chunks))).await.map_err(at(&endpoint))?.into_inner();
     if opts.json {
         outln!(
             "{}",
@@ -101,12 +134,13 @@ pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &Clien
 /// Streams a node's backup into `out`, writing to a temporary file first so
 /// that a failed transfer never leaves a partial file under the real name.
 pub async fn backup(city: &City, out: &Path, node: Option<String>, opts: &ClientOpts) -> Result<ExitCode> {
-    let creds = opts.credentials(&format!("admin-{}", city.slug))?;
-    let endpoint = node.unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, city));
+    let admin = format!("admin-{}", city.slug);
+    let creds = opts.credentials(&admin)?;
+    let endpoint = node_endpoint(city, node, opts, &admin).await?;
     let channel = client_channel(&endpoint, &creds, Some(Identity::Node(city.slug.into())), CONNECT_TIMEOUT)?;
-    let mut stream = NodeClient::new(channel).backup(pb::BackupRequest {}).await.map_err(status_error)?.into_inner();
+    let mut stream = NodeClient::new(channel).backup(pb::BackupRequest {}).await.map_err(at(&endpoint))?.into_inner();
     let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+    while let Some(chunk) = stream.message().await.map_err(at(&endpoint))? {
         bytes.extend(chunk.data);
     }
     let backup =
@@ -145,7 +179,7 @@ pub async fn search(req: pb::SearchRequest, deadline_ms: u64, opts: &ClientOpts)
     let mut client = gateway(opts)?;
     let mut request = Request::new(req);
     request.set_timeout(Duration::from_millis(deadline_ms));
-    let resp = client.search(request).await.map_err(status_error)?.into_inner();
+    let resp = client.search(request).await.map_err(at(&opts.gateway))?.into_inner();
     if opts.json {
         let out = json!({
             "hits": resp.hits.iter().map(hit_json).collect::<Vec<_>>(),
@@ -189,7 +223,7 @@ pub async fn get(id: &str, opts: &ClientOpts) -> Result<ExitCode> {
     let i = client
         .get_instrument(pb::GetInstrumentRequest { id: id.to_string() })
         .await
-        .map_err(status_error)?
+        .map_err(at(&opts.gateway))?
         .into_inner();
     let inst = i.institution.clone().unwrap_or_default();
     let loc = i.location.clone().unwrap_or_default();
@@ -233,7 +267,7 @@ pub async fn get(id: &str, opts: &ClientOpts) -> Result<ExitCode> {
 
 pub async fn nodes(opts: &ClientOpts) -> Result<ExitCode> {
     let mut client = gateway(opts)?;
-    let resp = client.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner();
+    let resp = client.list_nodes(pb::ListNodesRequest {}).await.map_err(at(&opts.gateway))?.into_inner();
     if opts.json {
         outln!("{}", json!({"nodes": resp.nodes.iter().map(node_json).collect::<Vec<_>>()}));
     } else {

@@ -13,8 +13,7 @@ use serde_json::json;
 use crate::{
     ClientOpts,
     bookings::new_key,
-    client::{gateway_as, status_error},
-    up,
+    client::{at, gateway_as, node_endpoints},
 };
 
 // Parsed once per process; the size of the largest variant does not matter.
@@ -180,7 +179,7 @@ pub async fn voucher(cmd: VoucherCommand) -> Result<ExitCode> {
                 idempotency_key: a.key.unwrap_or_else(new_key),
             };
             let mut client = gateway_as(&a.client, &format!("admin-{}", city.slug))?;
-            let v = client.issue_voucher(req).await.map_err(status_error)?.into_inner();
+            let v = client.issue_voucher(req).await.map_err(at(&a.client.gateway))?.into_inner();
             print_voucher(&v, &a.client);
         }
         VoucherCommand::Show { voucher, client: opts } => {
@@ -188,7 +187,7 @@ pub async fn voucher(cmd: VoucherCommand) -> Result<ExitCode> {
             let v = client
                 .get_voucher(pb::GetVoucherRequest { voucher_id: voucher })
                 .await
-                .map_err(status_error)?
+                .map_err(at(&opts.gateway))?
                 .into_inner();
             print_voucher(&v, &opts);
         }
@@ -213,10 +212,7 @@ pub async fn reconcile(a: ReconcileArgs) -> Result<ExitCode> {
         Some(path) => {
             corridor_gateway::GatewayConfig::load(path)?.nodes.into_iter().map(|n| (n.city, n.endpoint)).collect()
         }
-        None => corridor_proto::cities::CITIES
-            .iter()
-            .map(|c| (c.slug.to_string(), up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c)))
-            .collect(),
+        None => node_endpoints(&a.client, "reconciler").await?,
     };
     if endpoints.is_empty() {
         bail!("no nodes to reconcile");

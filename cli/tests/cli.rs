@@ -163,3 +163,110 @@ async fn up_runs_the_mesh_as_processes_and_survives_a_killed_node() {
     }
     drop(up);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_and_backup_find_the_node_through_the_gateway() {
+    // No --node: the node's address comes from the gateway, whatever ports
+    // the mesh runs on (the in-process mesh's are random).
+    let mesh = Mesh::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = city_inventory(Scale::G60, "hefei");
+    records.truncate(5);
+    let file = dir.path().join("five.jsonl");
+    std::fs::write(&file, jsonl(&records)).unwrap();
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["import", file.to_str().unwrap(), "--city", "hefei"]);
+    let (ok, out, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("5 inserted"), "{out}");
+    assert_eq!(hefei_count(&mesh).await, 5);
+
+    let backup = dir.path().join("hefei.backup");
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["node", "backup", "--city", "hefei", "--out", backup.to_str().unwrap()]);
+    let (ok, out, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("checksum verified"), "{out}");
+
+    // A gateway that is not there is named in the error.
+    let nowhere = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("https://{}", l.local_addr().unwrap())
+    };
+    let mut cmd = corridor(&mesh.certs, &nowhere);
+    cmd.args(["import", file.to_str().unwrap(), "--city", "hefei"]);
+    let (ok, _, err) = run(cmd).await;
+    assert!(!ok);
+    assert!(err.contains(&format!("calling {nowhere}")), "{err}");
+    // And so is a node address given by hand.
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["import", file.to_str().unwrap(), "--city", "hefei", "--node", &nowhere]);
+    let (ok, _, err) = run(cmd).await;
+    assert!(!ok);
+    assert!(err.contains(&format!("calling {nowhere}")), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_shows_the_late_fee_and_charges_it_only_when_accepted() {
+    let mesh = Mesh::start(Some(Scale::G60)).await;
+    let (inst, price) = corridor_node::demo::voucher_instruments(Scale::G60, "hefei").remove(0);
+    // Open around the clock with no notice, so that a slot two hours ahead
+    // (inside the 24 h free-cancellation window) can be booked at any hour.
+    let rules = pb::BookingRules {
+        min_minutes: 30,
+        max_minutes: 600,
+        cancel_deadline_hours: 24,
+        late_cancel_fee_percent: 50,
+        ..Default::default()
+    };
+    mesh.gateway("admin-hefei")
+        .set_booking_rules(pb::SetBookingRulesRequest { instrument_id: inst.clone(), rules: Some(rules) })
+        .await
+        .unwrap();
+    let start = time::OffsetDateTime::now_utc().unix_timestamp() / 60 * 60 + 2 * 3600;
+    let b = mesh
+        .gateway("org-demo")
+        .reserve(pb::ReserveRequest {
+            instrument_id: inst,
+            start: corridor_node::booking::time::format(start),
+            end: corridor_node::booking::time::format(start + 3600),
+            idempotency_key: "late".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let fee = price / 2;
+    assert_eq!(b.cancel_fee_fen, fee, "the booking shows what cancelling costs: {b:?}");
+
+    // No terminal and no --accept-fee: the fee is shown, nothing changes.
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["cancel", &b.id]).stdin(std::process::Stdio::null());
+    let (ok, _, err) = run(cmd).await;
+    assert!(!ok);
+    let shown = format!("costs {} yuan", corridor_node::model::yuan(fee));
+    assert!(err.contains(&shown) && err.contains("--accept-fee") && err.contains("+08:00"), "{err}");
+    let still = mesh.gateway("org-demo").get_booking(pb::GetBookingRequest { booking_id: b.id.clone() }).await.unwrap();
+    assert_eq!(still.into_inner().state, pb::BookingState::Confirmed as i32);
+
+    // A caller of the RPC that accepts less than the fee is refused too.
+    let err = mesh
+        .gateway("org-demo")
+        .cancel_booking(pb::BookingActionRequest {
+            booking_id: b.id.clone(),
+            idempotency_key: "rpc".into(),
+            accept_fee_fen: Some(fee - 1),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["cancel", &b.id, "--accept-fee", "--json"]);
+    let (ok, out, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "cancelled");
+    assert_eq!(v["fee_yuan"], corridor_node::model::yuan(fee));
+}
