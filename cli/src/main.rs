@@ -368,6 +368,14 @@ enum NodeCommand {
         /// each of its nine nodes one, as they share the machine's cores.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
+        /// A thesaurus CSV to use instead of the one shipped with the node
+        /// (same columns as node/data/thesaurus.csv); reloaded when it changes.
+        #[arg(long)]
+        thesaurus: Option<PathBuf>,
+        /// The city's own synonyms, in the thesaurus's CSV columns, added to it;
+        /// reloaded when the file changes, no restart needed.
+        #[arg(long)]
+        synonyms: Option<PathBuf>,
     },
 }
 
@@ -541,7 +549,20 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Up(args) => up::up(args).await?,
         Command::Node {
             command:
-                NodeCommand::Run { city: slug, listen, data, certs, identity, seed, metrics, health, peers, workers: _ },
+                NodeCommand::Run {
+                    city: slug,
+                    listen,
+                    data,
+                    certs,
+                    identity,
+                    seed,
+                    metrics,
+                    health,
+                    peers,
+                    workers: _,
+                    thesaurus,
+                    synonyms,
+                },
         } => {
             let city = city(&slug)?;
             let seed = match seed.as_deref() {
@@ -555,8 +576,15 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let peers = corridor_node::parse_peers(&peers).map_err(anyhow::Error::msg)?;
-            let config =
-                corridor_node::NodeConfig { city, data_dir: data, seed, health_addr: health, peers, clock_skew: None };
+            let config = corridor_node::NodeConfig {
+                city,
+                data_dir: data,
+                seed,
+                health_addr: health,
+                peers,
+                clock_skew: None,
+                thesaurus: corridor_node::ThesaurusFiles { replace: thesaurus, add: synonyms },
+            };
             let registry = serve_metrics(metrics).await?;
             corridor_node::run(config, creds, listener, registry, shutdown_signal()).await?;
         }

@@ -114,6 +114,15 @@ impl Catalog {
         state.id_rank = id_rank;
     }
 
+    /// Re-indexes every instrument with thesaurus `t`, and analyses queries
+    /// with it from now on.
+    pub fn use_thesaurus(&self, t: Arc<crate::search::thesaurus::Thesaurus>) {
+        self.index.set_thesaurus(t);
+        let state = self.state.read().expect("poisoned");
+        let current: Vec<(u64, &InstrumentRecord)> = state.by_id.values().map(|e| (e.ord, &e.stored.record)).collect();
+        self.index.upsert(current).expect("an in-RAM index accepts documents");
+    }
+
     /// This node's share of the corpus statistics for `text`.
     pub fn stats(&self, text: &str) -> CorpusStats {
         self.index.stats(text).expect("an in-RAM index answers")
@@ -340,5 +349,66 @@ mod tests {
         assert!(cut.stopped, "a deadline that has passed stops the search");
         assert!(cut.hits.is_empty() && cut.total == 0);
         assert!(asked.get() < 64, "it stopped at once, after {} records", asked.get());
+    }
+
+    fn real_catalog() -> Catalog {
+        let mut desc_only = stored("holder-1", "双倾样品杆", "Double-tilt specimen holder", "01.01.01");
+        desc_only.record.description = "用于透射电子显微镜的双倾样品杆".into();
+        Catalog::new(
+            city_by_slug("hefei").unwrap(),
+            vec![
+                stored("ic-1", "离子色谱仪", "Ion Chromatograph", "01.05.03"),
+                stored("orbi-1", "静电场轨道阱高分辨质谱仪", "Orbitrap High Resolution Mass Spectrometer", "01.02.01"),
+                stored(
+                    "qqq-1",
+                    "超高效液相色谱-三重四极杆质谱联用仪",
+                    "UPLC Triple Quadrupole Mass Spectrometer",
+                    "01.02.03",
+                ),
+                stored("gcms-1", "气相色谱-质谱联用仪", "Gas Chromatograph-Mass Spectrometer", "01.02.02"),
+                stored("hplc-1", "高效液相色谱仪", "High Performance Liquid Chromatograph", "01.05.01"),
+                stored("sta-1", "同步热分析仪", "Simultaneous thermal analyzer (TGA-DSC)", "01.09.03"),
+                stored("saxs-1", "小角X射线散射仪", "Small-angle X-ray Scattering System", "01.03.05"),
+                stored("tem-a", "透射电子显微镜", "Transmission Electron Microscope", "01.01.01"),
+                stored("tem-b", "透射式场发射电子显微镜", "Field Emission Electron Microscope", "01.01.01"),
+                stored("tem-c", "场发射透射电镜", "FE-TEM", "01.01.01"),
+                desc_only,
+                stored("ppms-9", "综合物性测量系统", "Physical Property Measurement System", "02.03.01"),
+            ],
+        )
+    }
+
+    #[test]
+    fn literal_matches_are_never_lost() {
+        let c = real_catalog();
+        let top = |q: &str, n: usize| {
+            let mut q = text(q);
+            q.limit = n;
+            ids_in(&c, &q)
+        };
+        assert_eq!(top("离子色谱", 3)[0], "ic-1");
+        assert_eq!(top("高分辨质谱", 3)[0], "orbi-1");
+        assert!(top("质谱", 10).contains(&"qqq-1".to_string()));
+        assert!(top("mass spectrometer", 10).contains(&"qqq-1".to_string()));
+        let chroma = top("色谱", 10);
+        for id in ["gcms-1", "qqq-1", "hplc-1", "ic-1"] {
+            assert!(chroma.contains(&id.to_string()), "色谱 finds {id}: {chroma:?}");
+        }
+        assert_eq!(top("TGA", 3)[0], "sta-1");
+        assert_eq!(top("小角散射", 3)[0], "saxs-1", "most of a Chinese query's pairs");
+        // Spacing, width and punctuation do not matter; Latin stays whole-word.
+        assert_eq!(top("ＵＰＬＣ triple-quadrupole", 3)[0], "qqq-1");
+        assert_eq!(top("Orbi trap", 3)[0], "orbi-1", "spacing does not matter");
+        assert_eq!(top("orbitrap", 3)[0], "orbi-1");
+        assert!(!top("TEM", 20).contains(&"ppms-9".to_string()), "TEM is not in System");
+    }
+
+    #[test]
+    fn a_phrase_in_the_name_ranks_above_scattered_words_above_concepts_above_descriptions() {
+        let c = real_catalog();
+        let mut q = text("透射电子显微镜");
+        q.limit = 10;
+        let got = ids_in(&c, &q);
+        assert_eq!(got, ["tem-a", "tem-b", "tem-c", "holder-1"], "phrase, words, concept (透射电镜), description");
     }
 }

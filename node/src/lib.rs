@@ -21,5 +21,5 @@ pub mod voucher;
 
 pub use node::{Node, NodeError};
 pub use peers::parse_peers;
-pub use server::{NodeConfig, run};
+pub use server::{NodeConfig, ThesaurusFiles, run};
 pub use service::NodeService;

@@ -195,6 +195,13 @@ impl Node {
         self.catalog.search(q, self.city.slug, self.city.province, stats, extra)
     }
 
+    /// Uses `t` from now on, re-indexing every instrument with it. Imports
+    /// wait meanwhile, so that none is indexed with the old one after.
+    pub async fn use_thesaurus(&self, t: Arc<crate::search::thesaurus::Thesaurus>) {
+        let _writers = self.write.lock().await;
+        self.catalog.use_thesaurus(t);
+    }
+
     pub fn search_stats(&self, text: &str) -> CorpusStats {
         self.catalog.stats(text)
     }

@@ -15,6 +15,7 @@ use crate::{
     node::{Node, NodeError},
     payment::Payments,
     peers::GrpcIssuers,
+    search::thesaurus::Thesaurus,
     store::SledStore,
 };
 
@@ -44,6 +45,61 @@ pub struct NodeConfig {
     /// Seconds added to the wall clock, shared and changeable: for tests
     /// that move time forward. `None` in every real deployment.
     pub clock_skew: Option<Arc<std::sync::atomic::AtomicI64>>,
+    /// Where the thesaurus comes from besides the shipped one.
+    pub thesaurus: ThesaurusFiles,
+}
+
+/// The thesaurus files a node reads, and reads again when they change.
+#[derive(Debug, Clone, Default)]
+pub struct ThesaurusFiles {
+    /// Used instead of the shipped thesaurus.
+    pub replace: Option<PathBuf>,
+    /// The city's own synonyms, added to it.
+    pub add: Option<PathBuf>,
+}
+
+impl ThesaurusFiles {
+    /// The files' contents as they are now, and when each last changed.
+    fn read(&self) -> Result<(Thesaurus, Vec<Option<u64>>), NodeError> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p)
+                .map_err(|e| NodeError::Serve(format!("reading the thesaurus {}: {e}", p.display())))
+        };
+        let replace = self.replace.as_ref().map(read).transpose()?;
+        let add = self.add.as_ref().map(read).transpose()?;
+        let names: Vec<String> =
+            [&self.replace, &self.add].iter().filter_map(|p| p.as_ref()).map(|p| p.display().to_string()).collect();
+        let mut files: Vec<(&str, &str)> = Vec::new();
+        match &replace {
+            Some(text) => files.push((&names[0], text)),
+            None => files.push(("node/data/thesaurus.csv", crate::search::thesaurus::SHIPPED)),
+        }
+        if let Some(text) = &add {
+            files.push((names.last().expect("named"), text));
+        }
+        let t = Thesaurus::from_csv(&files).map_err(|e| NodeError::Serve(e.to_string()))?;
+        Ok((t, self.stamps()))
+    }
+
+    /// A fingerprint of the files' contents: a change of content, not of
+    /// modification time, which may not move between two writes close
+    /// together.
+    fn stamps(&self) -> Vec<Option<u64>> {
+        use std::hash::{Hash, Hasher};
+        [&self.replace, &self.add]
+            .iter()
+            .map(|p| {
+                let bytes = std::fs::read(p.as_ref()?).ok()?;
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                bytes.hash(&mut h);
+                Some(h.finish())
+            })
+            .collect()
+    }
+
+    fn is_shipped(&self) -> bool {
+        self.replace.is_none() && self.add.is_none()
+    }
 }
 
 /// Serves one city node on an already-bound listener until `shutdown`
@@ -73,6 +129,12 @@ pub async fn run(
         let issuers = GrpcIssuers::new(config.city.slug, &config.peers, creds.clone())?;
         node = node.with_payments(Payments::new(Arc::new(issuers)));
     }
+    let mut thesaurus_read = None;
+    if !config.thesaurus.is_shipped() {
+        let (t, stamps) = config.thesaurus.read()?;
+        node.use_thesaurus(Arc::new(t)).await;
+        thesaurus_read = Some(stamps);
+    }
     let node = Arc::new(node);
     if let Some(scale) = config.seed {
         let n = node.seed_if_empty(scale).await?;
@@ -82,6 +144,7 @@ pub async fn run(
     }
     // Certificates, keys and the CRL are reloaded when they change on disk.
     let _watch = creds.watch(RELOAD_EVERY);
+    let thesaurus_watch = thesaurus_read.map(|seen| watch_thesaurus(config.thesaurus.clone(), node.clone(), seen));
 
     register_gauges(&metrics, config.city.slug, &store, &node, &creds);
 
@@ -128,10 +191,42 @@ pub async fn run(
         p.abort();
     }
     recovery.abort();
+    if let Some(w) = thesaurus_watch {
+        w.abort();
+    }
     // Flush even if serving failed: nothing acknowledged may be lost.
     store.flush()?;
     tracing::info!(city = config.city.slug, "node stopped");
     served.map_err(|e| NodeError::Serve(e.to_string()))
+}
+
+/// Reads the thesaurus files again whenever they change, and re-indexes the
+/// catalog with the new one. A file that does not load leaves the current
+/// thesaurus in place, with a warning.
+/// `seen` is the files' fingerprint when they were last read.
+fn watch_thesaurus(files: ThesaurusFiles, node: Arc<Node>, mut seen: Vec<Option<u64>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RELOAD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if files.stamps() == seen {
+                continue;
+            }
+            match files.read() {
+                Ok((t, stamps)) => {
+                    seen = stamps;
+                    let concepts = t.len();
+                    node.use_thesaurus(Arc::new(t)).await;
+                    tracing::info!(city = node.city().slug, concepts, "thesaurus reloaded; catalog re-indexed");
+                }
+                Err(e) => {
+                    seen = files.stamps();
+                    tracing::warn!(error = %e, "thesaurus not reloaded; the current one stays");
+                }
+            }
+        }
+    })
 }
 
 fn register_gauges(
@@ -153,4 +248,61 @@ fn register_gauges(
     let n = node.clone();
     metrics.gauge("corridor_instruments", "instruments in the city's inventory", l(), move || n.len() as f64);
     corridor_telemetry::cert_expiry_gauge(metrics, creds.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{booking::store::MemBookings, model::tests::sample, search::Query, store::MemStore};
+
+    const HEADER: &str = "id,parents,name_zh,name_en,zh,en,abbr\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_local_synonym_takes_effect_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let synonyms = dir.path().join("synonyms.csv");
+        std::fs::write(&synonyms, HEADER).unwrap();
+        let node = Node::open(
+            corridor_proto::cities::city_by_slug("hefei").unwrap(),
+            Arc::new(MemStore::default()),
+            Arc::new(MemBookings::default()),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let mut tem = sample("tem-1");
+        tem.name_zh = "透射电子显微镜".into();
+        tem.name_en = "Transmission Electron Microscope".into();
+        tem.description.clear();
+        node.import(vec![(1, tem)]).await.unwrap();
+        let files = ThesaurusFiles { replace: None, add: Some(synonyms.clone()) };
+        let (t, seen) = files.read().unwrap();
+        node.use_thesaurus(Arc::new(t)).await;
+        let node = Arc::new(node);
+        let q = Query { text: "透射镜".into(), limit: 5, ..Default::default() };
+        assert_eq!(node.search(&q, None, None).total, 0, "no such word yet");
+
+        let watch = watch_thesaurus(files, node.clone(), seen);
+        // A local row adding a name to an existing concept, written while
+        // the node runs.
+        std::fs::write(&synonyms, format!("{HEADER}tem,,,,透射镜,,\n")).unwrap();
+        let mut found = 0;
+        for _ in 0..10 {
+            tokio::time::advance(RELOAD_EVERY).await;
+            tokio::task::yield_now().await;
+            found = node.search(&q, None, None).total;
+            if found > 0 {
+                break;
+            }
+        }
+        assert_eq!(found, 1, "the local synonym finds the instrument");
+
+        // A broken file leaves the thesaurus in force.
+        std::fs::write(&synonyms, "id,parents\nbroken\n").unwrap();
+        for _ in 0..3 {
+            tokio::time::advance(RELOAD_EVERY).await;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(node.search(&q, None, None).total, 1);
+        watch.abort();
+    }
 }

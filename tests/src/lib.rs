@@ -273,6 +273,7 @@ impl Mesh {
                 health_addr: None,
                 peers: peers.clone(),
                 clock_skew: Some(clock_skew.clone()),
+                thesaurus: Default::default(),
             };
             let (stop, wait) = shutdown_pair();
             let metrics = corridor_telemetry::Metrics::new();

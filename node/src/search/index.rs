@@ -13,15 +13,22 @@ use tantivy::{
     TantivyDocument, Term,
     collector::{Collector, SegmentCollector},
     columnar::Column,
-    query::{AllQuery, Bm25StatisticsProvider, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, TermQuery},
+    query::{
+        AllQuery, Bm25StatisticsProvider, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur,
+        PhraseQuery, Query, TermQuery,
+    },
     schema::{FAST, Field, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions},
     tokenizer::{Language, Stemmer, TextAnalyzer},
 };
 
-use super::text::{self, MixedTokenizer};
+use super::{
+    text::{self, LITERAL_SEPARATOR, LiteralTokenizer, MixedTokenizer},
+    thesaurus::Thesaurus,
+};
 use crate::model::InstrumentRecord;
 
 const ANALYZER: &str = "corridor";
+const LITERAL: &str = "literal";
 /// The fast field holding each document's place in the catalog.
 const ORD: &str = "ord";
 
@@ -55,6 +62,7 @@ struct Fields {
     name_en: Field,
     body: Field,
     concept: Field,
+    literal: Field,
 }
 
 pub struct SearchIndex {
@@ -65,6 +73,8 @@ pub struct SearchIndex {
     /// What searches read: one generation of the index, swapped whole after
     /// each commit.
     current: RwLock<Arc<View>>,
+    /// The concepts documents are tagged with and queries expand to.
+    thesaurus: RwLock<Arc<Thesaurus>>,
 }
 
 /// One generation of the index, with each segment's column of catalog
@@ -104,10 +114,27 @@ impl Bm25StatisticsProvider for Global<'_> {
     }
 }
 
-fn text_options() -> TextOptions {
-    TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqs),
-    )
+fn text_options(tokenizer: &str, positions: bool) -> TextOptions {
+    let record = if positions { IndexRecordOption::WithFreqsAndPositions } else { IndexRecordOption::WithFreqs };
+    TextOptions::default()
+        .set_indexing_options(TextFieldIndexing::default().set_tokenizer(tokenizer).set_index_option(record))
+}
+
+/// What each way of matching adds to a score, so that results come in the
+/// order a researcher expects: the whole query as a phrase in a name, then
+/// all its words in a name, then a match by concept (synonym, short form,
+/// abbreviation, broader word), then most of a Chinese query's character
+/// pairs in a name, then a match elsewhere (maker, model, description).
+/// A document collects every bonus it earns; each tier's least possible sum
+/// is above the next tier's greatest, and BM25 (with corpus-wide statistics)
+/// orders documents within a tier.
+mod tier {
+    pub const PHRASE_IN_NAME: f32 = 16_000.0;
+    pub const WORDS_IN_NAME: f32 = 8_000.0;
+    pub const CONCEPT: f32 = 4_000.0;
+    pub const MOST_IN_NAME: f32 = 2_500.0;
+    pub const ANYWHERE: f32 = 1_000.0;
+    pub const LITERAL: f32 = 1_000.0;
 }
 
 /// Latin terms this long or longer may match with one typo; twice as long, two.
@@ -127,20 +154,33 @@ impl SearchIndex {
         let fields = Fields {
             ord: b.add_u64_field(ORD, FAST),
             local_id: b.add_text_field("local_id", STRING),
-            name_zh: b.add_text_field("name_zh", text_options()),
-            name_en: b.add_text_field("name_en", text_options()),
-            body: b.add_text_field("body", text_options()),
+            name_zh: b.add_text_field("name_zh", text_options(ANALYZER, true)),
+            name_en: b.add_text_field("name_en", text_options(ANALYZER, true)),
+            body: b.add_text_field("body", text_options(ANALYZER, false)),
             concept: b.add_text_field("concept", STRING),
+            literal: b.add_text_field(LITERAL, text_options(LITERAL, true)),
         };
         let index = Index::create_in_ram(b.build());
         index
             .tokenizers()
             .register(ANALYZER, TextAnalyzer::builder(MixedTokenizer).filter(Stemmer::new(Language::English)).build());
+        index.tokenizers().register(LITERAL, TextAnalyzer::builder(LiteralTokenizer).build());
         // One thread: the node has other work, and documents are small.
         let writer = index.writer_with_num_threads(1, 15_000_000).expect("an in-RAM writer");
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().expect("a reader");
         let current = RwLock::new(View::of(&reader).expect("an empty in-RAM index opens"));
-        SearchIndex { index, reader, writer: Mutex::new(writer), fields, current }
+        let thesaurus = RwLock::new(Arc::new(Thesaurus::shipped_with(None).expect("the shipped thesaurus is valid")));
+        SearchIndex { index, reader, writer: Mutex::new(writer), fields, current, thesaurus }
+    }
+
+    pub fn thesaurus(&self) -> Arc<Thesaurus> {
+        self.thesaurus.read().expect("poisoned").clone()
+    }
+
+    /// Uses `t` from now on. Documents already indexed keep their concepts
+    /// until they are indexed again (the catalog re-indexes them all).
+    pub fn set_thesaurus(&self, t: Arc<Thesaurus>) {
+        *self.thesaurus.write().expect("poisoned") = t;
     }
 
     fn document(&self, ord: u64, r: &InstrumentRecord) -> TantivyDocument {
@@ -160,9 +200,12 @@ impl SearchIndex {
         ]
         .join(" \n ");
         doc.add_text(f.body, &body);
-        for c in text::concepts_of(&r.name_zh, &r.name_en) {
+        for c in self.thesaurus().concepts_of(&r.name_zh, &r.name_en) {
             doc.add_text(f.concept, c);
         }
+        let literal = [r.name_zh.as_str(), &r.name_en, &r.manufacturer, &r.model, &r.description]
+            .join(&LITERAL_SEPARATOR.to_string());
+        doc.add_text(f.literal, literal);
         doc
     }
 
@@ -193,57 +236,132 @@ impl SearchIndex {
         out
     }
 
-    /// Builds the query for `text`. `df(term)` says how many documents hold a
-    /// term in any text field; a Latin term that none holds is matched with
-    /// typos allowed instead.
+    /// Builds the query for `text`: every way a record can match it, each
+    /// with its [`tier`] bonus, and BM25 over the query's words to order
+    /// records within a tier. `df(term)` says how many documents hold a term
+    /// in any text field; a Latin word that none holds is matched with typos
+    /// allowed instead. The thesaurus only adds: a record that contains the
+    /// query's words, or its text literally, is a hit whatever the query
+    /// names.
     fn build(&self, text: &str, df: &dyn Fn(&str) -> u64) -> Box<dyn Query> {
         let f = &self.fields;
-        let analysis = text::analyze(text);
-        let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        if !analysis.concepts.is_empty() {
-            let any: Vec<(Occur, Box<dyn Query>)> = analysis
-                .concepts
-                .iter()
-                .map(|c| {
-                    let q = TermQuery::new(Term::from_field_text(f.concept, c), IndexRecordOption::Basic);
-                    (Occur::Should, Box::new(q) as Box<dyn Query>)
-                })
-                .collect();
-            must.push((Occur::Must, Box::new(BooleanQuery::new(any))));
+        let analysis = self.thesaurus().analyze(text);
+        let words = self.terms_of(text);
+        let literal = text::literal_query(text);
+        if words.is_empty() && analysis.concepts.is_empty() {
+            return Box::new(AllQuery);
         }
-        // Each fuzzy term builds an automaton over the whole term dictionary:
-        // a few typos are worth it, a query of nonsense words is not.
+        // Each word exactly, or with typos when nothing holds it.
         let mut fuzzy_left = MAX_FUZZY_TERMS;
-        for word in &analysis.rest {
-            for term in self.terms_of(word) {
-                // Only words of letters: a number or a model code one digit
-                // off ("30000" for "20000") is another thing, not a typo.
-                let latin = term.chars().all(|c| c.is_alphabetic() && !text::is_cjk(c));
-                let len = term.chars().count();
-                let fuzzy = latin && len >= FUZZY_MIN && fuzzy_left > 0 && df(&term) == 0;
-                fuzzy_left -= usize::from(fuzzy);
-                let per_field: Vec<(Occur, Box<dyn Query>)> = if fuzzy {
-                    let distance = if len >= 2 * FUZZY_MIN { 2 } else { 1 };
-                    [f.name_en, f.body]
-                        .into_iter()
-                        .map(|field| {
-                            let q = FuzzyTermQuery::new(Term::from_field_text(field, &term), distance, true);
-                            (Occur::Should, Box::new(q) as Box<dyn Query>)
-                        })
-                        .collect()
-                } else {
-                    [(f.name_zh, 2.0), (f.name_en, 2.0), (f.body, 1.0)]
-                        .into_iter()
-                        .map(|(field, boost)| {
-                            let q = TermQuery::new(Term::from_field_text(field, &term), IndexRecordOption::WithFreqs);
-                            (Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost)) as Box<dyn Query>)
-                        })
-                        .collect()
+        let mut fuzzy = |term: &str| {
+            // Only words of letters: a number or a model code one digit off
+            // ("30000" for "20000") is another thing, not a typo.
+            let latin = term.chars().all(|c| c.is_alphabetic() && !text::is_cjk(c));
+            let len = term.chars().count();
+            let yes = latin && len >= FUZZY_MIN && fuzzy_left > 0 && df(term) == 0;
+            fuzzy_left -= usize::from(yes);
+            yes.then_some(if len >= 2 * FUZZY_MIN { 2 } else { 1 })
+        };
+        let typos: Vec<Option<u8>> = words.iter().map(|w| fuzzy(w)).collect();
+        let term_in = |field: Field, word: &str, typo: Option<u8>| -> Box<dyn Query> {
+            let term = Term::from_field_text(field, word);
+            match typo {
+                Some(d) => Box::new(FuzzyTermQuery::new(term, d, true)),
+                None => Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs)),
+            }
+        };
+        let any_of = |qs: Vec<Box<dyn Query>>| -> Box<dyn Query> {
+            Box::new(BooleanQuery::new(qs.into_iter().map(|q| (Occur::Should, q)).collect()))
+        };
+        let all_of = |qs: Vec<Box<dyn Query>>| -> Box<dyn Query> {
+            Box::new(BooleanQuery::new(qs.into_iter().map(|q| (Occur::Must, q)).collect()))
+        };
+        let in_name =
+            |w: &str, typo: Option<u8>| any_of(vec![term_in(f.name_zh, w, typo), term_in(f.name_en, w, typo)]);
+        let anywhere = |w: &str, typo: Option<u8>| {
+            any_of(vec![term_in(f.name_zh, w, typo), term_in(f.name_en, w, typo), term_in(f.body, w, typo)])
+        };
+        let bonus = |q: Box<dyn Query>, score: f32| -> (Occur, Box<dyn Query>) {
+            (Occur::Should, Box::new(ConstScoreQuery::new(q, score)))
+        };
+
+        let mut ways: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        if !words.is_empty() {
+            let pairs = || words.iter().zip(&typos);
+            if words.len() >= 2 {
+                let phrase = |field: Field| -> Box<dyn Query> {
+                    Box::new(PhraseQuery::new(words.iter().map(|w| Term::from_field_text(field, w)).collect()))
                 };
-                must.push((Occur::Must, Box::new(BooleanQuery::new(per_field))));
+                ways.push(bonus(any_of(vec![phrase(f.name_zh), phrase(f.name_en)]), tier::PHRASE_IN_NAME));
+            } else {
+                ways.push(bonus(in_name(&words[0], None), tier::PHRASE_IN_NAME));
+            }
+            ways.push(bonus(all_of(pairs().map(|(w, t)| in_name(w, *t)).collect()), tier::WORDS_IN_NAME));
+            ways.push(bonus(all_of(pairs().map(|(w, t)| anywhere(w, *t)).collect()), tier::ANYWHERE));
+            // Most of a Chinese query's character pairs in a name, the other
+            // words anywhere: 小角散射 finds 小角X射线散射仪, whose name has
+            // 小角 and 散射 but not 角散.
+            let cjk: Vec<&String> = words.iter().filter(|w| w.chars().any(text::is_cjk)).collect();
+            if cjk.len() >= 3 {
+                let needed = cjk.len() - cjk.len() / 3;
+                let most = BooleanQuery::with_minimum_required_clauses(
+                    cjk.iter().map(|w| (Occur::Should, in_name(w, None))).collect(),
+                    needed,
+                );
+                let mut parts: Vec<Box<dyn Query>> = vec![Box::new(most)];
+                parts.extend(pairs().filter(|(w, _)| !w.chars().any(text::is_cjk)).map(|(w, t)| anywhere(w, *t)));
+                ways.push(bonus(all_of(parts), tier::MOST_IN_NAME));
             }
         }
-        if must.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(must)) }
+        if !analysis.concepts.is_empty() {
+            let concepts = any_of(
+                analysis
+                    .concepts
+                    .iter()
+                    .map(|c| {
+                        Box::new(TermQuery::new(Term::from_field_text(f.concept, c), IndexRecordOption::Basic))
+                            as Box<dyn Query>
+                    })
+                    .collect(),
+            );
+            // The words the names did not cover still narrow: "日立 扫描电镜"
+            // is a Hitachi scanning electron microscope.
+            let mut parts = vec![concepts];
+            for word in &analysis.rest {
+                for w in self.terms_of(word) {
+                    let typo = words.iter().position(|x| *x == w).and_then(|i| typos[i]);
+                    parts.push(anywhere(&w, typo));
+                }
+            }
+            ways.push(bonus(all_of(parts), tier::CONCEPT));
+        }
+        let mut literal: Vec<(usize, Term)> =
+            literal.into_iter().map(|(p, g)| (p, Term::from_field_text(f.literal, &g))).collect();
+        match literal.len() {
+            0 => {}
+            1 => {
+                let (_, term) = literal.remove(0);
+                ways.push(bonus(Box::new(TermQuery::new(term, IndexRecordOption::Basic)), tier::LITERAL));
+            }
+            _ => ways.push(bonus(Box::new(PhraseQuery::new_with_offset(literal)), tier::LITERAL)),
+        }
+        // BM25 over the words, names counting double, orders each tier.
+        let weigh: Vec<(Occur, Box<dyn Query>)> = words
+            .iter()
+            .zip(&typos)
+            .filter(|(_, t)| t.is_none())
+            .flat_map(|(w, _)| {
+                [(f.name_zh, 2.0), (f.name_en, 2.0), (f.body, 1.0)].map(|(field, boost)| {
+                    let q = TermQuery::new(Term::from_field_text(field, w), IndexRecordOption::WithFreqs);
+                    (Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost)) as Box<dyn Query>)
+                })
+            })
+            .collect();
+        let mut query: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, Box::new(BooleanQuery::new(ways)))];
+        if !weigh.is_empty() {
+            query.push((Occur::Should, Box::new(BooleanQuery::new(weigh))));
+        }
+        Box::new(BooleanQuery::new(query))
     }
 
     fn local_df(&self, searcher: &Searcher, term: &str) -> u64 {
@@ -254,23 +372,23 @@ impl SearchIndex {
             .sum()
     }
 
-    /// This node's statistics for the terms `text` may use.
+    /// This node's statistics for the terms `text` is scored by: its words
+    /// in the name and body fields. (Every other way of matching adds a
+    /// constant, which needs no statistics.)
     pub fn stats(&self, text: &str) -> tantivy::Result<CorpusStats> {
         let view = self.view();
         let searcher = &view.searcher;
         let schema = self.index.schema();
-        // Every exact term, fuzzy or not: the gateway decides on the sums.
-        let query = self.build(text, &|_| 1);
-        let mut terms = Vec::new();
-        query.query_terms(&mut |t, _| terms.push(t.clone()));
+        let f = &self.fields;
         let mut out = CorpusStats { num_docs: searcher.num_docs(), ..Default::default() };
-        for field in [self.fields.name_zh, self.fields.name_en, self.fields.body, self.fields.concept] {
+        for field in [f.name_zh, f.name_en, f.body] {
             out.field_tokens.insert(schema.get_field_name(field).to_string(), searcher.total_num_tokens(field)?);
         }
-        for t in terms {
-            let key =
-                (schema.get_field_name(t.field()).to_string(), t.value().as_str().unwrap_or_default().to_string());
-            out.doc_freq.insert(key, searcher.doc_freq(&t)?);
+        for word in self.terms_of(text) {
+            for field in [f.name_zh, f.name_en, f.body] {
+                let df = searcher.doc_freq(&Term::from_field_text(field, &word))?;
+                out.doc_freq.insert((schema.get_field_name(field).to_string(), word.clone()), df);
+            }
         }
         Ok(out)
     }

@@ -3,6 +3,7 @@
 
 pub mod index;
 pub mod text;
+pub mod thesaurus;
 
 use std::{cmp::Ordering, collections::HashMap, sync::Arc};
 

@@ -66,15 +66,16 @@ async fn names_short_forms_and_abbreviations_find_the_same_instruments() {
         (&["BET", "比表面", "比表面积"][..], "全自动比表面及孔隙度分析仪"),
         (&["LC-MS", "液质"][..], "液相色谱质谱联用仪"),
     ] {
-        let mut first: Option<Vec<String>> = None;
+        let n = count(zh);
+        assert!(n > 0, "{zh}");
         for q in group {
-            let resp = gw.search(search(q, 20)).await.unwrap().into_inner();
-            assert_eq!(resp.total, count(zh), "{q}");
-            assert!(resp.hits.iter().all(|h| h.instrument.as_ref().unwrap().name_zh == zh), "{q}");
-            match &first {
-                None => first = Some(ids(&resp)),
-                Some(f) => assert_eq!(&ids(&resp), f, "{q} ranks differently from {}", group[0]),
-            }
+            // Every instrument of the kind, and before anything else (a
+            // description that mentions it, a part of its name).
+            let resp = gw.search(search(q, 200)).await.unwrap().into_inner();
+            assert!(resp.total >= n, "{q}: {} < {n}", resp.total);
+            let first: Vec<&str> =
+                resp.hits.iter().take(n as usize).map(|h| h.instrument.as_ref().unwrap().name_zh.as_str()).collect();
+            assert!(first.iter().all(|name| *name == zh), "{q}: {first:?}");
         }
     }
     // Mixed Chinese and English: the kind from the thesaurus, the maker from the text.

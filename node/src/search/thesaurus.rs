@@ -1,0 +1,359 @@
+//! The instrument thesaurus: concepts (kinds of instrument) with every name
+//! people use for them, and the broader concepts above them. It is data, not
+//! code: a CSV file shipped with the node (`node/data/thesaurus.csv`), which a
+//! city operator may replace, plus an optional file of local synonyms; both
+//! are read at start and again whenever they change.
+//!
+//! One concept a row: `id,parents,name_zh,name_en,zh,en,abbr`, lists
+//! `;`-separated, `#` starting a comment line. A local row with an id that
+//! already exists adds its names (and parents) to that concept.
+//!
+//! The thesaurus only ever adds matches: an instrument is tagged with every
+//! concept whose name its own names contain (longest match first), and with
+//! all their ancestors, so that a generic word (电镜, 质谱) finds every kind
+//! below it. A query's literal words are searched whatever it names.
+
+use std::collections::HashMap;
+
+use super::text::{fold, is_cjk};
+
+/// The thesaurus the node ships with.
+pub const SHIPPED: &str = include_str!("../../data/thesaurus.csv");
+
+/// Most words a Latin alias may have: longer names are matched by their words.
+const MAX_ALIAS_WORDS: usize = 6;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("thesaurus {source_name}, line {line}: {reason}")]
+pub struct ThesaurusError {
+    pub source_name: String,
+    pub line: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Concept {
+    id: String,
+    parents: Vec<String>,
+}
+
+/// Concepts and their names, ready for matching.
+#[derive(Debug, Default)]
+pub struct Thesaurus {
+    concepts: Vec<Concept>,
+    /// Normalized alias → the concepts it names. An alias with CJK in it is
+    /// found inside words; a Latin one only as whole words.
+    cjk: HashMap<String, Vec<u32>>,
+    latin: HashMap<String, Vec<u32>>,
+    /// Each concept with all its ancestors, itself first.
+    closure: Vec<Vec<u32>>,
+    /// The longest CJK alias, in characters: a scan looks no further.
+    longest_cjk: usize,
+}
+
+/// What a text names: its concepts (with their ancestors when tagging, as
+/// named when analysing a query), and the words no alias covered.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Analysis {
+    pub concepts: Vec<String>,
+    pub rest: Vec<String>,
+}
+
+/// Lowercase and width-folded, with everything but letters and digits
+/// removed, so that "ICP-MS", "icp ms", "ICPMS" and "ＩＣＰ－ＭＳ" are one key.
+pub fn normalize(s: &str) -> String {
+    fold(s).filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
+}
+
+fn split_list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(';').map(str::trim).filter(|a| !a.is_empty())
+}
+
+impl Thesaurus {
+    /// The shipped thesaurus, with `local` synonyms (CSV text) added.
+    pub fn shipped_with(local: Option<(&str, &str)>) -> Result<Thesaurus, ThesaurusError> {
+        let mut files = vec![("node/data/thesaurus.csv", SHIPPED)];
+        files.extend(local);
+        Thesaurus::from_csv(&files)
+    }
+
+    /// Reads thesaurus files in order, each `(name for errors, CSV text)`;
+    /// later files add to earlier ones.
+    pub fn from_csv(files: &[(&str, &str)]) -> Result<Thesaurus, ThesaurusError> {
+        let mut by_id: HashMap<String, u32> = HashMap::new();
+        let mut concepts: Vec<Concept> = Vec::new();
+        let mut names: Vec<Vec<String>> = Vec::new();
+        for (source_name, text) in files {
+            let err = |line: u64, reason: String| ThesaurusError { source_name: source_name.to_string(), line, reason };
+            let mut reader =
+                csv::ReaderBuilder::new().comment(Some(b'#')).trim(csv::Trim::All).from_reader(text.as_bytes());
+            let header = reader.headers().map_err(|e| err(1, e.to_string()))?.clone();
+            let want = ["id", "parents", "name_zh", "name_en", "zh", "en", "abbr"];
+            if header.iter().collect::<Vec<_>>() != want {
+                return Err(err(1, format!("the header must be {}", want.join(","))));
+            }
+            for row in reader.records() {
+                let row = row.map_err(|e| err(e.position().map_or(0, |p| p.line()), e.to_string()))?;
+                let line = row.position().map_or(0, |p| p.line());
+                let id = row[0].to_string();
+                if id.is_empty() || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+                    return Err(err(line, format!("id {id:?}: use a-z, 0-9 and '-'")));
+                }
+                let at = *by_id.entry(id.clone()).or_insert_with(|| {
+                    concepts.push(Concept { id: id.clone(), parents: Vec::new() });
+                    names.push(Vec::new());
+                    concepts.len() as u32 - 1
+                });
+                let c = &mut concepts[at as usize];
+                for p in split_list(&row[1]) {
+                    if !c.parents.iter().any(|x| x == p) {
+                        c.parents.push(p.to_string());
+                    }
+                }
+                let list = &mut names[at as usize];
+                list.extend([&row[2], &row[3]].into_iter().filter(|n| !n.trim().is_empty()).map(|n| n.to_string()));
+                for col in 4..7 {
+                    list.extend(split_list(&row[col]).map(str::to_string));
+                }
+            }
+        }
+        let mut t = Thesaurus { concepts, ..Default::default() };
+        for (i, c) in t.concepts.iter().enumerate() {
+            for p in &c.parents {
+                if !by_id.contains_key(p) {
+                    return Err(ThesaurusError {
+                        source_name: files.last().map_or("", |f| f.0).to_string(),
+                        line: 0,
+                        reason: format!("concept {:?} names an unknown parent {p:?}", c.id),
+                    });
+                }
+            }
+            for name in &names[i] {
+                let key = normalize(name);
+                // One character names too much: 仪 is in every instrument.
+                if key.chars().count() < 2 && key.chars().any(is_cjk) {
+                    continue;
+                }
+                if key.is_empty() {
+                    continue;
+                }
+                let table = if key.chars().any(is_cjk) { &mut t.cjk } else { &mut t.latin };
+                let ids = table.entry(key).or_default();
+                if !ids.contains(&(i as u32)) {
+                    ids.push(i as u32);
+                }
+            }
+        }
+        t.longest_cjk = t.cjk.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+        t.closure =
+            (0..t.concepts.len() as u32).map(|i| t.ancestors(i, &by_id)).collect::<Result<_, String>>().map_err(
+                |reason| ThesaurusError { source_name: files.last().map_or("", |f| f.0).to_string(), line: 0, reason },
+            )?;
+        Ok(t)
+    }
+
+    /// `i` and every concept above it, or the cycle that makes that endless.
+    fn ancestors(&self, i: u32, by_id: &HashMap<String, u32>) -> Result<Vec<u32>, String> {
+        let mut out = vec![i];
+        let mut next = 0;
+        while next < out.len() {
+            let c = &self.concepts[out[next] as usize];
+            for p in &c.parents {
+                let p = by_id[p];
+                if p == i {
+                    return Err(format!("concept {:?} is its own ancestor", self.concepts[i as usize].id));
+                }
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+            next += 1;
+        }
+        Ok(out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.concepts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.concepts.is_empty()
+    }
+
+    fn id(&self, i: u32) -> &str {
+        &self.concepts[i as usize].id
+    }
+
+    /// The concepts `text` names, as named, and the words no name covered.
+    /// CJK text is scanned for the longest name at each place (names may
+    /// span punctuation: 液相色谱-质谱联用仪); Latin names match whole words
+    /// only, so "tem" is never found in "system".
+    pub fn analyze(&self, text: &str) -> Analysis {
+        let mut found: Vec<u32> = Vec::new();
+        let mut rest = Vec::new();
+        // Words: runs of letters and digits, CJK and Latin apart, except a
+        // mixed run such as "X射线", kept whole as people write it.
+        let words: Vec<String> = fold(text)
+            .collect::<String>()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect();
+        let mut i = 0;
+        while i < words.len() {
+            if words[i].chars().any(is_cjk) {
+                // A CJK run continues across punctuation into the next CJK
+                // word: names such as 液相色谱-质谱联用仪 are written both ways.
+                let mut j = i + 1;
+                while j < words.len() && words[j].chars().any(is_cjk) {
+                    j += 1;
+                }
+                let run: Vec<char> = words[i..j].concat().to_lowercase().chars().collect();
+                self.scan_cjk(&run, &mut found, &mut rest);
+                i = j;
+                continue;
+            }
+            let mut matched = false;
+            for n in (1..=MAX_ALIAS_WORDS).rev() {
+                if i + n > words.len() || words[i..i + n].iter().any(|w| w.chars().any(is_cjk)) {
+                    continue;
+                }
+                if let Some(ids) = self.latin.get(&normalize(&words[i..i + n].concat())) {
+                    add(&mut found, ids);
+                    i += n;
+                    matched = true;
+                    break;
+                }
+            }
+            if !matched {
+                rest.push(words[i].to_lowercase());
+                i += 1;
+            }
+        }
+        Analysis { concepts: found.iter().map(|&c| self.id(c).to_string()).collect(), rest }
+    }
+
+    fn scan_cjk(&self, run: &[char], found: &mut Vec<u32>, rest: &mut Vec<String>) {
+        let mut p = 0;
+        let mut leftover = String::new();
+        while p < run.len() {
+            let mut hit = None;
+            for q in (p + 1..=run.len().min(p + self.longest_cjk)).rev() {
+                let sub: String = run[p..q].iter().collect();
+                if let Some(ids) = self.cjk.get(&sub) {
+                    hit = Some((q, ids));
+                    break;
+                }
+            }
+            match hit {
+                Some((q, ids)) => {
+                    if !leftover.is_empty() {
+                        rest.push(std::mem::take(&mut leftover));
+                    }
+                    add(found, ids);
+                    p = q;
+                }
+                None => {
+                    leftover.push(run[p]);
+                    p += 1;
+                }
+            }
+        }
+        if !leftover.is_empty() {
+            rest.push(leftover);
+        }
+    }
+
+    /// Every concept an instrument named `name_zh` / `name_en` belongs to:
+    /// those its names contain, and all above them.
+    pub fn concepts_of(&self, name_zh: &str, name_en: &str) -> Vec<String> {
+        let mut named = Vec::new();
+        for name in [name_zh, name_en] {
+            for id in self.analyze(name).concepts {
+                named.push(id);
+            }
+        }
+        let mut out: Vec<u32> = Vec::new();
+        for id in named {
+            if let Some(i) = self.concepts.iter().position(|c| c.id == id) {
+                add(&mut out, &self.closure[i]);
+            }
+        }
+        out.iter().map(|&c| self.id(c).to_string()).collect()
+    }
+}
+
+fn add(found: &mut Vec<u32>, ids: &[u32]) {
+    for id in ids {
+        if !found.contains(id) {
+            found.push(*id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: &str = "\
+# a comment
+id,parents,name_zh,name_en,zh,en,abbr
+em,,电子显微镜,electron microscope,电镜,,EM
+tem,em,透射电子显微镜,transmission electron microscope,透射电镜;场发射透射电子显微镜,,TEM;HRTEM
+ms,,质谱仪,mass spectrometer,质谱,,MS
+lc,,液相色谱仪,liquid chromatograph,液相色谱;高效液相色谱,,HPLC;LC
+lc-ms,ms;lc,液相色谱质谱联用仪,liquid chromatography mass spectrometry,液质;液质联用;液相色谱-质谱联用仪,,LC-MS;LC-MS/MS
+qqq,ms,三重四极杆质谱仪,triple quadrupole mass spectrometer,三重四极杆质谱,,QqQ
+";
+
+    fn small() -> Thesaurus {
+        Thesaurus::from_csv(&[("small", SMALL)]).unwrap()
+    }
+
+    #[test]
+    fn names_short_forms_and_abbreviations_name_one_concept() {
+        let t = small();
+        for q in ["TEM", "透射电镜", "场发射透射电子显微镜", "Transmission Electron Microscope", "ＴＥＭ"]
+        {
+            assert_eq!(t.analyze(q).concepts, ["tem"], "{q}");
+        }
+        assert_eq!(t.analyze("LC-MS/MS").concepts, ["lc-ms"]);
+        assert_eq!(t.analyze("液质联用").concepts, ["lc-ms"]);
+        let mixed = t.analyze("透射电镜 JEOL 200kV");
+        assert_eq!((mixed.concepts, mixed.rest), (vec!["tem".to_string()], vec!["jeol".into(), "200kv".into()]));
+        assert!(t.analyze("system").concepts.is_empty(), "Latin names match whole words only");
+    }
+
+    #[test]
+    fn an_instrument_belongs_to_every_concept_its_name_contains_and_their_parents() {
+        let t = small();
+        let mut c = t.concepts_of("超高效液相色谱-三重四极杆质谱联用仪", "");
+        c.sort();
+        assert_eq!(c, ["lc", "ms", "qqq"]);
+        let mut c = t.concepts_of("液相色谱-质谱联用仪", "LC-MS");
+        c.sort();
+        assert_eq!(c, ["lc", "lc-ms", "ms"]);
+        assert_eq!(t.concepts_of("某型号电子显微镜", ""), ["em"], "a generic name tags the generic concept");
+        assert_eq!(t.concepts_of("场发射透射电子显微镜", ""), ["tem", "em"]);
+    }
+
+    #[test]
+    fn local_rows_add_names_and_bad_files_say_where() {
+        let local = "id,parents,name_zh,name_en,zh,en,abbr\ntem,,,,透射镜,,\n";
+        let t = Thesaurus::from_csv(&[("small", SMALL), ("local", local)]).unwrap();
+        assert_eq!(t.analyze("透射镜").concepts, ["tem"]);
+        assert_eq!(t.len(), 6);
+        let bad = "id,parents,name_zh,name_en,zh,en,abbr\nx,nope,甲,a,,,\n";
+        assert!(Thesaurus::from_csv(&[("bad", bad)]).unwrap_err().reason.contains("unknown parent \"nope\""));
+        let cycle = "id,parents,name_zh,name_en,zh,en,abbr\na,b,甲乙,a,,,\nb,a,丙丁,b,,,\n";
+        assert!(Thesaurus::from_csv(&[("c", cycle)]).unwrap_err().reason.contains("its own ancestor"));
+        let header = "id,name\nx,y\n";
+        assert_eq!(Thesaurus::from_csv(&[("h", header)]).unwrap_err().line, 1);
+    }
+
+    #[test]
+    fn the_shipped_thesaurus_loads() {
+        let t = Thesaurus::shipped_with(None).unwrap();
+        assert!(!t.is_empty());
+    }
+}
