@@ -18,6 +18,7 @@ macro_rules! outln {
 mod bench;
 mod bookings;
 mod client;
+mod eval;
 mod ics;
 mod up;
 mod vouchers;
@@ -302,6 +303,11 @@ enum Command {
         #[command(subcommand)]
         command: bench::Bench,
     },
+    /// Measure search relevance on judged queries.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
     /// An instrument's busy time, as iCalendar with --ics.
     Calendar {
         instrument: String,
@@ -377,6 +383,13 @@ enum NodeCommand {
         #[arg(long)]
         synonyms: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Run judged queries through the gateway and print recall@10, MRR and
+    /// nDCG@10, with every miss named.
+    Search(eval::EvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -777,6 +790,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Bookings { city, instrument, all, client } => {
             return bookings::list(city, instrument, all, &client).await;
         }
+        Command::Eval { command: EvalCommand::Search(args) } => return eval::search(args).await,
         Command::Bench { command: bench::Bench::Reserve(args) } => return bench::reserve(args).await,
         Command::Bench { command: bench::Bench::Search(args) } => return bench::search(args).await,
         Command::Calendar { instrument, ics, days, client } => {

@@ -200,7 +200,7 @@ impl SearchIndex {
         ]
         .join(" \n ");
         doc.add_text(f.body, &body);
-        for c in self.thesaurus().concepts_of(&r.name_zh, &r.name_en) {
+        for c in self.thesaurus().concepts_of(&[&r.name_zh, &r.name_en, &r.manufacturer]) {
             doc.add_text(f.concept, c);
         }
         let literal = [r.name_zh.as_str(), &r.name_en, &r.manufacturer, &r.model, &r.description]
@@ -248,7 +248,7 @@ impl SearchIndex {
         let analysis = self.thesaurus().analyze(text);
         let words = self.terms_of(text);
         let literal = text::literal_query(text);
-        if words.is_empty() && analysis.concepts.is_empty() {
+        if words.is_empty() && analysis.named.is_empty() {
             return Box::new(AllQuery);
         }
         // Each word exactly, or with typos when nothing holds it.
@@ -303,7 +303,8 @@ impl SearchIndex {
             // 小角 and 散射 but not 角散.
             let cjk: Vec<&String> = words.iter().filter(|w| w.chars().any(text::is_cjk)).collect();
             if cjk.len() >= 3 {
-                let needed = cjk.len() - cjk.len() / 3;
+                // Three in five, as the large engines' default minimum-should-match.
+                let needed = (cjk.len() * 3).div_ceil(5).max(2);
                 let most = BooleanQuery::with_minimum_required_clauses(
                     cjk.iter().map(|w| (Occur::Should, in_name(w, None))).collect(),
                     needed,
@@ -313,20 +314,18 @@ impl SearchIndex {
                 ways.push(bonus(all_of(parts), tier::MOST_IN_NAME));
             }
         }
-        if !analysis.concepts.is_empty() {
-            let concepts = any_of(
-                analysis
-                    .concepts
-                    .iter()
-                    .map(|c| {
-                        Box::new(TermQuery::new(Term::from_field_text(f.concept, c), IndexRecordOption::Basic))
-                            as Box<dyn Query>
-                    })
-                    .collect(),
-            );
-            // The words the names did not cover still narrow: "日立 扫描电镜"
-            // is a Hitachi scanning electron microscope.
-            let mut parts = vec![concepts];
+        if !analysis.named.is_empty() {
+            // Each name the query holds must be met (日立 and 扫描电镜: a
+            // Hitachi SEM), by any of the concept sets it may mean.
+            let concept = |c: &String| -> Box<dyn Query> {
+                Box::new(TermQuery::new(Term::from_field_text(f.concept, c), IndexRecordOption::Basic))
+            };
+            let mut parts: Vec<Box<dyn Query>> = analysis
+                .named
+                .iter()
+                .map(|n| any_of(n.any.iter().map(|set| all_of(set.iter().map(concept).collect())).collect()))
+                .collect();
+            // The words no name covered still narrow: "透射电镜 200kV".
             for word in &analysis.rest {
                 for w in self.terms_of(word) {
                     let typo = words.iter().position(|x| *x == w).and_then(|i| typos[i]);

@@ -17,8 +17,11 @@ use std::collections::HashMap;
 
 use super::text::{fold, is_cjk};
 
-/// The thesaurus the node ships with.
+/// The thesaurus the node ships with: instrument kinds, and the makers of
+/// instruments under the names people use for them (赛默飞 for Thermo
+/// Fisher), so that an instrument is found by its maker in either language.
 pub const SHIPPED: &str = include_str!("../../data/thesaurus.csv");
+pub const SHIPPED_MAKERS: &str = include_str!("../../data/makers.csv");
 
 /// Most words a Latin alias may have: longer names are matched by their words.
 const MAX_ALIAS_WORDS: usize = 6;
@@ -47,17 +50,54 @@ pub struct Thesaurus {
     latin: HashMap<String, Vec<u32>>,
     /// Each concept with all its ancestors, itself first.
     closure: Vec<Vec<u32>>,
+    /// Leading words of Latin names (two words or more, short of the whole
+    /// name) that begin names of one concept only: "nuclear magnetic
+    /// resonance" names NMR as "nuclear magnetic resonance spectrometer"
+    /// does.
+    latin_heads: HashMap<String, Vec<u32>>,
+    /// Latin names of at least [`TYPO_MIN`] characters by each of their
+    /// one-character deletions: a name typed with one letter missing, extra
+    /// or wrong shares a deletion with the name (as SymSpell finds them).
+    latin_typos: HashMap<String, Vec<String>>,
     /// The longest CJK alias, in characters: a scan looks no further.
     longest_cjk: usize,
 }
 
-/// What a text names: its concepts (with their ancestors when tagging, as
-/// named when analysing a query), and the words no alias covered.
+/// What a text names: for each name found in it, the concepts that name
+/// may mean (each as the concepts a record must all have), and the words no
+/// name covered.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Analysis {
-    pub concepts: Vec<String>,
+    pub named: Vec<Named>,
     pub rest: Vec<String>,
 }
+
+/// One name found in a text: any of `any`, each a set of concepts a record
+/// must all have. Usually one concept; a combination such as LC-MS may also
+/// be met by its parents together (液相色谱 and 质谱 in 超高效液相色谱-三重四极杆
+/// 质谱联用仪).
+#[derive(Debug, Default, PartialEq, Eq, Clone)]
+pub struct Named {
+    pub any: Vec<Vec<String>>,
+}
+
+impl Analysis {
+    /// Every concept named, once, in order.
+    pub fn concepts(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for n in &self.named {
+            for c in n.any.iter().filter(|a| a.len() == 1).map(|a| &a[0]) {
+                if !out.contains(c) {
+                    out.push(c.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Latin names this long or longer are recognised with one typo.
+const TYPO_MIN: usize = 6;
 
 /// Lowercase and width-folded, with everything but letters and digits
 /// removed, so that "ICP-MS", "icp ms", "ICPMS" and "ＩＣＰ－ＭＳ" are one key.
@@ -72,7 +112,7 @@ fn split_list(s: &str) -> impl Iterator<Item = &str> {
 impl Thesaurus {
     /// The shipped thesaurus, with `local` synonyms (CSV text) added.
     pub fn shipped_with(local: Option<(&str, &str)>) -> Result<Thesaurus, ThesaurusError> {
-        let mut files = vec![("node/data/thesaurus.csv", SHIPPED)];
+        let mut files = vec![("node/data/thesaurus.csv", SHIPPED), ("node/data/makers.csv", SHIPPED_MAKERS)];
         files.extend(local);
         Thesaurus::from_csv(&files)
     }
@@ -145,6 +185,40 @@ impl Thesaurus {
             }
         }
         t.longest_cjk = t.cjk.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+        let mut heads: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, names) in names.iter().enumerate() {
+            for name in names {
+                let words: Vec<String> = fold(name)
+                    .collect::<String>()
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_lowercase)
+                    .collect();
+                if words.iter().any(|w| w.chars().any(is_cjk)) {
+                    continue;
+                }
+                for n in 2..words.len() {
+                    let ids = heads.entry(words[..n].concat()).or_default();
+                    if !ids.contains(&(i as u32)) {
+                        ids.push(i as u32);
+                    }
+                }
+            }
+        }
+        // A head that begins names of several concepts is ambiguous, and one
+        // that is a whole name already says what it names.
+        heads.retain(|k, ids| ids.len() == 1 && !t.latin.contains_key(k));
+        t.latin_heads = heads;
+        for key in t.latin.keys() {
+            if key.chars().count() >= TYPO_MIN {
+                for d in deletions(key) {
+                    let keys = t.latin_typos.entry(d).or_default();
+                    if !keys.contains(key) {
+                        keys.push(key.clone());
+                    }
+                }
+            }
+        }
         t.closure =
             (0..t.concepts.len() as u32).map(|i| t.ancestors(i, &by_id)).collect::<Result<_, String>>().map_err(
                 |reason| ThesaurusError { source_name: files.last().map_or("", |f| f.0).to_string(), line: 0, reason },
@@ -189,7 +263,7 @@ impl Thesaurus {
     /// span punctuation: 液相色谱-质谱联用仪); Latin names match whole words
     /// only, so "tem" is never found in "system".
     pub fn analyze(&self, text: &str) -> Analysis {
-        let mut found: Vec<u32> = Vec::new();
+        let mut found: Vec<Vec<u32>> = Vec::new();
         let mut rest = Vec::new();
         // Words: runs of letters and digits, CJK and Latin apart, except a
         // mixed run such as "X射线", kept whole as people write it.
@@ -218,8 +292,8 @@ impl Thesaurus {
                 if i + n > words.len() || words[i..i + n].iter().any(|w| w.chars().any(is_cjk)) {
                     continue;
                 }
-                if let Some(ids) = self.latin.get(&normalize(&words[i..i + n].concat())) {
-                    add(&mut found, ids);
+                if let Some(ids) = self.latin_name(&normalize(&words[i..i + n].concat()), n) {
+                    found.push(ids.to_vec());
                     i += n;
                     matched = true;
                     break;
@@ -230,10 +304,60 @@ impl Thesaurus {
                 i += 1;
             }
         }
-        Analysis { concepts: found.iter().map(|&c| self.id(c).to_string()).collect(), rest }
+        let named = found.into_iter().map(|ids| self.named(&ids)).collect();
+        Analysis { named, rest }
     }
 
-    fn scan_cjk(&self, run: &[char], found: &mut Vec<u32>, rest: &mut Vec<String>) {
+    /// The concepts a Latin name means: exactly, or with one typo when it is
+    /// long enough and names one thing only.
+    fn latin_name(&self, key: &str, words: usize) -> Option<&[u32]> {
+        if let Some(ids) = self.latin.get(key) {
+            return Some(ids);
+        }
+        if words >= 2
+            && let Some(ids) = self.latin_heads.get(key)
+        {
+            return Some(ids);
+        }
+        if key.chars().count() < TYPO_MIN {
+            return None;
+        }
+        let mut near: Vec<&String> = Vec::new();
+        for d in std::iter::once(key.to_string()).chain(deletions(key)) {
+            for k in self.latin_typos.get(&d).into_iter().flatten() {
+                if !near.contains(&k) && within_one_edit(key, k) {
+                    near.push(k);
+                }
+            }
+        }
+        match near.as_slice() {
+            [one] => self.latin.get(*one).map(Vec::as_slice),
+            _ => None,
+        }
+    }
+
+    /// What one name means: each concept it names, and for a concept with
+    /// two or more parents none of which lies above another (LC-MS: liquid
+    /// chromatograph and mass spectrometer), those parents together.
+    fn named(&self, ids: &[u32]) -> Named {
+        let mut any = Vec::new();
+        for &i in ids {
+            any.push(vec![self.id(i).to_string()]);
+            let parents: Vec<u32> = self.concepts[i as usize]
+                .parents
+                .iter()
+                .filter_map(|p| self.concepts.iter().position(|c| &c.id == p).map(|x| x as u32))
+                .collect();
+            let independent = parents.len() >= 2
+                && parents.iter().all(|a| parents.iter().all(|b| a == b || !self.closure[*b as usize].contains(a)));
+            if independent {
+                any.push(parents.iter().map(|&p| self.id(p).to_string()).collect());
+            }
+        }
+        Named { any }
+    }
+
+    fn scan_cjk(&self, run: &[char], found: &mut Vec<Vec<u32>>, rest: &mut Vec<String>) {
         let mut p = 0;
         let mut leftover = String::new();
         while p < run.len() {
@@ -250,7 +374,7 @@ impl Thesaurus {
                     if !leftover.is_empty() {
                         rest.push(std::mem::take(&mut leftover));
                     }
-                    add(found, ids);
+                    found.push(ids.clone());
                     p = q;
                 }
                 None => {
@@ -264,14 +388,12 @@ impl Thesaurus {
         }
     }
 
-    /// Every concept an instrument named `name_zh` / `name_en` belongs to:
-    /// those its names contain, and all above them.
-    pub fn concepts_of(&self, name_zh: &str, name_en: &str) -> Vec<String> {
+    /// Every concept an instrument belongs to: those its names (and its
+    /// maker's name) contain, and all above them.
+    pub fn concepts_of(&self, names: &[&str]) -> Vec<String> {
         let mut named = Vec::new();
-        for name in [name_zh, name_en] {
-            for id in self.analyze(name).concepts {
-                named.push(id);
-            }
+        for name in names {
+            named.extend(self.analyze(name).concepts());
         }
         let mut out: Vec<u32> = Vec::new();
         for id in named {
@@ -281,6 +403,29 @@ impl Thesaurus {
         }
         out.iter().map(|&c| self.id(c).to_string()).collect()
     }
+}
+
+/// `s` with each one character left out in turn.
+fn deletions(s: &str) -> impl Iterator<Item = String> + '_ {
+    let chars: Vec<char> = s.chars().collect();
+    (0..chars.len()).map(move |i| chars.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c).collect())
+}
+
+/// Whether `a` becomes `b` by one insertion, deletion, substitution or
+/// swap of two neighbours (or is `b`).
+fn within_one_edit(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let (short, long) = if a.len() <= b.len() { (&a, &b) } else { (&b, &a) };
+    if long.len() - short.len() > 1 {
+        return false;
+    }
+    let head = short.iter().zip(long.iter()).take_while(|(x, y)| x == y).count();
+    if short.len() == long.len() {
+        let tail = short[head..].iter().rev().zip(long[head..].iter().rev()).take_while(|(x, y)| x == y).count();
+        let diff = short.len() - head - tail;
+        return diff <= 1 || (diff == 2 && short[head] == long[head + 1] && short[head + 1] == long[head]);
+    }
+    short[head..] == long[head + 1..]
 }
 
 fn add(found: &mut Vec<u32>, ids: &[u32]) {
@@ -315,33 +460,43 @@ qqq,ms,三重四极杆质谱仪,triple quadrupole mass spectrometer,三重四极
         let t = small();
         for q in ["TEM", "透射电镜", "场发射透射电子显微镜", "Transmission Electron Microscope", "ＴＥＭ"]
         {
-            assert_eq!(t.analyze(q).concepts, ["tem"], "{q}");
+            assert_eq!(t.analyze(q).concepts(), ["tem"], "{q}");
         }
-        assert_eq!(t.analyze("LC-MS/MS").concepts, ["lc-ms"]);
-        assert_eq!(t.analyze("液质联用").concepts, ["lc-ms"]);
+        assert_eq!(t.analyze("LC-MS/MS").concepts(), ["lc-ms"]);
+        assert_eq!(t.analyze("液质联用").concepts(), ["lc-ms"]);
         let mixed = t.analyze("透射电镜 JEOL 200kV");
-        assert_eq!((mixed.concepts, mixed.rest), (vec!["tem".to_string()], vec!["jeol".into(), "200kv".into()]));
-        assert!(t.analyze("system").concepts.is_empty(), "Latin names match whole words only");
+        assert_eq!((mixed.concepts(), mixed.rest), (vec!["tem".to_string()], vec!["jeol".into(), "200kv".into()]));
+        assert!(t.analyze("system").concepts().is_empty(), "Latin names match whole words only");
+        // One typo in a long Latin name still names it; a short one must be exact.
+        assert_eq!(t.analyze("transmision electron microscope").concepts(), ["tem"]);
+        assert_eq!(t.analyze("mass spectrometr").concepts(), ["ms"]);
+        assert!(t.analyze("TEN").concepts().is_empty());
+        // The leading words of a name name it, when they begin no other.
+        assert_eq!(t.analyze("triple quadrupole").concepts(), ["qqq"]);
+        assert!(t.analyze("liquid").concepts().is_empty(), "one word is not enough");
+        // A combination is named by itself, or by its parents together.
+        let lcms = t.analyze("液质");
+        assert_eq!(lcms.named[0].any, vec![vec!["lc-ms".to_string()], vec!["ms".into(), "lc".into()]]);
     }
 
     #[test]
     fn an_instrument_belongs_to_every_concept_its_name_contains_and_their_parents() {
         let t = small();
-        let mut c = t.concepts_of("超高效液相色谱-三重四极杆质谱联用仪", "");
+        let mut c = t.concepts_of(&["超高效液相色谱-三重四极杆质谱联用仪", ""]);
         c.sort();
         assert_eq!(c, ["lc", "ms", "qqq"]);
-        let mut c = t.concepts_of("液相色谱-质谱联用仪", "LC-MS");
+        let mut c = t.concepts_of(&["液相色谱-质谱联用仪", "LC-MS"]);
         c.sort();
         assert_eq!(c, ["lc", "lc-ms", "ms"]);
-        assert_eq!(t.concepts_of("某型号电子显微镜", ""), ["em"], "a generic name tags the generic concept");
-        assert_eq!(t.concepts_of("场发射透射电子显微镜", ""), ["tem", "em"]);
+        assert_eq!(t.concepts_of(&["某型号电子显微镜"]), ["em"], "a generic name tags the generic concept");
+        assert_eq!(t.concepts_of(&["场发射透射电子显微镜"]), ["tem", "em"]);
     }
 
     #[test]
     fn local_rows_add_names_and_bad_files_say_where() {
         let local = "id,parents,name_zh,name_en,zh,en,abbr\ntem,,,,透射镜,,\n";
         let t = Thesaurus::from_csv(&[("small", SMALL), ("local", local)]).unwrap();
-        assert_eq!(t.analyze("透射镜").concepts, ["tem"]);
+        assert_eq!(t.analyze("透射镜").concepts(), ["tem"]);
         assert_eq!(t.len(), 6);
         let bad = "id,parents,name_zh,name_en,zh,en,abbr\nx,nope,甲,a,,,\n";
         assert!(Thesaurus::from_csv(&[("bad", bad)]).unwrap_err().reason.contains("unknown parent \"nope\""));
@@ -349,6 +504,16 @@ qqq,ms,三重四极杆质谱仪,triple quadrupole mass spectrometer,三重四极
         assert!(Thesaurus::from_csv(&[("c", cycle)]).unwrap_err().reason.contains("its own ancestor"));
         let header = "id,name\nx,y\n";
         assert_eq!(Thesaurus::from_csv(&[("h", header)]).unwrap_err().line, 1);
+    }
+
+    #[test]
+    fn one_edit_means_one_edit() {
+        for (a, b) in [("abcdef", "abcdef"), ("abcdef", "abcxef"), ("abcdef", "abcef"), ("abcdef", "abdcef")] {
+            assert!(within_one_edit(a, b) && within_one_edit(b, a), "{a} {b}");
+        }
+        for (a, b) in [("abcdef", "abxxef"), ("abcdef", "abc"), ("abcdef", "badcef")] {
+            assert!(!within_one_edit(a, b), "{a} {b}");
+        }
     }
 
     #[test]
