@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, future::Future, path::PathBuf, sync::Arc};
 
 use corridor_certs::{CredentialSource, TlsAcceptOptions, tls_incoming};
 use corridor_proto::{cities::City, node_server::NodeServer};
-use corridor_telemetry::{Metrics, MetricsLayer};
+use corridor_telemetry::{Metrics, RpcLayer};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
@@ -108,8 +108,9 @@ pub async fn run(
     let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
     tracing::info!(city = config.city.slug, "node serving");
     let router = Server::builder()
-        // Outermost, so that every call is counted, refusals included.
-        .layer(MetricsLayer(metrics))
+        // Outermost, so that every call is counted and traced, refusals
+        // included, and every oversized message is answered the same way.
+        .layer(RpcLayer(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
