@@ -98,6 +98,10 @@ async fn codes_are_named_and_process_metrics_are_served() {
             .unwrap();
         assert!(value > 0.0, "{name} {value}");
     }
+    for state in ["held", "pending", "confirmed", "cancelled", "declined", "expired", "completed"] {
+        assert!(text.contains(&format!("corridor_bookings{{city=\"hefei\",state=\"{state}\"}} 0")), "{text}");
+    }
+    assert!(text.contains("corridor_voucher_held_fen{city=\"hefei\"} 0"), "{text}");
 }
 
 /// Over the 16 MiB limit, and every byte of it text.
