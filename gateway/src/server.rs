@@ -57,12 +57,13 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(service);
     let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
-    corridor_telemetry::serve_draining(shutdown, corridor_telemetry::DRAIN_BOUND, |stop| {
+    let drained = corridor_telemetry::serve_draining(shutdown, corridor_telemetry::DRAIN_BOUND, |stop| {
         Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
     })
     .await?;
     if let Some(p) = probes {
         p.abort();
     }
+    tracing::info!(drain_ms = drained.millis(), cut_off = drained.cut_off, "gateway stopped");
     Ok(())
 }

@@ -125,8 +125,9 @@ pub async fn run(
     recovery.abort();
     // Flush even if serving failed: nothing acknowledged may be lost.
     store.flush()?;
-    tracing::info!(city = config.city.slug, "node stopped");
-    served.map_err(|e| NodeError::Serve(e.to_string()))
+    let drained = served.map_err(|e| NodeError::Serve(e.to_string()))?;
+    tracing::info!(city = config.city.slug, drain_ms = drained.millis(), cut_off = drained.cut_off, "node stopped");
+    Ok(())
 }
 
 fn register_gauges(

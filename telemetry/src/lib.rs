@@ -50,6 +50,23 @@ pub fn failpoint(point: &str) {
 /// the flush after it always runs.
 pub const DRAIN_BOUND: Duration = Duration::from_secs(20);
 
+/// How a server's drain went, for the line it logs when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// From the shutdown signal to the last call finished or cut off;
+    /// `None` when serving ended without one.
+    pub took: Option<Duration>,
+    /// In-flight calls were still running at the bound and were stopped.
+    pub cut_off: bool,
+}
+
+impl Drained {
+    /// Milliseconds the drain took (0 without a shutdown signal), for logs.
+    pub fn millis(&self) -> u64 {
+        self.took.map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
+    }
+}
+
 /// Runs `serve`, which stops taking work when the future it is given
 /// resolves (on `shutdown`) and then drains in-flight calls; a drain that
 /// takes longer than `bound` is cut short, with a warning, so that the caller
@@ -58,10 +75,15 @@ pub async fn serve_draining<E>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     bound: Duration,
     serve: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> Pin<Box<dyn Future<Output = Result<(), E>> + Send>>,
-) -> Result<(), E> {
+) -> Result<Drained, E> {
+    // When the signal came: set by the signal itself, so that a drain that
+    // ends at once still has it.
+    let stopping: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let at = stopping.clone();
     let signal: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
         shutdown.await;
+        *at.lock().expect("poisoned") = Some(tokio::time::Instant::now());
         let _ = stopping_tx.send(());
     });
     let mut served = serve(signal);
@@ -72,13 +94,18 @@ pub async fn serve_draining<E>(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        r = &mut served => r,
+    let cut = tokio::select! {
+        r = &mut served => {
+            r?;
+            false
+        }
         _ = cut_off => {
             tracing::warn!(seconds = bound.as_secs(), "in-flight calls still running after the drain bound; stopping them");
-            Ok(())
+            true
         }
-    }
+    };
+    let took = stopping.lock().expect("poisoned").map(|at| at.elapsed());
+    Ok(Drained { took, cut_off: cut })
 }
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -341,7 +368,7 @@ mod tests {
             },
         );
         tx.send(()).unwrap();
-        assert_eq!(stopped.await, Ok(()));
+        assert_eq!(stopped.await, Ok(Drained { took: Some(Duration::from_secs(20)), cut_off: true }));
         assert_eq!(started.elapsed(), Duration::from_secs(20));
     }
 
@@ -357,6 +384,15 @@ mod tests {
         .await;
         assert_eq!(r, Err("served and failed"));
         assert_eq!(started.elapsed(), Duration::ZERO);
+        let r = serve_draining::<()>(async {}, Duration::from_secs(20), |stop| {
+            Box::pin(async move {
+                stop.await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok(())
+            })
+        })
+        .await;
+        assert_eq!(r, Ok(Drained { took: Some(Duration::from_secs(3)), cut_off: false }));
     }
 
     use super::*;
