@@ -111,6 +111,8 @@ enum End<'a> {
     Status(&'a mut HeaderMap),
     /// The body ended, or failed, without a status.
     NoStatus,
+    /// The channel failed to carry the call.
+    Transport(String),
     /// Dropped before its end: the caller went away, or gave up waiting.
     Abandoned,
 }
@@ -120,14 +122,34 @@ enum Side {
     Client,
 }
 
-/// The bookkeeping of one call, done once at its end.
+/// The bookkeeping of one call, done once at its end; dropped before
+/// that, the call was abandoned (a server's caller went away, or a client
+/// gave up waiting) and is recorded as such.
 struct Done {
     side: Side,
     span: tracing::Span,
+    finished: bool,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.end(End::Abandoned);
+        }
+    }
 }
 
 impl Done {
-    fn finish(self, end: End<'_>) {
+    fn new(side: Side, span: tracing::Span) -> Self {
+        Done { side, span, finished: false }
+    }
+
+    fn finish(mut self, end: End<'_>) {
+        self.end(end);
+    }
+
+    fn end(&mut self, end: End<'_>) {
+        self.finished = true;
         let (code, message) = match end {
             End::Status(headers) => {
                 let code = status_code(headers).unwrap_or(tonic::Code::Unknown as i32);
@@ -144,6 +166,7 @@ impl Done {
                 (code, message)
             }
             End::NoStatus => (tonic::Code::Unknown as i32, "the answer ended without a grpc-status".into()),
+            End::Transport(message) => (tonic::Code::Unavailable as i32, message),
             End::Abandoned => match self.side {
                 Side::Server { .. } => (tonic::Code::Cancelled as i32, "the caller went away before the answer".into()),
                 Side::Client => {
@@ -175,7 +198,7 @@ fn record_status(span: &tracing::Span, code: i32, message: String, server: bool)
 }
 
 /// A response body that finishes its call's bookkeeping when its trailers
-/// pass, when it ends, or when it is dropped before either.
+/// pass, or when it ends; dropped before either, the call was abandoned.
 pub struct Observed<B> {
     inner: B,
     done: Option<Done>,
@@ -184,14 +207,6 @@ pub struct Observed<B> {
 impl<B> Observed<B> {
     fn new(inner: B, done: Option<Done>) -> Self {
         Observed { inner, done }
-    }
-}
-
-impl<B> Drop for Observed<B> {
-    fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            done.finish(End::Abandoned);
-        }
     }
 }
 
@@ -290,14 +305,14 @@ where
         let known = corridor_proto::known_method(req.uri().path());
         let span = server_span(known);
         let _ = span.set_parent(extract(req.headers()));
-        let done = Done {
-            side: Side::Server {
+        let done = Done::new(
+            Side::Server {
                 metrics: self.metrics.clone(),
                 method: known.unwrap_or(UNKNOWN_METHOD),
                 started: Instant::now(),
             },
-            span: span.clone(),
-        };
+            span.clone(),
+        );
         let fut = span.in_scope(|| self.inner.call(req));
         Box::pin(
             async move {
@@ -389,13 +404,11 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let Some(span) = span else { return fut.await.map(|r| r.map(|b| Observed::new(b, None))) };
-            let done = Done { side: Side::Client, span };
+            let done = Done::new(Side::Client, span);
             match fut.await {
                 Ok(resp) => Ok(observe(resp, done)),
                 Err(e) => {
-                    done.span.record("rpc.grpc.status_code", tonic::Code::Unavailable as i64);
-                    done.span.record("otel.status_code", "ERROR");
-                    done.span.record("otel.status_description", e.to_string().as_str());
+                    done.finish(End::Transport(e.to_string()));
                     Err(e)
                 }
             }
@@ -564,6 +577,46 @@ mod tests {
             "message of 17825792 bytes is over the limit of 16777216 bytes (16 MiB); send less in one call"
         );
         assert!(metrics.render().contains("code=\"RESOURCE_EXHAUSTED\""));
+    }
+
+    /// A server (or node) that never answers.
+    #[derive(Clone)]
+    struct Silent;
+
+    impl Service<http::Request<()>> for Silent {
+        type Response = http::Response<Trailers>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Pending<Result<Self::Response, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_call_is_counted_and_its_client_span_is_an_error() {
+        let (spans, _guard) = collecting();
+        let metrics = Metrics::new();
+        let mut server = RpcLayer(metrics.clone()).layer(Silent);
+        // The caller gives up: its call's future is dropped unanswered.
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(1), server.call(path("/corridor.v1.Node/Info")));
+        assert!(gave_up.await.is_err());
+        let text = metrics.render();
+        assert!(
+            text.contains("corridor_rpc_requests_total{method=\"/corridor.v1.Node/Info\",code=\"CANCELLED\"} 1"),
+            "{text}"
+        );
+
+        let mut client = ClientService::new(Silent);
+        let mut req = path("/corridor.v1.Node/TryDebit");
+        req.extensions_mut().insert(CallSpan(client_span("node.call.wuhu", "wuhu")));
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(1), client.call(req)).await.is_err());
+        let call = spans.span("node.call.wuhu");
+        assert_eq!(call.status, OtelStatus::error("abandoned before the answer came"));
+        assert_eq!(attr(&call, "rpc.method"), Some("TryDebit".into()));
     }
 
     #[derive(Debug, Clone, Default)]
