@@ -88,7 +88,7 @@ fn resource_exhausted_for_too_large(headers: &mut HeaderMap, code: i32) -> i32 {
 }
 
 /// "Error, decoded message length too large: found 17 bytes, the limit is:
-/// 16 bytes" → "message of 17 bytes is over the limit of 16 bytes (…)".
+/// 16 bytes" → "a message of 17 bytes is over the limit of 16 bytes (…)".
 fn too_large_message(tonic_message: &str) -> String {
     let numbers: Vec<u64> = tonic_message
         .split(|c: char| !c.is_ascii_digit())
@@ -97,10 +97,10 @@ fn too_large_message(tonic_message: &str) -> String {
         .collect();
     match numbers[..] {
         [found, limit] => format!(
-            "message of {found} bytes is over the limit of {limit} bytes ({:.0} MiB); send less in one call",
+            "a message of {found} bytes is over the limit of {limit} bytes ({:.0} MiB); split it, or ask for less in one call",
             limit as f64 / (1024.0 * 1024.0)
         ),
-        _ => format!("message over the size limit ({tonic_message}); send less in one call"),
+        _ => format!("a message is over the size limit ({tonic_message}); split it, or ask for less in one call"),
     }
 }
 
@@ -574,7 +574,7 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert_eq!(
             status.message(),
-            "message of 17825792 bytes is over the limit of 16777216 bytes (16 MiB); send less in one call"
+            "a message of 17825792 bytes is over the limit of 16777216 bytes (16 MiB); split it, or ask for less in one call"
         );
         assert!(metrics.render().contains("code=\"RESOURCE_EXHAUSTED\""));
     }
