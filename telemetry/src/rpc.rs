@@ -401,10 +401,12 @@ where
             span.record("rpc.service", service);
             span.record("rpc.method", method);
         }
+        // Made before the first poll, so that a call dropped even then is
+        // recorded as abandoned.
+        let done = span.map(|span| Done::new(Side::Client, span));
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let Some(span) = span else { return fut.await.map(|r| r.map(|b| Observed::new(b, None))) };
-            let done = Done::new(Side::Client, span);
+            let Some(done) = done else { return fut.await.map(|r| r.map(|b| Observed::new(b, None))) };
             match fut.await {
                 Ok(resp) => Ok(observe(resp, done)),
                 Err(e) => {
