@@ -3,7 +3,8 @@
 //! its own sled directory, so that killing one behaves as it would in
 //! production. The gateway listens on P, nodes on P+1..P+9, and the same
 //! processes serve Prometheus metrics on P+10..P+19. Layout under `--data`: `certs/`, `nodes/<city>/` (sled),
-//! `logs/<name>.log`, `run/<name>.pid` and `gateway.toml`.
+//! `logs/<name>.log` (appended to, each start after a separator line), `run/<name>.pid` and
+//! `gateway.toml`.
 
 use std::{
     io::Write,
@@ -54,7 +55,7 @@ struct Proc {
 
 fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
     let exe = std::env::current_exe().context("locating the corridor binary")?;
-    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let out = open_log(log, &time::OffsetDateTime::now_utc())?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
@@ -78,6 +79,20 @@ fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
         std::fs::write(run.join(format!("{name}.pid")), format!("{pid}\n"))?;
     }
     Ok(Proc { name: name.into(), child, log: log.into() })
+}
+
+/// Opens a process's log for appending, after a line that marks where this
+/// start begins: the lines of earlier runs (why the last one stopped, say)
+/// stay for whoever reads the log later.
+fn open_log(log: &Path, now: &time::OffsetDateTime) -> Result<std::fs::File> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let at = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    writeln!(file, "==== corridor up started at {at} ====").with_context(|| format!("writing {}", log.display()))?;
+    Ok(file)
 }
 
 fn tail(log: &Path) -> String {
@@ -248,5 +263,30 @@ async fn stop(procs: &mut [Proc]) {
                 let _ = p.child.kill().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_keeps_earlier_runs_and_marks_each_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("gateway.log");
+        let first = time::macros::datetime!(2026-12-01 08:00 UTC);
+        let mut f = open_log(&log, &first).unwrap();
+        writeln!(f, "gateway stopped drain_ms=12").unwrap();
+        drop(f);
+        let mut f = open_log(&log, &time::macros::datetime!(2026-12-02 09:30 UTC)).unwrap();
+        writeln!(f, "gateway serving").unwrap();
+        drop(f);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "==== corridor up started at 2026-12-01T08:00:00Z ====\n\
+             gateway stopped drain_ms=12\n\
+             ==== corridor up started at 2026-12-02T09:30:00Z ====\n\
+             gateway serving\n"
+        );
     }
 }

@@ -150,13 +150,16 @@ async fn up_runs_the_mesh_as_processes_and_survives_a_killed_node() {
         body
     };
     let gw = get(base + 10);
-    assert!(gw.contains("corridor_rpc_requests_total{method=\"/corridor.v1.Gateway/Search\",code=\"0\"}"), "{gw}");
+    assert!(gw.contains("corridor_rpc_requests_total{method=\"/corridor.v1.Gateway/Search\",code=\"OK\"}"), "{gw}");
+    assert!(gw.contains("process_resident_memory_bytes "), "{gw}");
     assert!(gw.contains("corridor_fanout_total{city=\"suzhou\",state=\"unavailable\"}"), "{gw}");
     assert!(gw.contains("corridor_cert_not_after_seconds{identity=\"spiffe://corridor/gateway\"}"), "{gw}");
     let hefei = get(base + 10 + 7);
     for metric in [
         "corridor_sled_disk_bytes{city=\"hefei\"}",
         "corridor_open_holds{city=\"hefei\"} 0",
+        "corridor_bookings{city=\"hefei\",state=\"confirmed\"} 0",
+        "corridor_voucher_held_fen{city=\"hefei\"} 0",
         "corridor_rpc_duration_seconds_bucket",
     ] {
         assert!(hefei.contains(metric), "{metric} in {hefei}");

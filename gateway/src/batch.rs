@@ -30,10 +30,10 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, oneshot},
     time::Instant,
 };
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 use tracing::Instrument;
 
-use crate::fanout::{no_answer, node_request};
+use crate::fanout::{NodeChannel as Channel, no_answer, node_request};
 
 /// Most hits one batch may ask for, so that its answer stays well inside the
 /// message limit (16 MiB) whatever the summaries weigh.
@@ -152,7 +152,19 @@ impl Batcher {
         }
         let now = Instant::now();
         let last = batch.iter().map(|p| p.deadline).max().expect("not empty");
-        let span = tracing::info_span!("gateway.city_batch", items = batch.len());
+        // A client span like each city call's (see `client_span`): the
+        // channel records the batch call's method and status on it.
+        let span = tracing::info_span!(
+            "gateway.city_batch",
+            items = batch.len(),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = tracing::field::Empty,
+            rpc.method = tracing::field::Empty,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
         let items = batch
             .iter()
             .map(|p| {

@@ -20,12 +20,15 @@ use tonic::{Code, Request, Status, transport::Channel};
 
 use crate::{GatewayConfig, batch::Batcher, server::MAX_MESSAGE_BYTES};
 
+/// A channel to a node whose calls record their status on their call span.
+pub type NodeChannel = corridor_telemetry::ClientService<Channel>;
+
 /// A city's node as the gateway sees it.
 #[derive(Clone)]
 pub struct CityClient {
     pub city: &'static City,
     pub endpoint: String,
-    pub client: NodeClient<Channel>,
+    pub client: NodeClient<NodeChannel>,
     pub guard: Arc<Guard>,
     pub searches: Arc<Batcher>,
 }
@@ -113,7 +116,7 @@ impl Cities {
             let city = city_by_slug(&n.city).expect("validated config");
             let channel =
                 reloading_channel(&n.endpoint, creds.clone(), Some(Identity::Node(n.city.clone())), connect_timeout)?;
-            let client = NodeClient::new(channel)
+            let client = NodeClient::new(corridor_telemetry::ClientService::new(channel))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             by_slug.insert(
@@ -144,16 +147,17 @@ impl Cities {
 impl CityClient {
     /// The span of one call to this city; the node's server span joins it.
     pub fn call_span(&self) -> tracing::Span {
-        tracing::info_span!("gateway.city_call", otel.name = %format!("gateway.call.{}", self.city.slug), city = self.city.slug)
+        corridor_telemetry::client_span(&format!("gateway.call.{}", self.city.slug), self.city.slug)
     }
 }
 
 /// A call to a node: `msg`, with `budget` sent on as `grpc-timeout` and
-/// `span`'s trace context, which the node's span joins.
+/// `span`'s trace context, which the node's span joins; the call's status
+/// is recorded on `span`.
 pub fn node_request<T>(msg: T, budget: Duration, span: &tracing::Span) -> Request<T> {
     let mut req = Request::new(msg);
     req.set_timeout(budget);
-    corridor_telemetry::inject(span, req.metadata_mut());
+    corridor_telemetry::client_request(&mut req, span);
     req
 }
 

@@ -4,7 +4,7 @@ use std::{future::Future, sync::Arc};
 
 use corridor_certs::{CertError, CredentialSource, TlsAcceptOptions, tls_incoming};
 use corridor_proto::gateway_server::GatewayServer;
-use corridor_telemetry::{Metrics, MetricsLayer};
+use corridor_telemetry::{Metrics, RpcLayer};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
@@ -49,19 +49,21 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(cities = config.nodes.len(), "gateway serving");
     let router = Server::builder()
-        // Outermost, so that every call is counted, refusals included.
-        .layer(MetricsLayer(metrics))
+        // Outermost, so that every call is counted and traced, refusals
+        // included, and every oversized message is answered the same way.
+        .layer(RpcLayer(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service);
     let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
-    corridor_telemetry::serve_draining(shutdown, corridor_telemetry::DRAIN_BOUND, |stop| {
+    let drained = corridor_telemetry::serve_draining(shutdown, corridor_telemetry::DRAIN_BOUND, |stop| {
         Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
     })
     .await?;
     if let Some(p) = probes {
         p.abort();
     }
+    tracing::info!(drain_ms = drained.millis(), cut_off = drained.cut_off, "gateway stopped");
     Ok(())
 }

@@ -14,12 +14,11 @@ use corridor_proto::{
     self as pb, NodeState, ON_BEHALF_OF, cities::split_instrument_id, gateway_server, node_client::NodeClient,
 };
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::{
     Cities, GatewayConfig,
-    fanout::{CityClient, classify, client_deadline, no_answer, node_budget, node_request},
+    fanout::{CityClient, NodeChannel, classify, client_deadline, no_answer, node_budget, node_request},
 };
 
 const MAX_LIMIT: u32 = 200;
@@ -109,7 +108,7 @@ impl GatewayService {
     /// refusals included, passes through unchanged.
     async fn forward<Req, Resp, F, Fut>(&self, req: Request<Req>, id: &str, f: F) -> Result<Response<Resp>, Status>
     where
-        F: FnOnce(NodeClient<Channel>, Request<Req>) -> Fut,
+        F: FnOnce(NodeClient<NodeChannel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let caller = self.caller(&req)?;
@@ -135,7 +134,7 @@ impl GatewayService {
         f: F,
     ) -> Result<Response<Resp>, Status>
     where
-        F: FnOnce(NodeClient<Channel>, Request<Req>) -> Fut,
+        F: FnOnce(NodeClient<NodeChannel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let uri = caller.uri().parse().map_err(|_| Status::internal("identity is not valid metadata"))?;
@@ -198,7 +197,7 @@ async fn call<Req, Resp, F, Fut>(
     f: F,
 ) -> (Result<Resp, (NodeState, String)>, Duration)
 where
-    F: FnOnce(corridor_proto::node_client::NodeClient<tonic::transport::Channel>, Request<Req>) -> Fut,
+    F: FnOnce(NodeClient<NodeChannel>, Request<Req>) -> Fut,
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
     let (result, took) = guarded(c, budget, |span| {

@@ -6,6 +6,7 @@ pub mod booking;
 pub mod catalog;
 pub mod convert;
 pub mod demo;
+pub mod gauges;
 pub mod import;
 pub mod ledger;
 pub mod model;

@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use corridor_certs::{CredentialSource, Identity, reloading_channel};
 use corridor_proto::{self as pb, node_client::NodeClient};
+use corridor_telemetry::ClientService;
 use tonic::{Code, Status, transport::Channel};
+use tracing::Instrument;
 
 use crate::{
     booking::time,
@@ -20,7 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Issuing cities' nodes, by city slug.
 pub struct GrpcIssuers {
     city: &'static str,
-    clients: BTreeMap<String, NodeClient<Channel>>,
+    clients: BTreeMap<String, NodeClient<ClientService<Channel>>>,
 }
 
 impl GrpcIssuers {
@@ -34,7 +36,7 @@ impl GrpcIssuers {
         let mut clients = BTreeMap::new();
         for (peer, url) in peers {
             let channel = reloading_channel(url, creds.clone(), Some(Identity::Node(peer.clone())), CONNECT_TIMEOUT)?;
-            clients.insert(peer.clone(), NodeClient::new(channel));
+            clients.insert(peer.clone(), NodeClient::new(ClientService::new(channel)));
         }
         Ok(GrpcIssuers { city, clients })
     }
@@ -93,8 +95,14 @@ impl Issuers for GrpcIssuers {
                     ..Default::default()
                 },
             };
+            // The call's span: a child of the request that started the
+            // payment (recovery's calls have none, and start their own
+            // trace); the issuer's server span joins it.
+            let city = corridor_proto::cities::city_by_slug(issuer).map_or("unknown", |c| c.slug);
+            let span = corridor_telemetry::client_span(&format!("node.call.{city}"), city);
             let mut r = tonic::Request::new(req);
             r.set_timeout(CALL_TIMEOUT);
+            corridor_telemetry::client_request(&mut r, &span);
             let fut = async {
                 match call {
                     IssuerCall::Try(_) => client.try_debit(r).await,
@@ -104,6 +112,7 @@ impl Issuers for GrpcIssuers {
                 }
             };
             let d = tokio::time::timeout(CALL_TIMEOUT, fut)
+                .instrument(span)
                 .await
                 .map_err(|_| CallError::Unreachable(format!("{issuer}'s node did not answer in time")))?
                 .map_err(classify)?

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, future::Future, path::PathBuf, sync::Arc};
 
 use corridor_certs::{CredentialSource, TlsAcceptOptions, tls_incoming};
 use corridor_proto::{cities::City, node_server::NodeServer};
-use corridor_telemetry::{Metrics, MetricsLayer};
+use corridor_telemetry::{Metrics, RpcLayer};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
@@ -177,8 +177,9 @@ pub async fn run(
     let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
     tracing::info!(city = config.city.slug, "node serving");
     let router = Server::builder()
-        // Outermost, so that every call is counted, refusals included.
-        .layer(MetricsLayer(metrics))
+        // Outermost, so that every call is counted and traced, refusals
+        // included, and every oversized message is answered the same way.
+        .layer(RpcLayer(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -196,8 +197,9 @@ pub async fn run(
     }
     // Flush even if serving failed: nothing acknowledged may be lost.
     store.flush()?;
-    tracing::info!(city = config.city.slug, "node stopped");
-    served.map_err(|e| NodeError::Serve(e.to_string()))
+    let drained = served.map_err(|e| NodeError::Serve(e.to_string()))?;
+    tracing::info!(city = config.city.slug, drain_ms = drained.millis(), cut_off = drained.cut_off, "node stopped");
+    Ok(())
 }
 
 /// Reads the thesaurus files again whenever they change, and re-indexes the
@@ -241,10 +243,31 @@ fn register_gauges(
     metrics.gauge("corridor_sled_disk_bytes", "size of the node's sled database on disk", l(), move || {
         s.db().size_on_disk().unwrap_or(0) as f64
     });
-    let n = node.clone();
+    // Holds, bookings by state and voucher money come from one cached
+    // pass over the store (see `gauges`), not one pass per series.
+    let counts = Arc::new(crate::gauges::Cached::default());
+    let (n, c) = (node.clone(), counts.clone());
     metrics.gauge("corridor_open_holds", "bookings held and not yet confirmed", l(), move || {
-        n.bookings().open_holds().unwrap_or(0) as f64
+        c.get(n.bookings()).bookings_in(crate::booking::State::Held) as f64
     });
+    let (n, c, city_label) = (node.clone(), counts.clone(), city.to_string());
+    metrics.gauges("corridor_bookings", "bookings by state (a hold past its expiry is expired)", move || {
+        let counts = c.get(n.bookings());
+        crate::gauges::STATES
+            .iter()
+            .map(|s| {
+                let labels = vec![("city", city_label.clone()), ("state", crate::gauges::state_label(*s).to_string())];
+                (labels, counts.bookings_in(*s) as f64)
+            })
+            .collect()
+    });
+    let (n, c) = (node.clone(), counts);
+    metrics.gauge(
+        "corridor_voucher_held_fen",
+        "money held on this city's vouchers (tried or confirmed, not yet posted), in fen",
+        l(),
+        move || c.get(n.bookings()).voucher_held_fen as f64,
+    );
     let n = node.clone();
     metrics.gauge("corridor_instruments", "instruments in the city's inventory", l(), move || n.len() as f64);
     corridor_telemetry::cert_expiry_gauge(metrics, creds.clone());

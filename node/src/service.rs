@@ -6,6 +6,7 @@ use std::sync::Arc;
 use corridor_certs::{Identity, caller_identity};
 use corridor_proto::{self as pb, node_server};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::{
     booking::{Actor, BookingError, Reserve, parse_window},
@@ -180,7 +181,8 @@ impl NodeService {
             return Ok(b);
         }
         let (node, id) = (self.node.clone(), b.id.clone());
-        let driven = tokio::spawn(async move { node.drive(&id).await })
+        // In the request's span, so that the calls to the issuer join its trace.
+        let driven = tokio::spawn(async move { node.drive(&id).await }.in_current_span())
             .await
             .map_err(|e| Status::internal(format!("payment task failed: {e}")))?
             .map_err(booking_status)?;
@@ -367,14 +369,16 @@ impl node_server::Node for NodeService {
             } else {
                 // Each item is its own search in its own trace, as if it had
                 // come alone.
-                let span = tracing::info_span!("rpc", otel.name = "node.Search", otel.kind = "server", batched = true);
+                let span = corridor_telemetry::item_span("/corridor.v1.Node/Search");
                 corridor_telemetry::set_parent_from_map(&span, &item.trace_context);
-                match &item.request {
+                let outcome = match &item.request {
                     Some(r) => {
                         span.in_scope(|| self.search_one(r, received, (item.budget_micros > 0).then_some(budget)))
                     }
                     None => Err(Status::invalid_argument("a batch item carries no search request")),
-                }
+                };
+                corridor_telemetry::record_server_status(&span, outcome.as_ref().map(|_| ()));
+                outcome
             };
             results.push(pb::NodeSearchBatchResult {
                 outcome: Some(match outcome {

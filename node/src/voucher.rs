@@ -196,6 +196,9 @@ pub struct PostDebit {
     pub service_at: Instant,
 }
 
+/// The prefix of every voucher's key.
+pub(crate) const VOUCHERS: &[u8] = b"v/";
+
 mod keys {
     pub fn voucher(id: &str) -> Vec<u8> {
         format!("v/{id}").into_bytes()

@@ -15,6 +15,26 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/corridor_descriptor.bin"));
 }
 
+/// The standard services every corridor server serves beside its own:
+/// health and reflection.
+pub const STANDARD_METHODS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// corridor.v1's method paths, e.g. `/corridor.v1.Node/Search`.
+pub const CORRIDOR_METHODS: &[&str] = include!(concat!(env!("OUT_DIR"), "/corridor_methods.rs"));
+
+/// The known method path equal to `path`, if there is one (corridor.v1's,
+/// listed from the service definitions at build time, or a standard one):
+/// metrics and span names take their values from this bounded set, never
+/// from whatever path a caller sends.
+pub fn known_method(path: &str) -> Option<&'static str> {
+    CORRIDOR_METHODS.iter().chain(STANDARD_METHODS).find(|m| **m == path).copied()
+}
+
 pub use hit::SearchHit;
 pub use v1::*;
 

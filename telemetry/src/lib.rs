@@ -3,8 +3,14 @@
 //! traces every gRPC call, a small `/metrics` endpoint) and OpenTelemetry
 //! tracing with W3C context propagation.
 
+mod process;
+mod rpc;
 mod trace;
 
+pub use rpc::{
+    CallSpan, ClientService, Observed, RpcLayer, RpcService, UNKNOWN_METHOD, client_request, client_span, code_name,
+    item_span, record_server_status,
+};
 pub use trace::{TracingGuard, context_map, extract, init_tracing, inject, set_parent_from_map, span_name};
 
 use std::{
@@ -13,8 +19,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::{
@@ -45,6 +50,23 @@ pub fn failpoint(point: &str) {
 /// the flush after it always runs.
 pub const DRAIN_BOUND: Duration = Duration::from_secs(20);
 
+/// How a server's drain went, for the line it logs when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// From the shutdown signal to the last call finished or cut off;
+    /// `None` when serving ended without one.
+    pub took: Option<Duration>,
+    /// In-flight calls were still running at the bound and were stopped.
+    pub cut_off: bool,
+}
+
+impl Drained {
+    /// Milliseconds the drain took (0 without a shutdown signal), for logs.
+    pub fn millis(&self) -> u64 {
+        self.took.map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
+    }
+}
+
 /// Runs `serve`, which stops taking work when the future it is given
 /// resolves (on `shutdown`) and then drains in-flight calls; a drain that
 /// takes longer than `bound` is cut short, with a warning, so that the caller
@@ -53,10 +75,15 @@ pub async fn serve_draining<E>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     bound: Duration,
     serve: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> Pin<Box<dyn Future<Output = Result<(), E>> + Send>>,
-) -> Result<(), E> {
+) -> Result<Drained, E> {
+    // When the signal came: set by the signal itself, so that a drain that
+    // ends at once still has it.
+    let stopping: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let at = stopping.clone();
     let signal: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
         shutdown.await;
+        *at.lock().expect("poisoned") = Some(tokio::time::Instant::now());
         let _ = stopping_tx.send(());
     });
     let mut served = serve(signal);
@@ -67,13 +94,18 @@ pub async fn serve_draining<E>(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        r = &mut served => r,
+    let cut = tokio::select! {
+        r = &mut served => {
+            r?;
+            false
+        }
         _ = cut_off => {
             tracing::warn!(seconds = bound.as_secs(), "in-flight calls still running after the drain bound; stopping them");
-            Ok(())
+            true
         }
-    }
+    };
+    let took = stopping.lock().expect("poisoned").map(|at| at.elapsed());
+    Ok(Drained { took, cut_off: cut })
 }
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -86,15 +118,27 @@ struct Histogram {
     sum: f64,
 }
 
-type Labels = Vec<(&'static str, String)>;
-type Gauge = Box<dyn Fn() -> f64 + Send + Sync>;
+pub type Labels = Vec<(&'static str, String)>;
+/// A gauge family's series: labels and value.
+type Series = Vec<(Labels, f64)>;
+/// Reads a gauge family's series, at every scrape.
+type Read = Box<dyn Fn() -> Series + Send + Sync>;
+
+/// Calls by (method, code name) and latency by method. Every key is a
+/// `&'static str` from a bounded set: the methods the services define (or
+/// `unknown`) and the gRPC code names.
+#[derive(Default)]
+struct RpcStats {
+    calls: BTreeMap<(&'static str, &'static str), u64>,
+    latency: BTreeMap<&'static str, Histogram>,
+}
 
 /// One process's metrics.
 #[derive(Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
-    gauges: Mutex<Vec<(&'static str, &'static str, Labels, Gauge)>>,
+    rpc: Mutex<RpcStats>,
+    gauges: Mutex<Vec<(&'static str, &'static str, Read)>>,
     help: Mutex<BTreeMap<&'static str, &'static str>>,
 }
 
@@ -114,7 +158,9 @@ impl Metrics {
         Arc::new(Metrics::default())
     }
 
-    /// Adds one to a counter.
+    /// Adds one to a counter. Every label must take its values from a
+    /// bounded set: each new value is a new series, kept for the life of
+    /// the process.
     pub fn inc(&self, name: &'static str, help: &'static str, l: Labels) {
         self.help.lock().expect("poisoned").insert(name, help);
         *self.counters.lock().expect("poisoned").entry((name, l)).or_default() += 1;
@@ -128,18 +174,21 @@ impl Metrics {
         l: Labels,
         read: impl Fn() -> f64 + Send + Sync + 'static,
     ) {
-        self.gauges.lock().expect("poisoned").push((name, help, l, Box::new(read)));
+        self.gauges.lock().expect("poisoned").push((name, help, Box::new(move || vec![(l.clone(), read())])));
     }
 
-    /// Records one finished gRPC call.
-    pub fn rpc(&self, method: &str, code: &str, took: Duration) {
-        self.inc(
-            "corridor_rpc_requests_total",
-            "gRPC calls served, by method and status code (0 is OK)",
-            vec![("method", method.to_string()), ("code", code.to_string())],
-        );
-        let mut lat = self.latency.lock().expect("poisoned");
-        let h = lat.entry(method.to_string()).or_default();
+    /// Registers a gauge family whose series are read together at every
+    /// scrape, for values that one pass over the data gives at once.
+    pub fn gauges(&self, name: &'static str, help: &'static str, read: impl Fn() -> Series + Send + Sync + 'static) {
+        self.gauges.lock().expect("poisoned").push((name, help, Box::new(read)));
+    }
+
+    /// Records one finished gRPC call: `method` is a known method path or
+    /// `unknown`, `code` a gRPC code name (see [`code_name`]).
+    pub fn rpc(&self, method: &'static str, code: &'static str, took: Duration) {
+        let mut rpc = self.rpc.lock().expect("poisoned");
+        *rpc.calls.entry((method, code)).or_default() += 1;
+        let h = rpc.latency.entry(method).or_default();
         let secs = took.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
@@ -150,7 +199,8 @@ impl Metrics {
         h.sum += secs;
     }
 
-    /// The metrics in the Prometheus text format.
+    /// The metrics in the Prometheus text format. Gauges are read here, and
+    /// some read the store: call it off the async workers.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let help = self.help.lock().expect("poisoned").clone();
@@ -162,7 +212,17 @@ impl Metrics {
             }
             let _ = writeln!(out, "{name}{} {v}", labels(l));
         }
-        let lat = self.latency.lock().expect("poisoned").clone();
+        let (calls, lat) = {
+            let rpc = self.rpc.lock().expect("poisoned");
+            (rpc.calls.clone(), rpc.latency.clone())
+        };
+        if !calls.is_empty() {
+            let name = "corridor_rpc_requests_total";
+            let _ = writeln!(out, "# HELP {name} gRPC calls served, by method and status code\n# TYPE {name} counter");
+            for ((method, code), n) in &calls {
+                let _ = writeln!(out, "{name}{{method=\"{method}\",code=\"{code}\"}} {n}");
+            }
+        }
         if !lat.is_empty() {
             let name = "corridor_rpc_duration_seconds";
             let _ = writeln!(out, "# HELP {name} gRPC call latency by method\n# TYPE {name} histogram");
@@ -175,13 +235,18 @@ impl Metrics {
                 let _ = writeln!(out, "{name}_count{{method=\"{method}\"}} {}", h.count);
             }
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for (name, help, l, read) in self.gauges.lock().expect("poisoned").iter() {
-            if seen.insert(*name) {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            }
-            let _ = writeln!(out, "{name}{} {}", labels(l), read());
+        // A family's series together, whatever order they were registered in.
+        let mut families: BTreeMap<&'static str, (&'static str, Series)> = BTreeMap::new();
+        for (name, help, read) in self.gauges.lock().expect("poisoned").iter() {
+            families.entry(name).or_insert((help, Vec::new())).1.extend(read());
         }
+        for (name, (help, series)) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (l, v) in series {
+                let _ = writeln!(out, "{name}{} {v}", labels(&l));
+            }
+        }
+        process::render(&mut out);
         out
     }
 }
@@ -222,7 +287,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl 
             }
             let line = String::from_utf8_lossy(&buf);
             let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
-                ("200 OK", metrics.render())
+                // Off the async workers: gauges may read the store.
+                match tokio::task::spawn_blocking(move || metrics.render()).await {
+                    Ok(text) => ("200 OK", text),
+                    Err(_) => ("500 Internal Server Error", "reading the metrics failed\n".to_string()),
+                }
             } else {
                 ("404 Not Found", "only /metrics is served here\n".to_string())
             };
@@ -278,71 +347,6 @@ pub fn cert_expiry_gauge(metrics: &Metrics, creds: Arc<corridor_certs::Credentia
     );
 }
 
-/// A tower layer counting every gRPC call a server answers, and opening its
-/// server span (a child of the caller's, when the caller sent one).
-#[derive(Clone)]
-pub struct MetricsLayer(pub Arc<Metrics>);
-
-impl<S> tower::Layer<S> for MetricsLayer {
-    type Service = MetricsService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        MetricsService { inner, metrics: self.0.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct MetricsService<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, B, RB> tower::Service<http::Request<B>> for MetricsService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
-    S::Future: Send + 'static,
-    S::Error: 'static,
-    RB: 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        use tracing::Instrument;
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
-        let method = req.uri().path().to_string();
-        let started = Instant::now();
-        let metrics = self.metrics.clone();
-        // The server span of this call, joined to the caller's trace.
-        let span =
-            tracing::info_span!("rpc", otel.name = %span_name(&method), rpc.method = %method, otel.kind = "server");
-        let _ = span.set_parent(extract(req.headers()));
-        let fut = span.in_scope(|| self.inner.call(req));
-        Box::pin(
-            async move {
-                let result = fut.await;
-                // Errors come trailers-only, with grpc-status in the headers; a
-                // success carries it in the trailers, after this point.
-                let code = match &result {
-                    Ok(resp) => {
-                        resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string()
-                    }
-                    Err(_) => "transport".to_string(),
-                };
-                metrics.rpc(&method, &code, started.elapsed());
-                result
-            }
-            .instrument(span),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -364,7 +368,7 @@ mod tests {
             },
         );
         tx.send(()).unwrap();
-        assert_eq!(stopped.await, Ok(()));
+        assert_eq!(stopped.await, Ok(Drained { took: Some(Duration::from_secs(20)), cut_off: true }));
         assert_eq!(started.elapsed(), Duration::from_secs(20));
     }
 
@@ -380,6 +384,15 @@ mod tests {
         .await;
         assert_eq!(r, Err("served and failed"));
         assert_eq!(started.elapsed(), Duration::ZERO);
+        let r = serve_draining::<()>(async {}, Duration::from_secs(20), |stop| {
+            Box::pin(async move {
+                stop.await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok(())
+            })
+        })
+        .await;
+        assert_eq!(r, Ok(Drained { took: Some(Duration::from_secs(3)), cut_off: false }));
     }
 
     use super::*;
@@ -387,12 +400,12 @@ mod tests {
     #[test]
     fn renders_counters_histograms_and_gauges() {
         let m = Metrics::new();
-        m.rpc("/corridor.v1.Gateway/Search", "0", Duration::from_millis(3));
-        m.rpc("/corridor.v1.Gateway/Search", "14", Duration::from_millis(30));
+        m.rpc("/corridor.v1.Gateway/Search", "OK", Duration::from_millis(3));
+        m.rpc("/corridor.v1.Gateway/Search", "UNAVAILABLE", Duration::from_millis(30));
         m.gauge("corridor_open_holds", "holds not yet confirmed", vec![("city", "hefei".into())], || 2.0);
         let text = m.render();
         assert!(
-            text.contains("corridor_rpc_requests_total{method=\"/corridor.v1.Gateway/Search\",code=\"14\"} 1"),
+            text.contains("corridor_rpc_requests_total{method=\"/corridor.v1.Gateway/Search\",code=\"UNAVAILABLE\"} 1"),
             "{text}"
         );
         assert!(

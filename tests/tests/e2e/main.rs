@@ -6,6 +6,7 @@
 
 mod backup;
 mod mesh;
+mod metrics;
 mod reservations;
 mod rotation;
 mod routing;

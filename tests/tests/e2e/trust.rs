@@ -190,8 +190,8 @@ async fn oversized_messages_are_refused_before_any_handler() {
     // 17 MiB of query text: over the 16 MiB limit every service declares.
     let huge = pb::SearchRequest { query: "x".repeat(17 * 1024 * 1024), ..Default::default() };
     let err = mesh.gateway("org-demo").max_encoding_message_size(64 << 20).search(huge).await.unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
-    assert!(err.message().contains("too large"), "{}", err.message());
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("over the limit"), "{}", err.message());
     // The service is unharmed.
     mesh.gateway("org-demo").search(pb::SearchRequest::default()).await.unwrap();
 }

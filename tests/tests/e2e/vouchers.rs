@@ -101,6 +101,11 @@ async fn a_wuhu_voucher_pays_part_of_a_hefei_booking_and_reconciles() {
     assert_eq!(p.held_fen, (expected_fee * 50 + 50) / 100);
     let after = voucher(&mesh, &v.id).await;
     assert_eq!((after.held_fen, after.balance_fen), (p.held_fen, 5_000_000 - p.held_fen));
+    // What an operator sees: the booking at Hefei, the money held at Wuhu.
+    let hefei = mesh.node_metrics["hefei"].render();
+    assert!(hefei.contains("corridor_bookings{city=\"hefei\",state=\"confirmed\"} 1"), "{hefei}");
+    let wuhu = mesh.node_metrics["wuhu"].render();
+    assert!(wuhu.contains(&format!("corridor_voucher_held_fen{{city=\"wuhu\"}} {}", p.held_fen)), "{wuhu}");
     // A retry with the same key is the same booking, and holds nothing more.
     let again = mesh.gateway("org-demo").reserve(reserve(&inst, start, 120, &v.id, "v1")).await.unwrap().into_inner();
     assert_eq!(again.id, b.id);
