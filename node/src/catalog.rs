@@ -296,7 +296,8 @@ mod tests {
             .map(|(_, record)| StoredInstrument { record, updated_at: "t".into() })
             .collect();
         let c = Catalog::new(city_by_slug("hefei").unwrap(), all);
-        let mut q = text("spectrometer");
+        // Every record matches: more than the top-k path keeps.
+        let mut q = text("");
         q.limit = 1;
         let top_k = c.search(&q, "hefei", "Anhui", None, None);
         q.facets = true;
@@ -374,6 +375,14 @@ mod tests {
                 stored("tem-c", "场发射透射电镜", "FE-TEM", "01.01.01"),
                 desc_only,
                 stored("ppms-9", "综合物性测量系统", "Physical Property Measurement System", "02.03.01"),
+                // Named as platforms list them, with no abbreviation in sight:
+                // only the thesaurus joins them to what researchers type.
+                stored("pcr-1", "实时荧光定量PCR仪", "Real-time PCR System", "13.02.01"),
+                stored("ald-1", "原子层沉积系统", "Atomic Layer Deposition System", "10.05.01"),
+                stored("ebl-1", "电子束曝光系统", "Electron Beam Writer", "10.05.02"),
+                stored("cryo-1", "冷冻电镜", "Cryo-electron microscope", "01.01.01"),
+                stored("stem-1", "球差校正扫描透射电子显微镜", "Double aberration-corrected microscope", "01.01.01"),
+                stored("lcmsms-1", "液质联用仪（三重四极杆）", "LC-MS/MS (triple quadrupole)", "01.02.03"),
             ],
         )
     }
@@ -409,6 +418,35 @@ mod tests {
         let mut q = text("透射电子显微镜");
         q.limit = 10;
         let got = ids_in(&c, &q);
-        assert_eq!(got, ["tem-a", "tem-b", "tem-c", "holder-1"], "phrase, words, concept (透射电镜), description");
+        // The phrase in two names (the shorter name first), the words in
+        // one, the concept in two (透射电镜, and cryo-EM below TEM), the
+        // description last.
+        assert_eq!(got, ["tem-a", "stem-1", "tem-b", "tem-c", "cryo-1", "holder-1"]);
+    }
+
+    #[test]
+    fn what_a_new_city_searched_for_is_in_the_top_three() {
+        let c = real_catalog();
+        for (query, id) in [
+            ("离子色谱", "ic-1"),
+            ("高分辨质谱", "orbi-1"),
+            ("质谱", "qqq-1"),
+            ("mass spectrometer", "qqq-1"),
+            ("色谱", "gcms-1"),
+            ("TGA", "sta-1"),
+            ("小角散射", "saxs-1"),
+            ("液质联用", "lcmsms-1"),
+            ("LC-MS/MS", "lcmsms-1"),
+            ("qPCR", "pcr-1"),
+            ("ALD", "ald-1"),
+            ("EBL", "ebl-1"),
+            ("cryo-EM", "cryo-1"),
+            ("STEM", "stem-1"),
+        ] {
+            let mut q = text(query);
+            q.limit = 3;
+            let top = ids_in(&c, &q);
+            assert!(top.contains(&id.to_string()), "{query}: {top:?}");
+        }
     }
 }

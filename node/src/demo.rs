@@ -1,7 +1,8 @@
-//! A deterministic demo inventory for the whole corridor: real instrument
-//! types and makers, the real institutions the corridor's directory names, and
-//! generated ones around them. Every node generates the same corridor and keeps
-//! its own city's share.
+//! A deterministic demo inventory for the whole corridor: real kinds of
+//! instrument under the names platforms really give them
+//! (`node/data/demo_kinds.csv`, 206 kinds), real makers and models, the real
+//! institutions the corridor's directory names, and generated ones around
+//! them. Every node generates the same corridor and keeps its own city's share.
 
 use corridor_proto::cities::{CITIES, City};
 
@@ -38,408 +39,72 @@ impl Scale {
     }
 }
 
+/// One kind of instrument as `node/data/demo_kinds.csv` lists it: several
+/// real names in each language (platforms name the same kind differently),
+/// and maker/model pairs that exist. Kept apart from the search thesaurus,
+/// so that the demo can surprise the search instead of agreeing with it.
 struct Kind {
-    abbr: &'static str,
-    zh: &'static str,
-    en: &'static str,
-    category: &'static str,
-    techniques: &'static [&'static str],
-    makers: &'static [(&'static str, &'static str)],
+    slug: String,
+    category: String,
+    names_zh: Vec<String>,
+    names_en: Vec<String>,
+    makers: Vec<(String, String)>,
+    techniques: Vec<String>,
     /// Original value range, yuan.
     value: (i64, i64),
-    /// Internal price per unit, yuan.
+    /// Internal price per unit range, yuan.
     price: (i64, i64),
     unit: PriceUnit,
-    notes: &'static str,
+    notes: String,
 }
 
-// Positional on purpose: it keeps the table below one row per kind.
-#[allow(clippy::too_many_arguments)]
-const fn k(
-    abbr: &'static str,
-    zh: &'static str,
-    en: &'static str,
-    category: &'static str,
-    techniques: &'static [&'static str],
-    makers: &'static [(&'static str, &'static str)],
-    value: (i64, i64),
-    price: (i64, i64),
-    unit: PriceUnit,
-    notes: &'static str,
-) -> Kind {
-    Kind { abbr, zh, en, category, techniques, makers, value, price, unit, notes }
+const KINDS_CSV: &str = include_str!("../data/demo_kinds.csv");
+
+/// The demo's kinds, read once from the shipped file.
+fn kinds() -> &'static [Kind] {
+    static KINDS: std::sync::OnceLock<Vec<Kind>> = std::sync::OnceLock::new();
+    KINDS.get_or_init(|| parse_kinds(KINDS_CSV).expect("node/data/demo_kinds.csv is valid"))
 }
 
-use PriceUnit::{Hour as H, Sample as S};
+fn parse_kinds(csv_text: &str) -> Result<Vec<Kind>, String> {
+    let list = |s: &str| -> Vec<String> {
+        s.split(';').map(str::trim).filter(|x| !x.is_empty()).map(str::to_string).collect()
+    };
+    let range = |s: &str, scale: i64| -> Result<(i64, i64), String> {
+        let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not a range min-max"))?;
+        let parse = |x: &str| x.trim().parse::<i64>().map_err(|e| format!("{x:?}: {e}"));
+        Ok((parse(a)? * scale, parse(b)? * scale))
+    };
+    let mut reader = csv::ReaderBuilder::new().comment(Some(b'#')).from_reader(csv_text.as_bytes());
+    let mut out = Vec::new();
+    for row in reader.records() {
+        let row = row.map_err(|e| e.to_string())?;
+        let at = |what: &str, e: String| format!("demo kind {}: {what}: {e}", &row[0]);
+        let makers = list(&row[4])
+            .iter()
+            .map(|m| m.split_once('|').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| at("makers", "use maker|model".into()))?;
+        let kind = Kind {
+            slug: row[0].to_string(),
+            category: row[1].to_string(),
+            names_zh: list(&row[2]),
+            names_en: list(&row[3]),
+            makers,
+            techniques: list(&row[5]),
+            value: range(&row[6], 10_000).map_err(|e| at("value_wan", e))?,
+            price: range(&row[7], 1).map_err(|e| at("price_yuan", e))?,
+            unit: if &row[8] == "sample" { PriceUnit::Sample } else { PriceUnit::Hour },
+            notes: row[9].to_string(),
+        };
+        if kind.names_zh.is_empty() || kind.names_en.is_empty() || kind.makers.is_empty() {
+            return Err(at("names and makers", "at least one of each".into()));
+        }
+        out.push(kind);
+    }
+    Ok(out)
+}
 
-const KINDS: &[Kind] = &[
-    k(
-        "tem",
-        "场发射透射电子显微镜",
-        "200 kV Field Emission Transmission Electron Microscope (TEM)",
-        "01.01.01",
-        &["HRTEM", "STEM", "EDS", "electron diffraction"],
-        &[("JEOL", "JEM-F200"), ("Thermo Fisher Scientific", "Talos F200X"), ("Hitachi", "HF5000")],
-        (8_000_000, 25_000_000),
-        (600, 1_200),
-        H,
-        "使用前需冷却与合轴 Alignment before each session",
-    ),
-    k(
-        "sem",
-        "扫描电子显微镜",
-        "Field Emission Scanning Electron Microscope (SEM)",
-        "01.01.02",
-        &["SE imaging", "BSE", "EDS", "EBSD"],
-        &[("ZEISS", "Sigma 300"), ("Hitachi", "SU8010"), ("JEOL", "JSM-IT800")],
-        (2_000_000, 6_000_000),
-        (300, 600),
-        H,
-        "",
-    ),
-    k(
-        "fib",
-        "聚焦离子束扫描电镜双束系统",
-        "Focused Ion Beam Scanning Electron Microscope (FIB-SEM)",
-        "01.01.03",
-        &["TEM lamella preparation", "3D tomography"],
-        &[("Thermo Fisher Scientific", "Helios 5 UX"), ("ZEISS", "Crossbeam 550")],
-        (9_000_000, 18_000_000),
-        (900, 1_500),
-        H,
-        "",
-    ),
-    k(
-        "nmr",
-        "核磁共振波谱仪",
-        "Nuclear Magnetic Resonance Spectrometer (NMR)",
-        "01.06.01",
-        &["1H", "13C", "2D NMR", "solid-state NMR"],
-        &[("Bruker", "AVANCE NEO 400"), ("Bruker", "AVANCE NEO 600"), ("JEOL", "JNM-ECZ500R")],
-        (3_000_000, 12_000_000),
-        (150, 500),
-        S,
-        "",
-    ),
-    k(
-        "epr",
-        "电子顺磁共振波谱仪",
-        "Electron Paramagnetic Resonance Spectrometer (EPR)",
-        "01.06.02",
-        &["X-band EPR", "free radicals"],
-        &[("Bruker", "EMXplus"), ("JEOL", "JES-X320")],
-        (2_500_000, 5_000_000),
-        (300, 600),
-        S,
-        "",
-    ),
-    k(
-        "xrd",
-        "X射线衍射仪",
-        "X-ray Diffractometer (XRD)",
-        "01.03.01",
-        &["powder diffraction", "phase analysis", "crystallinity"],
-        &[("Bruker", "D8 Advance"), ("Rigaku", "SmartLab"), ("Malvern Panalytical", "Empyrean")],
-        (1_200_000, 3_500_000),
-        (100, 300),
-        S,
-        "",
-    ),
-    k(
-        "scxrd",
-        "单晶X射线衍射仪",
-        "Single Crystal X-ray Diffractometer (SC-XRD)",
-        "01.03.04",
-        &["crystal structure"],
-        &[("Rigaku", "XtaLAB Synergy"), ("Bruker", "D8 Venture")],
-        (3_000_000, 6_000_000),
-        (400, 800),
-        S,
-        "",
-    ),
-    k(
-        "xps",
-        "X射线光电子能谱仪",
-        "X-ray Photoelectron Spectrometer (XPS)",
-        "01.03.02",
-        &["surface chemistry", "depth profiling"],
-        &[("Thermo Fisher Scientific", "ESCALAB Xi+"), ("Kratos", "AXIS Supra+")],
-        (4_000_000, 8_000_000),
-        (500, 900),
-        S,
-        "",
-    ),
-    k(
-        "xrf",
-        "X射线荧光光谱仪",
-        "X-ray Fluorescence Spectrometer (XRF)",
-        "01.03.03",
-        &["elemental analysis"],
-        &[("Malvern Panalytical", "Zetium"), ("Rigaku", "ZSX Primus IV")],
-        (800_000, 2_000_000),
-        (100, 250),
-        S,
-        "",
-    ),
-    k(
-        "icpms",
-        "电感耦合等离子体质谱仪",
-        "Inductively Coupled Plasma Mass Spectrometer (ICP-MS)",
-        "01.02.01",
-        &["trace elements", "isotope ratio"],
-        &[("Agilent", "7900"), ("Thermo Fisher Scientific", "iCAP RQ")],
-        (1_500_000, 3_000_000),
-        (200, 500),
-        S,
-        "",
-    ),
-    k(
-        "gcms",
-        "气相色谱质谱联用仪",
-        "Gas Chromatograph-Mass Spectrometer (GC-MS)",
-        "01.02.02",
-        &["volatile organics", "EI"],
-        &[("Agilent", "8890-5977B"), ("Shimadzu", "GCMS-QP2020 NX")],
-        (600_000, 1_500_000),
-        (200, 400),
-        S,
-        "",
-    ),
-    k(
-        "lcms",
-        "液相色谱质谱联用仪",
-        "Liquid Chromatograph-Mass Spectrometer (LC-MS)",
-        "01.02.03",
-        &["metabolomics", "proteomics", "ESI"],
-        &[
-            ("Waters", "Xevo TQ-XS"),
-            ("SCIEX", "Triple Quad 6500+"),
-            ("Thermo Fisher Scientific", "Orbitrap Exploris 480"),
-        ],
-        (1_500_000, 6_000_000),
-        (300, 800),
-        S,
-        "",
-    ),
-    k(
-        "ftir",
-        "傅里叶变换红外光谱仪",
-        "Fourier Transform Infrared Spectrometer (FTIR)",
-        "01.04.01",
-        &["ATR", "functional groups"],
-        &[("Thermo Fisher Scientific", "Nicolet iS50"), ("Bruker", "INVENIO R")],
-        (400_000, 1_000_000),
-        (80, 200),
-        S,
-        "",
-    ),
-    k(
-        "raman",
-        "激光共聚焦显微拉曼光谱仪",
-        "Confocal Raman Microscope (Raman)",
-        "01.04.02",
-        &["Raman mapping", "PL"],
-        &[("HORIBA", "LabRAM HR Evolution"), ("Renishaw", "inVia Qontor")],
-        (1_000_000, 2_500_000),
-        (200, 400),
-        H,
-        "",
-    ),
-    k(
-        "uvvis",
-        "紫外可见近红外分光光度计",
-        "UV-Vis-NIR Spectrophotometer",
-        "01.04.03",
-        &["absorbance", "reflectance"],
-        &[("PerkinElmer", "Lambda 1050+"), ("Shimadzu", "UV-3600i Plus")],
-        (350_000, 800_000),
-        (60, 150),
-        S,
-        "",
-    ),
-    k(
-        "icpoes",
-        "电感耦合等离子体发射光谱仪",
-        "Inductively Coupled Plasma Optical Emission Spectrometer (ICP-OES)",
-        "01.04.04",
-        &["major elements"],
-        &[("Agilent", "5110"), ("Thermo Fisher Scientific", "iCAP PRO")],
-        (600_000, 1_200_000),
-        (100, 250),
-        S,
-        "",
-    ),
-    k(
-        "hplc",
-        "高效液相色谱仪",
-        "High Performance Liquid Chromatograph (HPLC)",
-        "01.05.01",
-        &["separation", "purity"],
-        &[("Waters", "ACQUITY Arc"), ("Agilent", "1290 Infinity II")],
-        (350_000, 900_000),
-        (80, 200),
-        S,
-        "",
-    ),
-    k(
-        "clsm",
-        "激光扫描共聚焦显微镜",
-        "Confocal Laser Scanning Microscope (confocal)",
-        "01.08.01",
-        &["live-cell imaging", "fluorescence"],
-        &[("ZEISS", "LSM 980"), ("Leica", "STELLARIS 8"), ("Nikon", "AX R")],
-        (2_000_000, 6_000_000),
-        (200, 500),
-        H,
-        "",
-    ),
-    k(
-        "afm",
-        "扫描探针显微镜",
-        "Scanning Probe Microscope (AFM/SPM)",
-        "01.08.02",
-        &["atomic force microscopy", "KPFM", "MFM"],
-        &[("Bruker", "Dimension Icon"), ("Oxford Instruments Asylum", "Cypher ES"), ("Park Systems", "NX20")],
-        (1_500_000, 4_000_000),
-        (300, 600),
-        H,
-        "",
-    ),
-    k(
-        "tga",
-        "热重分析仪",
-        "Thermogravimetric Analyzer (TGA)",
-        "01.09.01",
-        &["thermal stability", "TG-DSC"],
-        &[("TA Instruments", "TGA 5500"), ("NETZSCH", "TG 209 F1")],
-        (400_000, 900_000),
-        (100, 200),
-        S,
-        "",
-    ),
-    k(
-        "dsc",
-        "差示扫描量热仪",
-        "Differential Scanning Calorimeter (DSC)",
-        "01.09.02",
-        &["glass transition", "melting point"],
-        &[("TA Instruments", "DSC 2500"), ("METTLER TOLEDO", "DSC 3")],
-        (350_000, 700_000),
-        (100, 200),
-        S,
-        "",
-    ),
-    k(
-        "bet",
-        "全自动比表面及孔隙度分析仪",
-        "Automatic Specific Surface Area and Porosity Analyzer (BET)",
-        "02.02.01",
-        &["BET surface area", "pore size distribution", "N2 adsorption"],
-        &[("Micromeritics", "ASAP 2460"), ("Anton Paar Quantachrome", "Autosorb-iQ")],
-        (400_000, 900_000),
-        (150, 300),
-        S,
-        "使用前需预热20分钟以上 Preheat for more than 20 minutes before use",
-    ),
-    k(
-        "psa",
-        "激光粒度分析仪",
-        "Laser Particle Size Analyzer",
-        "02.02.02",
-        &["particle size distribution", "laser diffraction"],
-        &[("Malvern Panalytical", "Mastersizer 3000"), ("HORIBA", "LA-960V2")],
-        (350_000, 700_000),
-        (80, 150),
-        S,
-        "",
-    ),
-    k(
-        "utm",
-        "万能材料试验机",
-        "Universal Testing Machine",
-        "02.01.01",
-        &["tensile", "compression", "bending"],
-        &[("Instron", "5967"), ("ZwickRoell", "Z100")],
-        (400_000, 1_200_000),
-        (150, 300),
-        H,
-        "",
-    ),
-    k(
-        "ppms",
-        "综合物性测量系统",
-        "Physical Property Measurement System (PPMS)",
-        "02.03.01",
-        &["resistivity", "heat capacity", "low temperature"],
-        &[("Quantum Design", "PPMS DynaCool")],
-        (4_000_000, 7_000_000),
-        (300, 600),
-        H,
-        "降温需约2小时 Cool-down takes about 2 hours",
-    ),
-    k(
-        "squid",
-        "超导量子干涉磁强计",
-        "SQUID Magnetometer (MPMS)",
-        "02.03.02",
-        &["magnetization", "susceptibility"],
-        &[("Quantum Design", "MPMS3")],
-        (4_000_000, 6_000_000),
-        (300, 600),
-        H,
-        "",
-    ),
-    k(
-        "cmm",
-        "三坐标测量机",
-        "Coordinate Measuring Machine (CMM)",
-        "03.01.01",
-        &["dimensional metrology"],
-        &[("ZEISS", "CONTURA"), ("Hexagon", "Global S")],
-        (600_000, 2_000_000),
-        (200, 400),
-        H,
-        "",
-    ),
-    k(
-        "vna",
-        "矢量网络分析仪",
-        "Vector Network Analyzer (VNA)",
-        "04.01.01",
-        &["S-parameters", "RF"],
-        &[("Keysight", "PNA-X N5247B"), ("Rohde & Schwarz", "ZNA43")],
-        (1_000_000, 3_000_000),
-        (200, 500),
-        H,
-        "",
-    ),
-    k(
-        "ct",
-        "工业计算机断层扫描系统",
-        "Industrial Computed Tomography System (CT)",
-        "08.01.01",
-        &["non-destructive testing", "3D imaging"],
-        &[("ZEISS", "METROTOM 1500"), ("YXLON", "FF35 CT")],
-        (3_000_000, 8_000_000),
-        (500, 1_000),
-        H,
-        "",
-    ),
-    k(
-        "fcm",
-        "流式细胞仪",
-        "Flow Cytometer",
-        "11.01.01",
-        &["cell sorting", "immunophenotyping"],
-        &[("BD Biosciences", "FACSCelesta"), ("Beckman Coulter", "CytoFLEX S")],
-        (800_000, 3_000_000),
-        (150, 400),
-        H,
-        "",
-    ),
-];
-
-/// Institutions the corridor's own directory names, with their cities.
 const REAL: &[(&str, &str, &str)] = &[
     ("hefei", "中国科学技术大学", "University of Science and Technology of China"),
     ("hefei", "中国科学院合肥物质科学研究院", "Hefei Institutes of Physical Science, CAS"),
@@ -547,8 +212,10 @@ pub fn corridor_inventory(scale: Scale) -> Vec<(&'static City, InstrumentRecord)
     for seq in 0..n {
         // Every institution owns at least one instrument.
         let inst = if seq < m { &insts[seq] } else { rng.pick(&insts) };
-        let kind = rng.pick(KINDS);
-        let &(maker, model) = rng.pick(kind.makers);
+        let kind = rng.pick(kinds());
+        let (maker, model) = rng.pick(&kind.makers);
+        let name_zh = rng.pick(&kind.names_zh);
+        let name_en = rng.pick(&kind.names_en);
         let city = &CITIES[inst.city];
         let internal = rng.range(kind.price.0, kind.price.1) * 100;
         let year = rng.range(2012, 2025);
@@ -565,18 +232,18 @@ pub fn corridor_inventory(scale: Scale) -> Vec<(&'static City, InstrumentRecord)
             _ => vec![],
         };
         let record = InstrumentRecord {
-            local_id: format!("{}-{:05}", kind.abbr, seq + 1),
+            local_id: format!("{}-{:05}", kind.slug, seq + 1),
             city: city.slug.to_string(),
-            name_zh: kind.zh.into(),
-            name_en: kind.en.into(),
-            description: format!("{} {} {}，{}。{}", maker, model, kind.zh, kind.techniques.join("、"), kind.notes)
+            name_zh: name_zh.clone(),
+            name_en: name_en.clone(),
+            description: format!("{maker} {model} {name_zh}，{}。{}", kind.techniques.join("、"), kind.notes)
                 .trim_end()
                 .to_string(),
-            category: kind.category.into(),
-            techniques: kind.techniques.iter().map(|t| t.to_string()).collect(),
-            manufacturer: maker.into(),
-            model: model.into(),
-            asset_number: format!("{}-{year}-{:04}", kind.abbr.to_uppercase(), rng.below(10_000)),
+            category: kind.category.clone(),
+            techniques: kind.techniques.clone(),
+            manufacturer: maker.clone(),
+            model: model.clone(),
+            asset_number: format!("{}-{year}-{:04}", kind.slug.to_uppercase(), rng.below(10_000)),
             commissioned_on: format!("{year}-{:02}-{:02}", rng.range(1, 12), rng.range(1, 28)),
             original_value_fen: rng.range(kind.value.0, kind.value.1) * 100,
             institution_name: inst.zh.clone(),
@@ -599,7 +266,7 @@ pub fn corridor_inventory(scale: Scale) -> Vec<(&'static City, InstrumentRecord)
             price_unit: kind.unit,
             price_internal_fen: internal,
             price_external_fen: internal * 3 / 2,
-            booking_notes: kind.notes.into(),
+            booking_notes: kind.notes.clone(),
             status: if rng.below(25) == 0 { Status::Maintenance } else { Status::Available },
             photo_url: String::new(),
             accepts_vouchers: rng.below(10) != 0,
@@ -649,6 +316,17 @@ mod tests {
             assert!(all.iter().any(|(city, _)| city.slug == c.slug), "{} has instruments", c.slug);
         }
         assert!(all.iter().any(|(c, r)| c.slug == "hefei" && r.institution_name == "中国科学技术大学"));
+    }
+
+    #[test]
+    fn the_kinds_file_loads_and_covers_the_field() {
+        let k = kinds();
+        assert!(k.len() >= 100, "{} kinds", k.len());
+        assert!(k.iter().all(|k| k.value.0 >= 300_000 && k.value.0 <= k.value.1 && k.price.0 <= k.price.1));
+        let err = parse_kinds(
+            "kind,category,names_zh,names_en,makers,techniques,value_wan,price_yuan,unit,notes\nx,01,甲,a,nomodel,t,1-2,1-2,hour,\n",
+        );
+        assert!(err.err().unwrap().contains("maker|model"));
     }
 
     #[test]

@@ -252,7 +252,16 @@ mod tests {
             assert!(matches!(err, StoreError::InUse { .. }), "{err}");
             assert!(err.to_string().contains("already in use"));
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        // sled's flusher thread lets go of the lock a moment after the last
+        // handle is dropped: wait for that, not for a fixed time.
+        let reopened = (0..500).find_map(|_| match SledStore::open(dir.path()) {
+            Err(StoreError::InUse { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            }
+            other => Some(other),
+        });
+        let store = reopened.expect("the lock is released").unwrap();
         assert_eq!(store.get("a").unwrap().unwrap().record, sample("a"));
     }
 }

@@ -410,6 +410,12 @@ impl Mesh {
     }
 }
 
+/// Whether a demo record is of one of `kinds` (its local id is the kind's
+/// slug and a number), whatever name the demo gave it.
+pub fn of_kind(r: &corridor_node::model::InstrumentRecord, kinds: &[&str]) -> bool {
+    r.local_id.rsplit_once('-').is_some_and(|(kind, n)| kinds.contains(&kind) && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn time_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64
 }

@@ -169,7 +169,7 @@ impl SearchIndex {
         let writer = index.writer_with_num_threads(1, 15_000_000).expect("an in-RAM writer");
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().expect("a reader");
         let current = RwLock::new(View::of(&reader).expect("an empty in-RAM index opens"));
-        let thesaurus = RwLock::new(Arc::new(Thesaurus::shipped_with(None).expect("the shipped thesaurus is valid")));
+        let thesaurus = RwLock::new(Thesaurus::shipped());
         SearchIndex { index, reader, writer: Mutex::new(writer), fields, current, thesaurus }
     }
 

@@ -110,6 +110,15 @@ fn split_list(s: &str) -> impl Iterator<Item = &str> {
 }
 
 impl Thesaurus {
+    /// The shipped thesaurus, read once per process: every index starts
+    /// with it, and a city's own files replace it later.
+    pub fn shipped() -> std::sync::Arc<Thesaurus> {
+        static SHIPPED_ONE: std::sync::OnceLock<std::sync::Arc<Thesaurus>> = std::sync::OnceLock::new();
+        SHIPPED_ONE
+            .get_or_init(|| std::sync::Arc::new(Thesaurus::shipped_with(None).expect("the shipped thesaurus is valid")))
+            .clone()
+    }
+
     /// The shipped thesaurus, with `local` synonyms (CSV text) added.
     pub fn shipped_with(local: Option<(&str, &str)>) -> Result<Thesaurus, ThesaurusError> {
         let mut files = vec![("node/data/thesaurus.csv", SHIPPED), ("node/data/makers.csv", SHIPPED_MAKERS)];
@@ -263,6 +272,14 @@ impl Thesaurus {
     /// span punctuation: 液相色谱-质谱联用仪); Latin names match whole words
     /// only, so "tem" is never found in "system".
     pub fn analyze(&self, text: &str) -> Analysis {
+        self.read(text, true)
+    }
+
+    /// Reads `text` for names. A query (`guess`) may name a concept with a
+    /// typo, or by the leading words of a name when it ends there; a record's
+    /// own names are read exactly, since "Triple Quadrupole GC-MS" goes on
+    /// past the words that begin "triple quadrupole LC-MS".
+    fn read(&self, text: &str, guess: bool) -> Analysis {
         let mut found: Vec<Vec<u32>> = Vec::new();
         let mut rest = Vec::new();
         // Words: runs of letters and digits, CJK and Latin apart, except a
@@ -292,7 +309,8 @@ impl Thesaurus {
                 if i + n > words.len() || words[i..i + n].iter().any(|w| w.chars().any(is_cjk)) {
                     continue;
                 }
-                if let Some(ids) = self.latin_name(&normalize(&words[i..i + n].concat()), n) {
+                let last = i + n == words.len();
+                if let Some(ids) = self.latin_name(&normalize(&words[i..i + n].concat()), guess, n, last) {
                     found.push(ids.to_vec());
                     i += n;
                     matched = true;
@@ -310,11 +328,15 @@ impl Thesaurus {
 
     /// The concepts a Latin name means: exactly, or with one typo when it is
     /// long enough and names one thing only.
-    fn latin_name(&self, key: &str, words: usize) -> Option<&[u32]> {
+    fn latin_name(&self, key: &str, guess: bool, words: usize, last: bool) -> Option<&[u32]> {
         if let Some(ids) = self.latin.get(key) {
             return Some(ids);
         }
+        if !guess {
+            return None;
+        }
         if words >= 2
+            && last
             && let Some(ids) = self.latin_heads.get(key)
         {
             return Some(ids);
@@ -371,9 +393,7 @@ impl Thesaurus {
             }
             match hit {
                 Some((q, ids)) => {
-                    if !leftover.is_empty() {
-                        rest.push(std::mem::take(&mut leftover));
-                    }
+                    keep(rest, std::mem::take(&mut leftover));
                     found.push(ids.clone());
                     p = q;
                 }
@@ -383,9 +403,7 @@ impl Thesaurus {
                 }
             }
         }
-        if !leftover.is_empty() {
-            rest.push(leftover);
-        }
+        keep(rest, leftover);
     }
 
     /// Every concept an instrument belongs to: those its names (and its
@@ -393,7 +411,7 @@ impl Thesaurus {
     pub fn concepts_of(&self, names: &[&str]) -> Vec<String> {
         let mut named = Vec::new();
         for name in names {
-            named.extend(self.analyze(name).concepts());
+            named.extend(self.read(name, false).concepts());
         }
         let mut out: Vec<u32> = Vec::new();
         for id in named {
@@ -402,6 +420,15 @@ impl Thesaurus {
             }
         }
         out.iter().map(|&c| self.id(c).to_string()).collect()
+    }
+}
+
+/// Keeps a CJK fragment no name covered as a word the query still asks for,
+/// unless it is a single character: 比表面积 is 比表面 and 积, and 积 alone
+/// narrows nothing a person meant.
+fn keep(rest: &mut Vec<String>, fragment: String) {
+    if fragment.chars().count() > 1 {
+        rest.push(fragment);
     }
 }
 
@@ -474,6 +501,11 @@ qqq,ms,三重四极杆质谱仪,triple quadrupole mass spectrometer,三重四极
         // The leading words of a name name it, when they begin no other.
         assert_eq!(t.analyze("triple quadrupole").concepts(), ["qqq"]);
         assert!(t.analyze("liquid").concepts().is_empty(), "one word is not enough");
+        assert!(t.analyze("triple quadrupole GC").concepts().is_empty(), "only where the query ends");
+        assert_eq!(t.concepts_of(&["Triple Quadrupole GC-MS"]), ["ms"], "a record's names are read exactly: not qqq");
+        // A lone character left over narrows nothing; two do.
+        assert_eq!(t.analyze("透射电镜样").rest, Vec::<String>::new());
+        assert_eq!(t.analyze("透射电镜样品").rest, ["样品"]);
         // A combination is named by itself, or by its parents together.
         let lcms = t.analyze("液质");
         assert_eq!(lcms.named[0].any, vec![vec!["lc-ms".to_string()], vec!["ms".into(), "lc".into()]]);
