@@ -2,6 +2,7 @@
 //! certificate issue, server and client TLS configs, and turning a verified peer
 //! certificate into a typed [`Identity`].
 
+mod accept;
 mod coalesce;
 mod error;
 mod identity;
@@ -9,15 +10,13 @@ mod issue;
 mod revoke;
 mod tls;
 
+pub use accept::{Refusal, ServerStream, TlsAcceptOptions, handshake_refusals, tls_incoming};
 pub use coalesce::Coalesce;
 pub use error::CertError;
 pub use identity::Identity;
 pub use issue::{Ca, IssueOptions, IssuedCert, init_dir, write_identity};
 pub use revoke::{crl_path, revoke};
-pub use tls::{
-    CredentialSource, Credentials, TlsAcceptOptions, TlsConnector, caller_identity, client_channel, reloading_channel,
-    tls_incoming,
-};
+pub use tls::{CredentialSource, Credentials, TlsConnector, caller_identity, client_channel, reloading_channel};
 
 /// The trust domain every corridor identity lives in.
 pub const TRUST_DOMAIN: &str = "corridor";

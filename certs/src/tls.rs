@@ -22,11 +22,7 @@ use rustls::{
         danger::{ClientCertVerified, ClientCertVerifier},
     },
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc},
-};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::{CertError, Identity, coalesce::Coalesce};
@@ -265,77 +261,6 @@ impl ServerCertVerifier for IdentityServerVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
-}
-
-/// Limits on the TLS accept path.
-#[derive(Debug, Clone, Copy)]
-pub struct TlsAcceptOptions {
-    /// A peer that has not finished its handshake by then is dropped, so a
-    /// slow or silent client cannot hold a slot.
-    pub handshake_timeout: Duration,
-    /// Handshakes in flight at once; further connections wait in the
-    /// listener's backlog.
-    pub max_handshakes: usize,
-}
-
-impl Default for TlsAcceptOptions {
-    fn default() -> Self {
-        TlsAcceptOptions { handshake_timeout: Duration::from_secs(10), max_handshakes: 256 }
-    }
-}
-
-/// Accepted and fully verified TLS connections, ready for
-/// `tonic::transport::Server::serve_with_incoming_shutdown`.
-///
-/// Handshakes run off the accept loop, each in its own task under a timeout,
-/// so one slow peer never delays another. A connection that fails its
-/// handshake (no certificate, wrong CA, expired, plaintext) is dropped before
-/// any request is read, so no handler ever runs for it. The accept loop ends
-/// when the returned stream is dropped.
-pub fn tls_incoming(
-    listener: TcpListener,
-    source: Arc<CredentialSource>,
-    opts: TlsAcceptOptions,
-) -> ReceiverStream<io::Result<Coalesce<tokio_rustls::server::TlsStream<TcpStream>>>> {
-    let (tx, rx) = mpsc::channel(64);
-    let permits = Arc::new(Semaphore::new(opts.max_handshakes.max(1)));
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                r = listener.accept() => r,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let _ = tcp.set_nodelay(true);
-            // The config current at this handshake: certificate rotation and
-            // CRL updates apply to new connections, in-flight ones go on.
-            let acceptor = tokio_rustls::TlsAcceptor::from(source.server_config());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let result = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await;
-                drop(permit);
-                match result {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(Coalesce::new(stream))).await;
-                    }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "tls handshake refused"),
-                    Err(_) => tracing::info!(%peer, "tls handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 /// The verified identity of the peer that sent `request`.
