@@ -4,6 +4,7 @@
 
 mod accept;
 mod coalesce;
+mod diagnose;
 mod error;
 mod identity;
 mod issue;
@@ -12,6 +13,7 @@ mod tls;
 
 pub use accept::{Refusal, ServerStream, TlsAcceptOptions, handshake_refusals, tls_incoming};
 pub use coalesce::Coalesce;
+pub use diagnose::{HandshakeFailure, handshake_failure};
 pub use error::CertError;
 pub use identity::Identity;
 pub use issue::{Ca, IssueOptions, IssuedCert, init_dir, write_identity};

@@ -22,7 +22,7 @@ use rustls::{
         danger::{ClientCertVerified, ClientCertVerifier},
     },
 };
-use tokio::net::TcpStream;
+use tokio::{io::AsyncReadExt, net::TcpStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::{CertError, Identity, coalesce::Coalesce};
@@ -170,6 +170,12 @@ fn identity_error(e: CertError) -> rustls::Error {
     rustls::Error::General(e.to_string())
 }
 
+/// A client leaf that is not a corridor identity is refused as a bad
+/// certificate (alert certificate_unknown), so that its holder is told so.
+fn client_identity_error(e: CertError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))))
+}
+
 /// WebPKI chain and validity checks, then the corridor's own leaf rules.
 #[derive(Debug)]
 struct IdentityClientVerifier {
@@ -188,7 +194,7 @@ impl ClientCertVerifier for IdentityClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        Identity::from_cert_der(end_entity).map_err(identity_error)?;
+        Identity::from_cert_der(end_entity).map_err(client_identity_error)?;
         Ok(verified)
     }
 
@@ -326,8 +332,24 @@ impl tower::Service<Uri> for TlsConnector {
             let name = ServerName::try_from(host.clone()).map_err(|e| invalid(format!("{host}: {e}")))?;
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok(TokioIo::new(Coalesce::new(tls)))
+            let mut tls = connector.connect(name, tcp).await?;
+            // Under TLS 1.3 the client's side of the handshake ends before the
+            // server has checked the client's certificate; a refusal (revoked,
+            // expired) would arrive later as an alert in the middle of the
+            // first call, and reach the caller as a bare "transport error".
+            // The server speaks first on a connection it accepts (session
+            // tickets, then HTTP/2 SETTINGS), so its first bytes are its
+            // verdict: read them now, and hand them on to hyper.
+            let mut first = vec![0u8; 4096];
+            let n = tls.read(&mut first).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the server closed the connection right after the tls handshake",
+                ));
+            }
+            first.truncate(n);
+            Ok(TokioIo::new(Coalesce::with_unread(tls, first)))
         })
     }
 }
@@ -481,5 +503,71 @@ impl CredentialSource {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio_stream::StreamExt;
+    use tower::Service;
+
+    use super::*;
+    use crate::{HandshakeFailure, TlsAcceptOptions, handshake_failure, tls_incoming};
+
+    #[tokio::test]
+    async fn a_refused_client_learns_why_when_it_connects_not_in_its_first_call() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::init_dir(dir.path(), &["hefei"], false).unwrap();
+        crate::revoke(dir.path(), "org-demo").unwrap();
+        let server = CredentialSource::load(dir.path(), "node-hefei").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = listener.local_addr().unwrap();
+        let mut incoming = tls_incoming(listener, server, TlsAcceptOptions::default());
+        // A network with some latency, so that the verdict arrives well after
+        // the client has sent its last flight.
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = Uri::from_str(&format!("http://127.0.0.1:{}", proxy.local_addr().unwrap().port())).unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            while let Ok((client, _)) = proxy.accept().await {
+                let server = TcpStream::connect(server_addr).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        // Simulated latency, not a wait for a condition.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let expect = Some(Identity::Node("hefei".into()));
+
+        // Under TLS 1.3 the client's half of the handshake ends before the
+        // server has judged its certificate: the connect awaits the verdict.
+        let revoked = CredentialSource::load(dir.path(), "org-demo").unwrap();
+        let err = TlsConnector::new(revoked, expect.clone()).call(uri.clone()).await.expect_err("refused at connect");
+        assert_eq!(handshake_failure(&err), Some(HandshakeFailure::Revoked), "{err:?}");
+
+        // An accepted client gets the server's first bytes, as hyper will read them.
+        let good = CredentialSource::load(dir.path(), "admin-hefei").unwrap();
+        let serve = async {
+            let mut conn = incoming.next().await.unwrap().unwrap();
+            conn.write_all(b"settings").await.unwrap();
+            conn.flush().await.unwrap();
+            conn
+        };
+        let (client, _conn) = tokio::join!(TlsConnector::new(good, expect).call(uri), serve);
+        let mut first = [0u8; 8];
+        tokio::io::AsyncReadExt::read_exact(&mut client.unwrap().into_inner(), &mut first).await.unwrap();
+        assert_eq!(&first, b"settings");
     }
 }

@@ -163,3 +163,31 @@ async fn up_runs_the_mesh_as_processes_and_survives_a_killed_node() {
     }
     drop(up);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_identity_is_told_why_with_its_name_and_the_address() {
+    let mesh = Mesh::start(None).await;
+    let nodes = |identity: &str| {
+        let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+        cmd.args(["nodes", "--identity", identity]);
+        cmd
+    };
+    let (ok, _, err) = run(nodes("org-demo")).await;
+    assert!(ok, "{err}");
+
+    corridor_certs::revoke(&mesh.certs, "org-demo").unwrap();
+    mesh.reload_all();
+    let (ok, _, err) = run(nodes("org-demo")).await;
+    assert!(!ok);
+    assert!(err.contains("certificate was revoked"), "{err}");
+    assert!(err.contains("identity org-demo") && err.contains(&mesh.gateway_url()), "{err}");
+
+    let id = corridor_certs::Identity::Org("late".into());
+    let mut expired = corridor_certs::IssueOptions::for_identity(&id);
+    expired.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    expired.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    mesh.issue("org-late", &id, &expired);
+    let (ok, _, err) = run(nodes("org-late")).await;
+    assert!(!ok);
+    assert!(err.contains("identity org-late") && err.contains("has expired"), "{err}");
+}

@@ -38,6 +38,8 @@ async fn a_revoked_admin_is_refused_and_a_renewed_one_works_without_restarts() {
         !matches!(err.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated),
         "refused at the handshake, not by a handler: {err:?}"
     );
+    // And the client can tell why, from the cause under the transport error.
+    assert_eq!(corridor_certs::handshake_failure(&err), Some(corridor_certs::HandshakeFailure::Revoked), "{err:?}");
     // Everyone else keeps working.
     import_one(&mesh, "wuhu", "admin-wuhu", "w1").await.expect("another admin");
     mesh.gateway("org-demo").search(pb::SearchRequest::default()).await.expect("an org");
