@@ -75,12 +75,23 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, CertError> {
     fs::read(path).map_err(|cause| CertError::Read { path: path.into(), cause })
 }
 
+/// Where an identity's files are in a certs directory: `NAME.pem`,
+/// `NAME.key` and `ca.pem` as `corridor certs` writes them, or, when there is
+/// no `NAME.pem`, `tls.crt`, `tls.key` and `ca.crt` as cert-manager writes a
+/// Secret (mounted as a directory in Kubernetes).
+fn identity_files(dir: &Path, name: &str) -> [std::path::PathBuf; 3] {
+    let own = dir.join(format!("{name}.pem"));
+    if !own.exists() && dir.join("tls.crt").exists() {
+        return [dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt")];
+    }
+    [own, dir.join(format!("{name}.key")), dir.join("ca.pem")]
+}
+
 impl Credentials {
-    /// Loads `DIR/ca.pem`, `DIR/NAME.pem` and `DIR/NAME.key`.
+    /// Loads `DIR/ca.pem`, `DIR/NAME.pem` and `DIR/NAME.key` (or cert-manager's
+    /// `tls.crt`, `tls.key` and `ca.crt`, whose certificate must then be NAME's).
     pub fn load(dir: &Path, name: &str) -> Result<Self, CertError> {
-        let ca = dir.join("ca.pem");
-        let cert = dir.join(format!("{name}.pem"));
-        let key = dir.join(format!("{name}.key"));
+        let [cert, key, ca] = identity_files(dir, name);
         let mut creds =
             Self::from_pem(&read_bytes(&ca)?, &read_bytes(&cert)?, &read_bytes(&key)?).map_err(|e| match e {
                 CertError::NoPem { what, .. } if what == "CA certificate" => {
@@ -90,6 +101,15 @@ impl Credentials {
                 CertError::NoPem { what, .. } => CertError::NoPem { path: key.clone(), what },
                 other => other,
             })?;
+        // A Secret's key names say nothing of whose it is: a mix-up of
+        // Secrets must not make a node serve as another identity.
+        if creds.identity.name() != name && !dir.join(format!("{name}.pem")).exists() {
+            return Err(CertError::BadIdentity(format!(
+                "{} is {}'s certificate, not {name}'s",
+                cert.display(),
+                creds.identity.name()
+            )));
+        }
         let crl = crate::revoke::crl_path(dir);
         if crl.exists() {
             creds.crls = CertificateRevocationListDer::pem_slice_iter(&read_bytes(&crl)?)
@@ -434,12 +454,16 @@ impl CredentialSource {
         }))
     }
 
-    fn paths(dir: &Path, name: &str) -> [std::path::PathBuf; 4] {
+    fn paths(dir: &Path, name: &str) -> [std::path::PathBuf; 7] {
         [
             dir.join(format!("{name}.pem")),
             dir.join(format!("{name}.key")),
             dir.join("ca.pem"),
             crate::revoke::crl_path(dir),
+            // cert-manager's names (see `identity_files`).
+            dir.join("tls.crt"),
+            dir.join("tls.key"),
+            dir.join("ca.crt"),
         ]
     }
 
@@ -569,5 +593,26 @@ mod tests {
         let mut first = [0u8; 8];
         tokio::io::AsyncReadExt::read_exact(&mut client.unwrap().into_inner(), &mut first).await.unwrap();
         assert_eq!(&first, b"settings");
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    #[test]
+    fn a_cert_manager_secret_loads_as_its_identity_and_only_as_it() {
+        let made = tempfile::tempdir().unwrap();
+        crate::init_dir(made.path(), &["hefei"], false).unwrap();
+        let secret = tempfile::tempdir().unwrap();
+        for (from, to) in [("node-hefei.pem", "tls.crt"), ("node-hefei.key", "tls.key"), ("ca.pem", "ca.crt")] {
+            fs::copy(made.path().join(from), secret.path().join(to)).unwrap();
+        }
+        let creds = Credentials::load(secret.path(), "node-hefei").unwrap();
+        assert_eq!(creds.identity(), &Identity::Node("hefei".into()));
+        let source = CredentialSource::load(secret.path(), "node-hefei").unwrap();
+        assert_eq!(source.credentials().identity(), &Identity::Node("hefei".into()));
+        let err = Credentials::load(secret.path(), "node-wuhu").unwrap_err().to_string();
+        assert!(err.contains("is node-hefei's certificate, not node-wuhu's"), "{err}");
     }
 }
