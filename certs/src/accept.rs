@@ -12,14 +12,17 @@ use std::{
     collections::{BTreeMap, HashMap},
     io,
     net::IpAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
 };
@@ -44,7 +47,22 @@ pub struct TlsAcceptOptions {
     /// address (behind the same NAT) is still let in. With none silent, the
     /// newcomer is refused.
     pub max_handshakes_per_address: usize,
+    /// A connection this old is asked to go away (an HTTP/2 GOAWAY: calls in
+    /// flight finish, the client's next call opens a new connection, which
+    /// handshakes again). Revocation is checked at the handshake, so this
+    /// bounds how long a revoked identity keeps a connection. `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls still running after the GOAWAY may go on before the
+    /// connection is closed under them.
+    pub max_connection_age_grace: Duration,
 }
+
+/// Connections are renewed every half hour, and a revoked identity loses its
+/// last one within 35 minutes (half an hour and the grace). A new
+/// connection costs one handshake; the grace lets a long backup or import
+/// stream finish.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(5 * 60);
 
 impl Default for TlsAcceptOptions {
     fn default() -> Self {
@@ -52,7 +70,106 @@ impl Default for TlsAcceptOptions {
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: 256,
             max_handshakes_per_address: 64,
+            max_connection_age: Some(MAX_CONNECTION_AGE),
+            max_connection_age_grace: MAX_CONNECTION_AGE_GRACE,
         }
+    }
+}
+
+impl TlsAcceptOptions {
+    /// The gRPC server builder for connections from [`tls_incoming`] with
+    /// these options: every server starts from it, so that each sends its
+    /// GOAWAY at the maximum age. (tonic's own grace is not used: with it
+    /// set, tonic 0.14 skips the GOAWAY and only cuts the connection at age
+    /// plus grace; the cut is the stream's, see [`Deadline`].)
+    pub fn server(&self) -> tonic::transport::Server {
+        let builder = tonic::transport::Server::builder();
+        match self.max_connection_age {
+            Some(age) => builder.max_connection_age(age),
+            None => builder,
+        }
+    }
+
+    /// When a connection established now must be closed, whatever it carries.
+    fn cut_off(&self) -> Option<Duration> {
+        self.max_connection_age.map(|age| age + self.max_connection_age_grace)
+    }
+}
+
+/// A connection that fails every read and write from a deadline on, which
+/// makes the server drop it: how a connection past its maximum age and grace
+/// is ended, even with calls still running on it.
+#[derive(Debug)]
+pub struct Deadline<T> {
+    inner: T,
+    at: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Deadline<T> {
+    pub fn new(inner: T, after: Option<Duration>) -> Self {
+        Deadline { inner, at: after.map(|d| Box::pin(tokio::time::sleep(d))) }
+    }
+
+    /// Whether the deadline has passed; registers for the wakeup when not.
+    fn passed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.at.as_mut().is_some_and(|at| at.as_mut().poll(cx).is_ready())
+    }
+}
+
+fn too_old() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "connection past its maximum age and grace")
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Deadline<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        // The server always has a read pending, so the deadline wakes it.
+        if self.passed(cx) {
+            return Poll::Ready(Err(too_old()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Deadline<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if self.passed(cx) {
+            return Poll::Ready(Err(too_old()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.passed(cx) {
+            return Poll::Ready(Err(too_old()));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.passed(cx) {
+            return Poll::Ready(Err(too_old()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Deadline<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
     }
 }
 
@@ -278,7 +395,7 @@ impl Shared {
 }
 
 /// A verified server-side connection, as [`tls_incoming`] yields it.
-pub type ServerStream = Coalesce<tokio_rustls::server::TlsStream<TcpStream>>;
+pub type ServerStream = Deadline<Coalesce<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// Accepted and fully verified TLS connections, ready for
 /// `tonic::transport::Server::serve_with_incoming_shutdown`.
@@ -404,7 +521,7 @@ async fn handshake(
     state.update(|p| p.remove(id));
     drop(permit);
     if let Ok(stream) = result {
-        let _ = tx.send(Ok(Coalesce::new(stream))).await;
+        let _ = tx.send(Ok(Deadline::new(Coalesce::new(stream), opts.cut_off()))).await;
     }
 }
 
@@ -476,7 +593,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_client_gets_through_while_silent_connections_hold_every_slot() {
-        let opts = TlsAcceptOptions { handshake_timeout: NEVER, max_handshakes: 8, max_handshakes_per_address: 1_000 };
+        let opts = TlsAcceptOptions {
+            handshake_timeout: NEVER,
+            max_handshakes: 8,
+            max_handshakes_per_address: 1_000,
+            ..Default::default()
+        };
         let mut server = serve(opts).await;
         let before = refused(Refusal::ShedSilent);
         let mut silent = Vec::new();
@@ -494,7 +616,12 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_cap_the_oldest_silent_connection_is_shed_not_one_mid_handshake() {
-        let opts = TlsAcceptOptions { handshake_timeout: NEVER, max_handshakes: 4, max_handshakes_per_address: 1_000 };
+        let opts = TlsAcceptOptions {
+            handshake_timeout: NEVER,
+            max_handshakes: 4,
+            max_handshakes_per_address: 1_000,
+            ..Default::default()
+        };
         let mut server = serve(opts).await;
         // Oldest of all: a TLS record header, and then nothing more.
         let mut started = TcpStream::connect(server.addr).await.unwrap();
@@ -515,7 +642,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_address_over_its_cap_sheds_its_own_oldest_silent_connection() {
-        let opts = TlsAcceptOptions { handshake_timeout: NEVER, max_handshakes: 1_000, max_handshakes_per_address: 3 };
+        let opts = TlsAcceptOptions {
+            handshake_timeout: NEVER,
+            max_handshakes: 1_000,
+            max_handshakes_per_address: 3,
+            ..Default::default()
+        };
         let mut server = serve(opts).await;
         let (other, own) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::LOCALHOST);
         let before = refused(Refusal::PerAddress);
@@ -543,6 +675,19 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_secs(5), "{:?}", started.elapsed());
         assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
         server.shared.wait_until(|p| p.is_empty() && refused(Refusal::Timeout) > before).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_cut_at_its_deadline_and_not_before() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut conn = Deadline::new(near, Some(Duration::from_secs(60)));
+        let started = tokio::time::Instant::now();
+        far.write_all(b"x").await.unwrap();
+        assert_eq!(conn.read(&mut [0u8; 1]).await.unwrap(), 1);
+        let err = conn.read(&mut [0u8; 1]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert!(conn.write_all(b"y").await.is_err());
     }
 
     #[test]

@@ -11,7 +11,10 @@ mod issue;
 mod revoke;
 mod tls;
 
-pub use accept::{Refusal, ServerStream, TlsAcceptOptions, handshake_refusals, tls_incoming};
+pub use accept::{
+    Deadline, MAX_CONNECTION_AGE, MAX_CONNECTION_AGE_GRACE, Refusal, ServerStream, TlsAcceptOptions,
+    handshake_refusals, tls_incoming,
+};
 pub use coalesce::Coalesce;
 pub use diagnose::{HandshakeFailure, handshake_failure};
 pub use error::CertError;

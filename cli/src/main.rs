@@ -87,6 +87,30 @@ impl ClientOpts {
     }
 }
 
+/// How long a server keeps a connection: the bound on how long a revoked
+/// identity keeps one it opened before its revocation.
+#[derive(Args, Clone, Copy, Debug)]
+struct ConnectionAge {
+    /// Ask a connection this many seconds old to go away (HTTP/2 GOAWAY); the
+    /// client's next call reconnects, and handshakes again.
+    #[arg(long, default_value_t = corridor_certs::MAX_CONNECTION_AGE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connection_age: u64,
+    /// Seconds that calls still running then may go on before the connection is closed.
+    #[arg(long, default_value_t = corridor_certs::MAX_CONNECTION_AGE_GRACE.as_secs())]
+    max_connection_age_grace: u64,
+}
+
+impl ConnectionAge {
+    fn accept(self) -> corridor_certs::TlsAcceptOptions {
+        corridor_certs::TlsAcceptOptions {
+            max_connection_age: Some(std::time::Duration::from_secs(self.max_connection_age)),
+            max_connection_age_grace: std::time::Duration::from_secs(self.max_connection_age_grace),
+            ..Default::default()
+        }
+    }
+}
+
 // Parsed once per process; the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -361,6 +385,8 @@ enum NodeCommand {
         /// each of its nine nodes one, as they share the machine's cores.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
+        #[command(flatten)]
+        age: ConnectionAge,
     },
 }
 
@@ -402,6 +428,8 @@ enum GatewayCommand {
         /// the gateway one, as it shares the machine's cores with nine nodes.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
+        #[command(flatten)]
+        age: ConnectionAge,
     },
 }
 
@@ -534,7 +562,19 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Up(args) => up::up(args).await?,
         Command::Node {
             command:
-                NodeCommand::Run { city: slug, listen, data, certs, identity, seed, metrics, health, peers, workers: _ },
+                NodeCommand::Run {
+                    city: slug,
+                    listen,
+                    data,
+                    certs,
+                    identity,
+                    seed,
+                    metrics,
+                    health,
+                    peers,
+                    workers: _,
+                    age,
+                },
         } => {
             let city = city(&slug)?;
             let seed = match seed.as_deref() {
@@ -548,7 +588,14 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let peers = corridor_node::parse_peers(&peers).map_err(anyhow::Error::msg)?;
-            let config = corridor_node::NodeConfig { city, data_dir: data, seed, health_addr: health, peers };
+            let config = corridor_node::NodeConfig {
+                city,
+                data_dir: data,
+                seed,
+                health_addr: health,
+                peers,
+                accept: age.accept(),
+            };
             let registry = serve_metrics(metrics).await?;
             corridor_node::run(config, creds, listener, registry, shutdown_signal()).await?;
         }
@@ -573,9 +620,10 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             }
         }
         Command::Gateway {
-            command: GatewayCommand::Run { config, listen, certs, identity, metrics, health, workers: _ },
+            command: GatewayCommand::Run { config, listen, certs, identity, metrics, health, workers: _, age },
         } => {
-            let config = corridor_gateway::GatewayConfig::load(&config)?;
+            let mut config = corridor_gateway::GatewayConfig::load(&config)?;
+            config.accept = age.accept();
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let registry = serve_metrics(metrics).await?;

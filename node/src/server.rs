@@ -6,7 +6,6 @@ use corridor_certs::{CredentialSource, TlsAcceptOptions, tls_incoming};
 use corridor_proto::{cities::City, node_server::NodeServer};
 use corridor_telemetry::{Metrics, MetricsLayer};
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 
 use crate::{
     NodeService,
@@ -41,6 +40,8 @@ pub struct NodeConfig {
     /// Other cities' nodes (and this one's), by city slug: `https://host:port`.
     /// Without them the node takes no voucher payments.
     pub peers: BTreeMap<String, String>,
+    /// Handshake limits and the maximum connection age.
+    pub accept: TlsAcceptOptions,
 }
 
 /// Serves one city node on an already-bound listener until `shutdown`
@@ -105,9 +106,11 @@ pub async fn run(
     let service = NodeServer::new(NodeService::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
+    let incoming = tls_incoming(listener, creds, config.accept);
     tracing::info!(city = config.city.slug, "node serving");
-    let router = Server::builder()
+    let router = config
+        .accept
+        .server()
         // Outermost, so that every call is counted, refusals included.
         .layer(MetricsLayer(metrics))
         .add_service(health_service)

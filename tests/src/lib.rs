@@ -201,6 +201,7 @@ impl Mesh {
                 seed,
                 health_addr: None,
                 peers: peers.clone(),
+                accept: Default::default(),
             };
             let (stop, wait) = shutdown_pair();
             let metrics = corridor_telemetry::Metrics::new();
