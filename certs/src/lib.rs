@@ -19,7 +19,9 @@ pub use coalesce::Coalesce;
 pub use diagnose::{HandshakeFailure, handshake_failure};
 pub use error::CertError;
 pub use identity::Identity;
-pub use issue::{Ca, IssueOptions, IssuedCert, init_dir, write_identity};
+pub use issue::{
+    Ca, CertRequest, IssueOptions, IssuedCert, SignedRequest, init_dir, request, write_identity, write_request,
+};
 pub use revoke::{crl_path, revoke};
 pub use tls::{CredentialSource, Credentials, TlsConnector, caller_identity, client_channel, reloading_channel};
 

@@ -191,3 +191,42 @@ async fn a_refused_identity_is_told_why_with_its_name_and_the_address() {
     assert!(!ok);
     assert!(err.contains("identity org-late") && err.contains("has expired"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_enrolled_by_request_works_and_its_key_never_leaves() {
+    let mesh = Mesh::start(None).await;
+    let lab = tempfile::tempdir().unwrap();
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["certs", "request", "org-acme", "--out", lab.path().to_str().unwrap()]);
+    let (ok, _, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(lab.path().join("org-acme.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // At the CA, only the request: the signed certificate comes back.
+    let at_ca = tempfile::tempdir().unwrap();
+    std::fs::copy(lab.path().join("org-acme.csr"), at_ca.path().join("org-acme.csr")).unwrap();
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["certs", "sign", at_ca.path().join("org-acme.csr").to_str().unwrap(), "--dir"]).arg(&mesh.certs);
+    let (ok, out, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("signed org-acme (spiffe://corridor/org/acme)"), "{out}");
+    let names: Vec<_> = std::fs::read_dir(at_ca.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "the request and the certificate, no key: {names:?}");
+
+    std::fs::copy(at_ca.path().join("org-acme.pem"), lab.path().join("org-acme.pem")).unwrap();
+    std::fs::copy(mesh.certs.join("ca.pem"), lab.path().join("ca.pem")).unwrap();
+    let mut cmd = corridor(lab.path(), &mesh.gateway_url());
+    cmd.args(["nodes", "--identity", "org-acme"]);
+    let (ok, _, err) = run(cmd).await;
+    assert!(ok, "{err}");
+
+    // A request renamed to pass for another identity is not signed.
+    std::fs::copy(lab.path().join("org-acme.csr"), at_ca.path().join("admin-hefei.csr")).unwrap();
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["certs", "sign", at_ca.path().join("admin-hefei.csr").to_str().unwrap(), "--dir"]).arg(&mesh.certs);
+    let (ok, _, err) = run(cmd).await;
+    assert!(!ok);
+    assert!(err.contains("asks for org-acme; nothing written"), "{err}");
+}
