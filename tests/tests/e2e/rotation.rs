@@ -182,3 +182,48 @@ async fn a_revoked_identity_loses_its_open_connection_at_the_maximum_age() {
     let _ = stop.send(());
     gateway.await.unwrap().unwrap();
 }
+
+/// The other side of the maximum age: a client in good standing that was
+/// idle when its connection went away just reconnects.
+#[tokio::test(start_paused = true)]
+async fn an_idle_client_in_good_standing_reconnects_after_the_maximum_age_unnoticed() {
+    use std::time::Duration;
+
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let age = Duration::from_secs(600);
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path();
+    corridor_certs::init_dir(certs, &["hefei"], false).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let source = corridor_certs::CredentialSource::load(certs, "gateway").unwrap();
+    let mut config = corridor_gateway::GatewayConfig::new(vec![corridor_gateway::NodeEndpoint {
+        city: "hefei".into(),
+        endpoint: "https://127.0.0.1:9".into(),
+    }]);
+    config.accept.max_connection_age = Some(age);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(corridor_gateway::run(
+        config,
+        source,
+        listener,
+        corridor_telemetry::Metrics::new(),
+        None,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let creds = corridor_certs::Credentials::load(certs, "org-demo").unwrap();
+    let channel =
+        corridor_certs::client_channel(&url, &creds, Some(Identity::Gateway), Duration::from_secs(5)).unwrap();
+    let mut health = HealthClient::new(channel);
+    let check = || HealthCheckRequest { service: String::new() };
+    for round in 0..3 {
+        health.check(check()).await.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        tokio::time::sleep(age + Duration::from_secs(1)).await;
+    }
+    health.check(check()).await.expect("after three connection ages");
+    let _ = stop.send(());
+    gateway.await.unwrap().unwrap();
+}
