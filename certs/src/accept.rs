@@ -370,8 +370,8 @@ impl Shared {
 
     /// Waits until `cond` holds for (peer, heard) of every pending handshake,
     /// checked at every change (counters move before the change that ends
-    /// a handshake).
-    /// Panics after a minute, which only a broken accept path could take.
+    /// a handshake). Panics after a minute, which only a broken accept path
+    /// could take.
     #[cfg(test)]
     pub(crate) async fn wait_until(&self, cond: impl Fn(&[(std::net::SocketAddr, bool)]) -> bool) {
         tokio::time::timeout(Duration::from_secs(60), self.wait_until_forever(cond))
