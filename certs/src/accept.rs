@@ -665,6 +665,30 @@ mod tests {
         assert!(refused(Refusal::PerAddress) > before);
     }
 
+    #[tokio::test]
+    async fn an_address_whose_handshakes_are_all_under_way_gets_no_more_until_one_ends() {
+        let opts = TlsAcceptOptions {
+            handshake_timeout: NEVER,
+            max_handshakes: 1_000,
+            max_handshakes_per_address: 2,
+            ..Default::default()
+        };
+        let mut server = serve(opts).await;
+        let crowd = Ipv4Addr::new(127, 0, 0, 3);
+        let mut started = Vec::new();
+        for _ in 0..2 {
+            let mut conn = tcp_from(crowd, server.addr).await;
+            conn.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40]).await.unwrap();
+            started.push(conn);
+        }
+        server.shared.wait_until(|p| p.len() == 2 && p.iter().all(|(_, heard)| *heard)).await;
+        let mut third = tcp_from(crowd, server.addr).await;
+        closed_by_server(&mut third).await;
+        // Neither handshake under way was given up for it, and other addresses are not affected.
+        server.shared.wait_until(|p| p.len() == 2).await;
+        handshake_completes(&mut server, Ipv4Addr::LOCALHOST).await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_dropped_at_the_handshake_timeout() {
         let server = serve(TlsAcceptOptions::default()).await;
