@@ -37,11 +37,19 @@ pub struct Coalesce<T> {
     sent: usize,
     /// Whether this burst's flush has already yielded once.
     yielded: bool,
+    /// Bytes already read from `inner` that the reader has not seen yet.
+    unread: Vec<u8>,
 }
 
 impl<T> Coalesce<T> {
     pub fn new(inner: T) -> Self {
-        Coalesce { inner, buf: Vec::new(), sent: 0, yielded: false }
+        Self::with_unread(inner, Vec::new())
+    }
+
+    /// Like [`Coalesce::new`], with `unread` served to the first reads
+    /// before anything from `inner`.
+    pub fn with_unread(inner: T, unread: Vec<u8>) -> Self {
+        Coalesce { inner, buf: Vec::new(), sent: 0, yielded: false, unread }
     }
 }
 
@@ -72,6 +80,12 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
 
 impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }

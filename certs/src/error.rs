@@ -10,6 +10,8 @@ pub enum CertError {
     Write { path: PathBuf, cause: std::io::Error },
     #[error("{path} already exists; pass --force to replace the CA and every identity")]
     Exists { path: PathBuf },
+    #[error("{path} already exists; request into another directory, and move the key once the certificate is signed")]
+    KeyExists { path: PathBuf },
     #[error("{path} holds no {what} in PEM form")]
     NoPem { path: PathBuf, what: &'static str },
     #[error("certificate generation failed: {0}")]
@@ -22,4 +24,8 @@ pub enum CertError {
     BadIdentity(String),
     #[error("malformed certificate: {0}")]
     BadCertificate(String),
+    #[error("malformed certificate signing request: {0}")]
+    BadRequest(String),
+    #[error("certificate signing request refused: {0}")]
+    Refused(String),
 }

@@ -7,8 +7,8 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, string::Ia5String,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, string::Ia5String,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -105,35 +105,159 @@ impl Ca {
 
     /// Issues a leaf certificate for `id`, with one URI SAN naming it.
     pub fn issue(&self, id: &Identity, opts: &IssueOptions) -> Result<IssuedCert, CertError> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, id.name());
-        dn.push(DnType::OrganizationName, "Corridor");
-        params.distinguished_name = dn;
-        params.subject_alt_names.push(SanType::URI(ia5(&id.uri())?));
-        for uri in &opts.extra_uris {
-            params.subject_alt_names.push(SanType::URI(ia5(uri)?));
-        }
-        for dns in &opts.dns_names {
-            params.subject_alt_names.push(SanType::DnsName(ia5(dns)?));
-        }
-        for ip in &opts.ips {
-            params.subject_alt_names.push(SanType::IpAddress(*ip));
-        }
-        // Nodes are servers to the gateway and clients of each other, so every
-        // identity may do both.
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if opts.is_ca {
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        }
-        params.not_before = opts.not_before;
-        params.not_after = opts.not_after;
-        params.use_authority_key_identifier_extension = true;
+        let params = leaf_params(id, opts)?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
+
+    /// Signs a certificate signing request (PEM), so that the private key
+    /// never leaves the machine that made it. The request's signature must
+    /// hold, and what it asks for must be an identity this CA issues: exactly
+    /// one URI SAN naming a corridor identity, not a CA, and DNS and IP names
+    /// that fit it (see `check_request_names`). Only the identity and those
+    /// names are taken from the request; key usages and validity are the
+    /// CA's, as for [`Ca::issue`].
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<SignedRequest, CertError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {
+            rcgen::Error::InvalidCertificationRequestSignature => {
+                CertError::Refused("its signature does not verify with the key it carries".into())
+            }
+            rcgen::Error::UnsupportedExtension => {
+                CertError::Refused("it asks for an extension other than names, key usages and CA=false".into())
+            }
+            other => CertError::BadRequest(other.to_string()),
+        })?;
+        if !matches!(csr.params.is_ca, IsCa::NoCa | IsCa::ExplicitNoCa) {
+            return Err(CertError::Refused("it asks for a CA certificate; this CA issues only identities".into()));
+        }
+        let (mut uris, mut dns_names, mut ips) = (Vec::new(), Vec::new(), Vec::new());
+        for san in &csr.params.subject_alt_names {
+            match san {
+                SanType::URI(u) => uris.push(u.as_str().to_string()),
+                SanType::DnsName(d) => dns_names.push(d.as_str().to_string()),
+                SanType::IpAddress(ip) => ips.push(*ip),
+                other => return Err(CertError::Refused(format!("it asks for a name of another kind: {other:?}"))),
+            }
+        }
+        let id = match uris.as_slice() {
+            [one] => Identity::from_uri(one).map_err(|_| {
+                CertError::Refused(format!("{one:?} is not a corridor identity (spiffe://corridor/...)"))
+            })?,
+            [] => return Err(CertError::Refused("it names no identity (no URI SAN)".into())),
+            many => {
+                return Err(CertError::Refused(format!(
+                    "it asks for {} URI SANs ({}); an identity certificate carries exactly one",
+                    many.len(),
+                    many.join(", ")
+                )));
+            }
+        };
+        check_request_names(&id, &dns_names, &ips)?;
+        let opts = IssueOptions { dns_names, ips, not_before, not_after, extra_uris: Vec::new(), is_ca: false };
+        let signed = CertificateSigningRequestParams { params: leaf_params(&id, &opts)?, public_key: csr.public_key }
+            .signed_by(&self.issuer)?;
+        Ok(SignedRequest { identity: id, cert_pem: signed.pem() })
+    }
+}
+
+/// A signed request: whose it is, and the certificate (PEM). The key stays
+/// with whoever made the request.
+#[derive(Debug)]
+pub struct SignedRequest {
+    pub identity: Identity,
+    pub cert_pem: String,
+}
+
+/// A certificate signing request and the private key it was made with, both
+/// PEM; the key is written where it will be used and never travels.
+pub struct CertRequest {
+    pub csr_pem: String,
+    pub key_pem: String,
+}
+
+/// Makes a new key pair and a signing request for `id` with `opts`'s names,
+/// for [`Ca::sign_request`] at the CA.
+pub fn request(id: &Identity, opts: &IssueOptions) -> Result<CertRequest, CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = leaf_params(id, opts)?;
+    // Which key signs is the CA's business, not the request's.
+    params.use_authority_key_identifier_extension = false;
+    let csr = params.serialize_request(&key)?;
+    Ok(CertRequest { csr_pem: csr.pem()?, key_pem: key.serialize_pem() })
+}
+
+/// The identity a DNS name points at, when one of its labels names one: the
+/// identity's own name (`node-hefei`) or its Kubernetes namespace
+/// (`node.corridor-hefei.svc`).
+fn named_by(label: &str) -> Option<Identity> {
+    match label.strip_prefix("corridor-") {
+        Some("gateway") => Some(Identity::Gateway),
+        Some("reconciler") => Some(Identity::Reconciler),
+        Some(city) => Some(Identity::Node(city.into())),
+        None => Identity::from_name(label).ok(),
+    }
+}
+
+/// A server identity (a node, the gateway) may carry any DNS name except one
+/// that names another identity; a client identity (admin, org, reconciler)
+/// only `localhost` and its own name, and only loopback addresses, as
+/// [`IssueOptions::for_identity`] gives it.
+fn check_request_names(id: &Identity, dns_names: &[String], ips: &[IpAddr]) -> Result<(), CertError> {
+    let server = matches!(id, Identity::Node(_) | Identity::Gateway);
+    for dns in dns_names {
+        if dns == "localhost" {
+            continue;
+        }
+        if let Some(other) = dns.split('.').filter_map(named_by).find(|other| other != id) {
+            return Err(CertError::Refused(format!("DNS name {dns:?} belongs to {other}, not to {id}")));
+        }
+        if !server && *dns != id.name() {
+            return Err(CertError::Refused(format!(
+                "{id} is a client identity: its DNS names are localhost and {} only, not {dns:?}",
+                id.name()
+            )));
+        }
+    }
+    if let Some(ip) = ips.iter().find(|ip| !server && !ip.is_loopback()) {
+        return Err(CertError::Refused(format!("{id} is a client identity: it may not claim the address {ip}")));
+    }
+    Ok(())
+}
+
+/// The parameters of every leaf the CA signs, issued here or requested.
+fn leaf_params(id: &Identity, opts: &IssueOptions) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, id.name());
+    dn.push(DnType::OrganizationName, "Corridor");
+    params.distinguished_name = dn;
+    params.subject_alt_names.push(SanType::URI(ia5(&id.uri())?));
+    for uri in &opts.extra_uris {
+        params.subject_alt_names.push(SanType::URI(ia5(uri)?));
+    }
+    for dns in &opts.dns_names {
+        params.subject_alt_names.push(SanType::DnsName(ia5(dns)?));
+    }
+    for ip in &opts.ips {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    // Nodes are servers to the gateway and clients of each other, so every
+    // identity may do both.
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if opts.is_ca {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    }
+    params.not_before = opts.not_before;
+    params.not_after = opts.not_after;
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
 }
 
 fn read(path: &Path) -> Result<String, CertError> {
@@ -163,6 +287,18 @@ pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> Result<(
 pub fn write_identity(dir: &Path, name: &str, cert: &IssuedCert) -> Result<(), CertError> {
     write_file(&dir.join(format!("{name}.key")), &cert.key_pem, true)?;
     write_file(&dir.join(format!("{name}.pem")), &cert.cert_pem, false)
+}
+
+/// Writes `DIR/NAME.key` (mode 0600) and `DIR/NAME.csr`. An existing key is
+/// never replaced: it may be the one a running process uses.
+pub fn write_request(dir: &Path, name: &str, req: &CertRequest) -> Result<(), CertError> {
+    let key = dir.join(format!("{name}.key"));
+    if key.exists() {
+        return Err(CertError::KeyExists { path: key });
+    }
+    fs::create_dir_all(dir).map_err(|cause| CertError::Write { path: dir.into(), cause })?;
+    write_file(&key, &req.key_pem, true)?;
+    write_file(&dir.join(format!("{name}.csr")), &req.csr_pem, false)
 }
 
 /// Creates a development CA and every corridor identity for `cities` in `out`:
@@ -238,6 +374,139 @@ mod tests {
         ca_leaf.is_ca = true;
         let der = rustls_pemfile_der(&ca.issue(&id, &ca_leaf).unwrap().cert_pem);
         assert!(Identity::from_cert_der(&der).unwrap_err().to_string().contains("CA certificate"));
+    }
+
+    fn year() -> (OffsetDateTime, OffsetDateTime) {
+        let now = OffsetDateTime::now_utc();
+        (now - Duration::minutes(1), now + Duration::days(365))
+    }
+
+    #[tokio::test]
+    async fn a_requested_identity_is_signed_and_a_server_accepts_it() {
+        use tokio::io::AsyncWriteExt;
+        use tokio_stream::StreamExt;
+        use tower::Service;
+
+        let dir = tempfile::tempdir().unwrap();
+        init_dir(dir.path(), &["hefei"], false).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let id = Identity::Org("acme".into());
+        let req = request(&id, &IssueOptions::for_identity(&id)).unwrap();
+        assert!(req.csr_pem.contains("BEGIN CERTIFICATE REQUEST"));
+        let (from, to) = year();
+        let signed = ca.sign_request(&req.csr_pem, from, to).unwrap();
+        assert_eq!(signed.identity, id);
+        assert!(!signed.cert_pem.contains("PRIVATE KEY"));
+
+        // The certificate goes with the key that never left, and a node takes it.
+        let creds =
+            crate::Credentials::from_pem(ca.cert_pem().as_bytes(), signed.cert_pem.as_bytes(), req.key_pem.as_bytes())
+                .unwrap();
+        assert_eq!(creds.identity(), &id);
+        let server = crate::CredentialSource::load(dir.path(), "node-hefei").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: tonic::transport::Uri = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
+        let mut incoming = crate::tls_incoming(listener, server, Default::default());
+        let serve = async {
+            let mut conn = incoming.next().await.unwrap().expect("the server accepts the signed identity");
+            conn.write_all(b"ok").await.unwrap();
+            conn.flush().await.unwrap();
+            conn
+        };
+        let mut connector = crate::TlsConnector::new(
+            crate::CredentialSource::fixed(creds).unwrap(),
+            Some(Identity::Node("hefei".into())),
+        );
+        let (client, _conn) = tokio::join!(connector.call(uri), serve);
+        client.expect("the client is accepted");
+    }
+
+    /// A request the corridor CA must refuse, made with rcgen directly.
+    fn forged(edit: impl FnOnce(&mut CertificateParams)) -> String {
+        let id = Identity::Node("hefei".into());
+        let mut params = leaf_params(&id, &IssueOptions::for_identity(&id)).unwrap();
+        params.use_authority_key_identifier_extension = false;
+        edit(&mut params);
+        params.serialize_request(&KeyPair::generate().unwrap()).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn requests_for_what_this_ca_must_not_issue_are_refused_with_the_reason() {
+        let ca = Ca::generate("test").unwrap();
+        let (from, to) = year();
+        let uri = |u: &str| SanType::URI(ia5(u).unwrap());
+        let cases: Vec<(String, &str)> = vec![
+            (forged(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)), "it asks for a CA certificate"),
+            (forged(|p| p.subject_alt_names.push(uri("spiffe://corridor/gateway"))), "it asks for 2 URI SANs"),
+            (
+                forged(|p| {
+                    p.subject_alt_names.retain(|s| !matches!(s, SanType::URI(_)));
+                    p.subject_alt_names.push(uri("spiffe://elsewhere/gateway"));
+                }),
+                "\"spiffe://elsewhere/gateway\" is not a corridor identity",
+            ),
+            (forged(|p| p.subject_alt_names.retain(|s| !matches!(s, SanType::URI(_)))), "it names no identity"),
+            (
+                forged(|p| p.subject_alt_names.push(SanType::DnsName(ia5("node.corridor-wuhu.svc").unwrap()))),
+                "DNS name \"node.corridor-wuhu.svc\" belongs to spiffe://corridor/city/wuhu/node",
+            ),
+        ];
+        for (csr, want) in cases {
+            let err = ca.sign_request(&csr, from, to).unwrap_err().to_string();
+            assert!(err.starts_with("certificate signing request refused: "), "{err}");
+            assert!(err.contains(want), "{want:?} in {err:?}");
+        }
+
+        // A client identity claims no server names.
+        let admin = Identity::Admin("hefei".into());
+        let mut opts = IssueOptions::for_identity(&admin);
+        opts.dns_names.push("portal.example.org".into());
+        let err = ca.sign_request(&request(&admin, &opts).unwrap().csr_pem, from, to).unwrap_err().to_string();
+        assert!(err.contains("client identity"), "{err}");
+
+        // A request whose signature does not match the key it carries.
+        let good = request(&admin, &IssueOptions::for_identity(&admin)).unwrap().csr_pem;
+        let mut der = pem_der(&good);
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        let tampered =
+            format!("-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n", base64(&der));
+        let err = ca.sign_request(&tampered, from, to).unwrap_err().to_string();
+        assert!(err.contains("signature does not verify") || err.contains("malformed"), "{err}");
+    }
+
+    fn pem_der(pem: &str) -> Vec<u8> {
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut bits = 0u32;
+        let mut n = 0;
+        let mut out = Vec::new();
+        for c in body.bytes().filter(|c| *c != b'=') {
+            bits = (bits << 6) | table.iter().position(|t| *t == c).unwrap() as u32;
+            n += 6;
+            if n >= 8 {
+                n -= 8;
+                out.push((bits >> n) as u8);
+            }
+        }
+        out
+    }
+
+    fn base64(der: &[u8]) -> String {
+        let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in der.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let v = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(table[(v >> (18 - 6 * i)) as usize & 63] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
     }
 
     fn rustls_pemfile_der(pem: &str) -> Vec<u8> {

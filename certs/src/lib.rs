@@ -2,22 +2,28 @@
 //! certificate issue, server and client TLS configs, and turning a verified peer
 //! certificate into a typed [`Identity`].
 
+mod accept;
 mod coalesce;
+mod diagnose;
 mod error;
 mod identity;
 mod issue;
 mod revoke;
 mod tls;
 
+pub use accept::{
+    Deadline, MAX_CONNECTION_AGE, MAX_CONNECTION_AGE_GRACE, Refusal, ServerStream, TlsAcceptOptions,
+    handshake_refusals, tls_incoming,
+};
 pub use coalesce::Coalesce;
+pub use diagnose::{HandshakeFailure, handshake_failure};
 pub use error::CertError;
 pub use identity::Identity;
-pub use issue::{Ca, IssueOptions, IssuedCert, init_dir, write_identity};
-pub use revoke::{crl_path, revoke};
-pub use tls::{
-    CredentialSource, Credentials, TlsAcceptOptions, TlsConnector, caller_identity, client_channel, reloading_channel,
-    tls_incoming,
+pub use issue::{
+    Ca, CertRequest, IssueOptions, IssuedCert, SignedRequest, init_dir, request, write_identity, write_request,
 };
+pub use revoke::{crl_path, revoke};
+pub use tls::{CredentialSource, Credentials, TlsConnector, caller_identity, client_channel, reloading_channel};
 
 /// The trust domain every corridor identity lives in.
 pub const TRUST_DOMAIN: &str = "corridor";

@@ -22,11 +22,7 @@ use rustls::{
         danger::{ClientCertVerified, ClientCertVerifier},
     },
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc},
-};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::{io::AsyncReadExt, net::TcpStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::{CertError, Identity, coalesce::Coalesce};
@@ -79,12 +75,23 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, CertError> {
     fs::read(path).map_err(|cause| CertError::Read { path: path.into(), cause })
 }
 
+/// Where an identity's files are in a certs directory: `NAME.pem`,
+/// `NAME.key` and `ca.pem` as `corridor certs` writes them, or, when there is
+/// no `NAME.pem`, `tls.crt`, `tls.key` and `ca.crt` as cert-manager writes a
+/// Secret (mounted as a directory in Kubernetes).
+fn identity_files(dir: &Path, name: &str) -> [std::path::PathBuf; 3] {
+    let own = dir.join(format!("{name}.pem"));
+    if !own.exists() && dir.join("tls.crt").exists() {
+        return [dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt")];
+    }
+    [own, dir.join(format!("{name}.key")), dir.join("ca.pem")]
+}
+
 impl Credentials {
-    /// Loads `DIR/ca.pem`, `DIR/NAME.pem` and `DIR/NAME.key`.
+    /// Loads `DIR/ca.pem`, `DIR/NAME.pem` and `DIR/NAME.key` (or cert-manager's
+    /// `tls.crt`, `tls.key` and `ca.crt`, whose certificate must then be NAME's).
     pub fn load(dir: &Path, name: &str) -> Result<Self, CertError> {
-        let ca = dir.join("ca.pem");
-        let cert = dir.join(format!("{name}.pem"));
-        let key = dir.join(format!("{name}.key"));
+        let [cert, key, ca] = identity_files(dir, name);
         let mut creds =
             Self::from_pem(&read_bytes(&ca)?, &read_bytes(&cert)?, &read_bytes(&key)?).map_err(|e| match e {
                 CertError::NoPem { what, .. } if what == "CA certificate" => {
@@ -94,6 +101,15 @@ impl Credentials {
                 CertError::NoPem { what, .. } => CertError::NoPem { path: key.clone(), what },
                 other => other,
             })?;
+        // A Secret's key names say nothing of whose it is: a mix-up of
+        // Secrets must not make a node serve as another identity.
+        if creds.identity.name() != name && !dir.join(format!("{name}.pem")).exists() {
+            return Err(CertError::BadIdentity(format!(
+                "{} is {}'s certificate, not {name}'s",
+                cert.display(),
+                creds.identity.name()
+            )));
+        }
         let crl = crate::revoke::crl_path(dir);
         if crl.exists() {
             creds.crls = CertificateRevocationListDer::pem_slice_iter(&read_bytes(&crl)?)
@@ -174,6 +190,12 @@ fn identity_error(e: CertError) -> rustls::Error {
     rustls::Error::General(e.to_string())
 }
 
+/// A client leaf that is not a corridor identity is refused as a bad
+/// certificate (alert certificate_unknown), so that its holder is told so.
+fn client_identity_error(e: CertError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))))
+}
+
 /// WebPKI chain and validity checks, then the corridor's own leaf rules.
 #[derive(Debug)]
 struct IdentityClientVerifier {
@@ -192,7 +214,7 @@ impl ClientCertVerifier for IdentityClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        Identity::from_cert_der(end_entity).map_err(identity_error)?;
+        Identity::from_cert_der(end_entity).map_err(client_identity_error)?;
         Ok(verified)
     }
 
@@ -267,77 +289,6 @@ impl ServerCertVerifier for IdentityServerVerifier {
     }
 }
 
-/// Limits on the TLS accept path.
-#[derive(Debug, Clone, Copy)]
-pub struct TlsAcceptOptions {
-    /// A peer that has not finished its handshake by then is dropped, so a
-    /// slow or silent client cannot hold a slot.
-    pub handshake_timeout: Duration,
-    /// Handshakes in flight at once; further connections wait in the
-    /// listener's backlog.
-    pub max_handshakes: usize,
-}
-
-impl Default for TlsAcceptOptions {
-    fn default() -> Self {
-        TlsAcceptOptions { handshake_timeout: Duration::from_secs(10), max_handshakes: 256 }
-    }
-}
-
-/// Accepted and fully verified TLS connections, ready for
-/// `tonic::transport::Server::serve_with_incoming_shutdown`.
-///
-/// Handshakes run off the accept loop, each in its own task under a timeout,
-/// so one slow peer never delays another. A connection that fails its
-/// handshake (no certificate, wrong CA, expired, plaintext) is dropped before
-/// any request is read, so no handler ever runs for it. The accept loop ends
-/// when the returned stream is dropped.
-pub fn tls_incoming(
-    listener: TcpListener,
-    source: Arc<CredentialSource>,
-    opts: TlsAcceptOptions,
-) -> ReceiverStream<io::Result<Coalesce<tokio_rustls::server::TlsStream<TcpStream>>>> {
-    let (tx, rx) = mpsc::channel(64);
-    let permits = Arc::new(Semaphore::new(opts.max_handshakes.max(1)));
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                r = listener.accept() => r,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let _ = tcp.set_nodelay(true);
-            // The config current at this handshake: certificate rotation and
-            // CRL updates apply to new connections, in-flight ones go on.
-            let acceptor = tokio_rustls::TlsAcceptor::from(source.server_config());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let result = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await;
-                drop(permit);
-                match result {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(Coalesce::new(stream))).await;
-                    }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "tls handshake refused"),
-                    Err(_) => tracing::info!(%peer, "tls handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
 /// The verified identity of the peer that sent `request`.
 pub fn caller_identity<T>(request: &tonic::Request<T>) -> Result<Identity, CertError> {
     let certs = request
@@ -401,8 +352,24 @@ impl tower::Service<Uri> for TlsConnector {
             let name = ServerName::try_from(host.clone()).map_err(|e| invalid(format!("{host}: {e}")))?;
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok(TokioIo::new(Coalesce::new(tls)))
+            let mut tls = connector.connect(name, tcp).await?;
+            // Under TLS 1.3 the client's side of the handshake ends before the
+            // server has checked the client's certificate; a refusal (revoked,
+            // expired) would arrive later as an alert in the middle of the
+            // first call, and reach the caller as a bare "transport error".
+            // The server speaks first on a connection it accepts (session
+            // tickets, then HTTP/2 SETTINGS), so its first bytes are its
+            // verdict: read them now, and hand them on to hyper.
+            let mut first = vec![0u8; 4096];
+            let n = tls.read(&mut first).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the server closed the connection right after the tls handshake",
+                ));
+            }
+            first.truncate(n);
+            Ok(TokioIo::new(Coalesce::with_unread(tls, first)))
         })
     }
 }
@@ -487,12 +454,16 @@ impl CredentialSource {
         }))
     }
 
-    fn paths(dir: &Path, name: &str) -> [std::path::PathBuf; 4] {
+    fn paths(dir: &Path, name: &str) -> [std::path::PathBuf; 7] {
         [
             dir.join(format!("{name}.pem")),
             dir.join(format!("{name}.key")),
             dir.join("ca.pem"),
             crate::revoke::crl_path(dir),
+            // cert-manager's names (see `identity_files`).
+            dir.join("tls.crt"),
+            dir.join("tls.key"),
+            dir.join("ca.crt"),
         ]
     }
 
@@ -556,5 +527,92 @@ impl CredentialSource {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio_stream::StreamExt;
+    use tower::Service;
+
+    use super::*;
+    use crate::{HandshakeFailure, TlsAcceptOptions, handshake_failure, tls_incoming};
+
+    #[tokio::test]
+    async fn a_refused_client_learns_why_when_it_connects_not_in_its_first_call() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::init_dir(dir.path(), &["hefei"], false).unwrap();
+        crate::revoke(dir.path(), "org-demo").unwrap();
+        let server = CredentialSource::load(dir.path(), "node-hefei").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = listener.local_addr().unwrap();
+        let mut incoming = tls_incoming(listener, server, TlsAcceptOptions::default());
+        // A network with some latency, so that the verdict arrives well after
+        // the client has sent its last flight.
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = Uri::from_str(&format!("http://127.0.0.1:{}", proxy.local_addr().unwrap().port())).unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            while let Ok((client, _)) = proxy.accept().await {
+                let server = TcpStream::connect(server_addr).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        // Simulated latency, not a wait for a condition.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let expect = Some(Identity::Node("hefei".into()));
+
+        // Under TLS 1.3 the client's half of the handshake ends before the
+        // server has judged its certificate: the connect awaits the verdict.
+        let revoked = CredentialSource::load(dir.path(), "org-demo").unwrap();
+        let err = TlsConnector::new(revoked, expect.clone()).call(uri.clone()).await.expect_err("refused at connect");
+        assert_eq!(handshake_failure(&err), Some(HandshakeFailure::Revoked), "{err:?}");
+
+        // An accepted client gets the server's first bytes, as hyper will read them.
+        let good = CredentialSource::load(dir.path(), "admin-hefei").unwrap();
+        let serve = async {
+            let mut conn = incoming.next().await.unwrap().unwrap();
+            conn.write_all(b"settings").await.unwrap();
+            conn.flush().await.unwrap();
+            conn
+        };
+        let (client, _conn) = tokio::join!(TlsConnector::new(good, expect).call(uri), serve);
+        let mut first = [0u8; 8];
+        tokio::io::AsyncReadExt::read_exact(&mut client.unwrap().into_inner(), &mut first).await.unwrap();
+        assert_eq!(&first, b"settings");
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    #[test]
+    fn a_cert_manager_secret_loads_as_its_identity_and_only_as_it() {
+        let made = tempfile::tempdir().unwrap();
+        crate::init_dir(made.path(), &["hefei"], false).unwrap();
+        let secret = tempfile::tempdir().unwrap();
+        for (from, to) in [("node-hefei.pem", "tls.crt"), ("node-hefei.key", "tls.key"), ("ca.pem", "ca.crt")] {
+            fs::copy(made.path().join(from), secret.path().join(to)).unwrap();
+        }
+        let creds = Credentials::load(secret.path(), "node-hefei").unwrap();
+        assert_eq!(creds.identity(), &Identity::Node("hefei".into()));
+        let source = CredentialSource::load(secret.path(), "node-hefei").unwrap();
+        assert_eq!(source.credentials().identity(), &Identity::Node("hefei".into()));
+        let err = Credentials::load(secret.path(), "node-wuhu").unwrap_err().to_string();
+        assert!(err.contains("is node-hefei's certificate, not node-wuhu's"), "{err}");
     }
 }

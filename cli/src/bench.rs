@@ -29,6 +29,33 @@ pub enum Bench {
     Reserve(ReserveArgs),
     /// Searches per second and latency, through the gateway and direct to one node.
     Search(SearchArgs),
+    /// A new client's first call (TCP, mTLS handshake, call) while many idle
+    /// TCP connections sit on the server: whether they can starve handshakes.
+    Handshake(HandshakeArgs),
+}
+
+#[derive(Args)]
+pub struct HandshakeArgs {
+    /// Idle TCP connections (never a byte sent) opened before measuring.
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// Spread the idle connections over this many loopback source addresses
+    /// (127.0.0.2, 127.0.0.3, …) when the target is on loopback, so that the
+    /// server's overall cap is tested, not only its per-address one.
+    #[arg(long, default_value_t = 16)]
+    sources: u8,
+    /// New clients measured, one after another.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Dial this city's node (`Info` as the gateway identity) instead of the
+    /// gateway (`ListNodes` as org-demo).
+    #[arg(long)]
+    city: Option<String>,
+    /// The node endpoint with --city; defaults to the demo's.
+    #[arg(long)]
+    node: Option<String>,
+    #[command(flatten)]
+    client: ClientOpts,
 }
 
 #[derive(Args)]
@@ -478,6 +505,123 @@ pub async fn search(args: SearchArgs) -> Result<ExitCode> {
     }
     if args.client.json {
         outln!("{}", json!({"runs": runs}));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lets this process hold `want` more descriptors, up to the hard limit.
+fn raise_fd_limit(want: usize) -> Result<()> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit write and read only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            bail!("getrlimit: {}", std::io::Error::last_os_error());
+        }
+        let need = (want as libc::rlim_t).saturating_add(256);
+        if lim.rlim_cur < need {
+            lim.rlim_cur = need.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                bail!("setrlimit: {}", std::io::Error::last_os_error());
+            }
+        }
+        if (lim.rlim_cur as usize) < want + 64 {
+            bail!("only {} file descriptors allowed (hard limit); lower --idle", lim.rlim_cur);
+        }
+    }
+    Ok(())
+}
+
+/// One new client, from nothing to its first answer.
+async fn first_call(url: &str, creds: &corridor_certs::Credentials, city: Option<&City>) -> Result<Duration> {
+    let started = Instant::now();
+    match city {
+        Some(c) => {
+            let ch = client_channel(url, creds, Some(Identity::Node(c.slug.into())), Duration::from_secs(30))?;
+            NodeClient::new(ch).info(pb::NodeInfoRequest {}).await.map_err(crate::client::status_error)?;
+        }
+        None => {
+            let mut gw = crate::client::gateway_for(url, creds)?;
+            gw.list_nodes(pb::ListNodesRequest {}).await.map_err(crate::client::status_error)?;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+async fn first_calls(
+    label: &str,
+    rounds: usize,
+    url: &str,
+    creds: &corridor_certs::Credentials,
+    city: Option<&City>,
+) -> Result<serde_json::Value> {
+    let mut took = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        took.push(first_call(url, creds, city).await?);
+    }
+    took.sort_unstable();
+    let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
+    let (p50, max) = (ms(took[took.len() / 2]), ms(took[took.len() - 1]));
+    outln!("{label:<44} first call p50 {p50:>7.2} ms  max {max:>7.2} ms  ({rounds} new clients)");
+    Ok(json!({"run": label, "rounds": rounds, "p50_ms": p50, "max_ms": max}))
+}
+
+pub async fn handshake(args: HandshakeArgs) -> Result<ExitCode> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let city = args.city.as_deref().map(city).transpose()?;
+    let (url, creds) = match city {
+        Some(c) => (
+            args.node.clone().unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c)),
+            args.client.credentials("gateway")?,
+        ),
+        None => (args.client.gateway.clone(), args.client.credentials("org-demo")?),
+    };
+    let authority = url.strip_prefix("https://").with_context(|| format!("{url:?}: expected https://host:port"))?;
+    let addr = tokio::net::lookup_host(authority)
+        .await
+        .with_context(|| format!("resolving {authority}"))?
+        .next()
+        .with_context(|| format!("{authority}: no address"))?;
+    raise_fd_limit(args.idle + args.rounds)?;
+
+    let mut runs = vec![first_calls("no idle connections", args.rounds, &url, &creds, city).await?];
+
+    let sources: Vec<std::net::IpAddr> = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_loopback() && args.sources > 1 => {
+            (0..args.sources).map(|i| std::net::Ipv4Addr::new(127, 0, 0, 2 + i).into()).collect()
+        }
+        ip => vec![if ip.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        }],
+    };
+    let mut idle = Vec::with_capacity(args.idle);
+    for i in 0..args.idle {
+        let from = sources[i % sources.len()];
+        let socket = if from.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.bind((from, 0).into()).with_context(|| format!("binding {from}"))?;
+        idle.push(socket.connect(addr).await.with_context(|| format!("idle connection {i} to {addr}"))?);
+    }
+    let label = format!("{} idle connections open", args.idle);
+    runs.push(first_calls(&label, args.rounds, &url, &creds, city).await?);
+
+    // The server closes the idle connections it sheds; count what it kept.
+    let open = futures_util::future::join_all(idle.iter().map(|s| async move {
+        tokio::time::timeout(Duration::from_millis(5), s.readable()).await.is_err()
+            || matches!(s.try_read(&mut [0u8; 1]), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }))
+    .await
+    .into_iter()
+    .filter(|open| *open)
+    .count();
+    outln!("idle connections the server still held at the end: {open} of {}", args.idle);
+    if args.client.json {
+        outln!(
+            "{}",
+            json!({"target": url, "idle": args.idle, "sources": sources.len(), "still_open": open, "runs": runs})
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@
 use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use corridor_certs::{Credentials, Identity, client_channel};
+use corridor_certs::{Credentials, HandshakeFailure, Identity, client_channel};
 use corridor_node::{
     convert::to_proto,
     import::{Format, check_rows, parse},
@@ -23,6 +23,17 @@ const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Rows per streamed import message: small messages, far below any size limit.
 const IMPORT_CHUNK_ROWS: usize = 500;
 
+/// The identity this command presents and the address it dials, for error
+/// messages: a command calls as one identity, and a refusal at the TLS
+/// handshake only helps the user with both named.
+static DIALED: std::sync::Mutex<Option<(Identity, String)>> = std::sync::Mutex::new(None);
+
+/// A channel to `url` as `creds`, remembered for [`status_error`].
+pub fn dial(url: &str, creds: &Credentials, expect: Identity) -> Result<Channel> {
+    *DIALED.lock().expect("poisoned") = Some((creds.identity().clone(), url.to_string()));
+    Ok(client_channel(url, creds, Some(expect), CONNECT_TIMEOUT)?)
+}
+
 pub fn gateway(opts: &ClientOpts) -> Result<GatewayClient<Channel>> {
     gateway_as(opts, "org-demo")
 }
@@ -30,7 +41,7 @@ pub fn gateway(opts: &ClientOpts) -> Result<GatewayClient<Channel>> {
 /// The gateway, as `default_identity` unless `--identity` names another.
 pub fn gateway_as(opts: &ClientOpts, default_identity: &str) -> Result<GatewayClient<Channel>> {
     let creds = opts.credentials(default_identity)?;
-    let channel = client_channel(&opts.gateway, &creds, Some(Identity::Gateway), CONNECT_TIMEOUT)?;
+    let channel = dial(&opts.gateway, &creds, Identity::Gateway)?;
     Ok(GatewayClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
 }
 
@@ -44,8 +55,51 @@ pub fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// What a failed call tells the user. A refusal at the TLS handshake comes
+/// as a transport error whose cause is the server's alert; it is said in
+/// words, with the identity and the address.
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+    match corridor_certs::handshake_failure(&s) {
+        Some(why) => anyhow::anyhow!(handshake_message(&why, DIALED.lock().expect("poisoned").as_ref())),
+        None => anyhow::anyhow!("{} ({:?})", s.message(), s.code()),
+    }
+}
+
+fn handshake_message(why: &HandshakeFailure, dialed: Option<&(Identity, String)>) -> String {
+    let (who, name, addr) = match dialed {
+        Some((id, addr)) => (format!("identity {} ({id})", id.name()), id.name(), addr.as_str()),
+        None => ("this identity".to_string(), "NAME".to_string(), "the server"),
+    };
+    let refused = |reason: &str, fix: &str| format!("{addr} refused {who} at the tls handshake: {reason}; {fix}");
+    match why {
+        HandshakeFailure::Revoked => refused(
+            "its certificate was revoked",
+            &format!("the CA must issue a new one (`corridor certs renew {name}`)"),
+        ),
+        HandshakeFailure::Expired => refused(
+            "its certificate has expired or is not yet valid",
+            &format!("renew it (`corridor certs renew {name}`) or check this machine's clock"),
+        ),
+        HandshakeFailure::UnknownCa => {
+            refused("its certificate is not from this corridor's CA", "use a certificate issued by the corridor CA")
+        }
+        HandshakeFailure::BadCertificate => refused(
+            "its certificate is not a valid corridor identity",
+            "issue it with `corridor certs issue` or `corridor certs sign`",
+        ),
+        HandshakeFailure::NoCertificate => {
+            refused("no client certificate was presented", "pass --certs and --identity")
+        }
+        HandshakeFailure::Alert(alert) => {
+            refused(&format!("tls alert {alert}"), "check the certificates on both sides")
+        }
+        HandshakeFailure::UntrustedServer(why) => {
+            format!("{addr} is not trusted by {who}: {why}; check --gateway and the CA in --certs")
+        }
+        HandshakeFailure::Protocol(why) => {
+            format!("{addr} does not speak corridor tls: {why}; check the address (https://host:port)")
+        }
+    }
 }
 
 /// Like [`status_error`], for a call to `addr`: a failure that may have
@@ -54,7 +108,9 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
 pub fn at(addr: &str) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
     move |s| {
         use tonic::Code;
-        let reached = !matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded);
+        // A refusal at the handshake names the address already.
+        let reached = corridor_certs::handshake_failure(&s).is_some()
+            || !matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded);
         let e = status_error(s);
         if reached { e } else { anyhow::anyhow!("calling {addr}: {e}") }
     }
@@ -92,7 +148,7 @@ pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &Clien
     let admin = format!("admin-{}", city.slug);
     let creds = opts.credentials(&admin)?;
     let endpoint = node_endpoint(city, node, opts, &admin).await?;
-    let channel = client_channel(&endpoint, &creds, Some(Identity::Node(city.slug.into())), CONNECT_TIMEOUT)?;
+    let channel = dial(&endpoint, &creds, Identity::Node(city.slug.into()))?;
     let mut client = NodeClient::new(channel);
     let chunks: Vec<pb::ImportChunk> = rows
         .chunks(IMPORT_CHUNK_ROWS)
@@ -137,7 +193,7 @@ pub async fn backup(city: &City, out: &Path, node: Option<String>, opts: &Client
     let admin = format!("admin-{}", city.slug);
     let creds = opts.credentials(&admin)?;
     let endpoint = node_endpoint(city, node, opts, &admin).await?;
-    let channel = client_channel(&endpoint, &creds, Some(Identity::Node(city.slug.into())), CONNECT_TIMEOUT)?;
+    let channel = dial(&endpoint, &creds, Identity::Node(city.slug.into()))?;
     let mut stream = NodeClient::new(channel).backup(pb::BackupRequest {}).await.map_err(at(&endpoint))?.into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.message().await.map_err(at(&endpoint))? {
@@ -301,5 +357,5 @@ pub async fn all_nodes_ok(client: &mut GatewayClient<Channel>) -> Option<(usize,
 }
 
 pub fn gateway_for(url: &str, creds: &Credentials) -> Result<GatewayClient<Channel>> {
-    Ok(GatewayClient::new(client_channel(url, creds, Some(Identity::Gateway), CONNECT_TIMEOUT)?))
+    Ok(GatewayClient::new(dial(url, creds, Identity::Gateway)?))
 }

@@ -91,6 +91,30 @@ impl ClientOpts {
     }
 }
 
+/// How long a server keeps a connection: the bound on how long a revoked
+/// identity keeps one it opened before its revocation.
+#[derive(Args, Clone, Copy, Debug)]
+struct ConnectionAge {
+    /// Ask a connection this many seconds old to go away (HTTP/2 GOAWAY); the
+    /// client's next call reconnects, and handshakes again.
+    #[arg(long, default_value_t = corridor_certs::MAX_CONNECTION_AGE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connection_age: u64,
+    /// Seconds that calls still running then may go on before the connection is closed.
+    #[arg(long, default_value_t = corridor_certs::MAX_CONNECTION_AGE_GRACE.as_secs())]
+    max_connection_age_grace: u64,
+}
+
+impl ConnectionAge {
+    fn accept(self) -> corridor_certs::TlsAcceptOptions {
+        corridor_certs::TlsAcceptOptions {
+            max_connection_age: Some(std::time::Duration::from_secs(self.max_connection_age)),
+            max_connection_age_grace: std::time::Duration::from_secs(self.max_connection_age_grace),
+            ..Default::default()
+        }
+    }
+}
+
 // Parsed once per process; the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -382,6 +406,8 @@ enum NodeCommand {
         /// reloaded when the file changes, no restart needed.
         #[arg(long)]
         synonyms: Option<PathBuf>,
+        #[command(flatten)]
+        age: ConnectionAge,
     },
 }
 
@@ -430,6 +456,8 @@ enum GatewayCommand {
         /// the gateway one, as it shares the machine's cores with nine nodes.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
+        #[command(flatten)]
+        age: ConnectionAge,
     },
 }
 
@@ -462,6 +490,30 @@ enum CertsCommand {
         name: String,
         #[arg(long, default_value = ".corridor/certs")]
         dir: PathBuf,
+    },
+    /// Make a private key (mode 0600) and a certificate signing request for
+    /// NAME in --out, where the key will be used: DIR/NAME.key and DIR/NAME.csr.
+    /// Send NAME.csr to the CA (`corridor certs sign`); the key never travels.
+    Request {
+        /// gateway, reconciler, node-<city>, admin-<city> or org-<name>.
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS names the identity serves on (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        dns: Vec<String>,
+    },
+    /// At the CA: check a certificate signing request and sign it. Writes only
+    /// the certificate (default: the request's path with .pem).
+    Sign {
+        csr: PathBuf,
+        /// The CA's directory (ca.pem, ca.key).
+        #[arg(long, default_value = ".corridor/certs")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Create a development CA and every corridor identity.
     Init {
@@ -575,6 +627,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                     workers: _,
                     thesaurus,
                     synonyms,
+                    age,
                 },
         } => {
             let city = city(&slug)?;
@@ -597,6 +650,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 peers,
                 clock_skew: None,
                 thesaurus: corridor_node::ThesaurusFiles { replace: thesaurus, add: synonyms },
+                accept: age.accept(),
             };
             let registry = serve_metrics(metrics).await?;
             corridor_node::run(config, creds, listener, registry, shutdown_signal()).await?;
@@ -622,9 +676,10 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             }
         }
         Command::Gateway {
-            command: GatewayCommand::Run { config, listen, certs, identity, metrics, health, workers: _ },
+            command: GatewayCommand::Run { config, listen, certs, identity, metrics, health, workers: _, age },
         } => {
-            let config = corridor_gateway::GatewayConfig::load(&config)?;
+            let mut config = corridor_gateway::GatewayConfig::load(&config)?;
+            config.accept = age.accept();
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let registry = serve_metrics(metrics).await?;
@@ -663,6 +718,47 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Certs { command: CertsCommand::Revoke { name, dir } } => {
             let serial = corridor_certs::revoke(&dir, &name)?;
             outln!("revoked {name} (serial {serial}); {} updated", corridor_certs::crl_path(&dir).display());
+        }
+        Command::Certs { command: CertsCommand::Request { name, out, dns } } => {
+            let id = corridor_certs::Identity::from_name(&name)?;
+            if let Some(c) = id.city() {
+                city(c)?;
+            }
+            let mut opts = corridor_certs::IssueOptions::for_identity(&id);
+            opts.dns_names.extend(dns);
+            corridor_certs::write_request(&out, &name, &corridor_certs::request(&id, &opts)?)?;
+            outln!(
+                "wrote {0}/{name}.key (keep it here) and {0}/{name}.csr for {1}; have the CA run `corridor certs sign {name}.csr`, then put the certificate beside the key as {name}.pem with the CA's ca.pem",
+                out.display(),
+                id.uri()
+            );
+        }
+        Command::Certs { command: CertsCommand::Sign { csr, dir, days, out } } => {
+            if days == 0 {
+                bail!("--days must be at least 1");
+            }
+            let pem = std::fs::read_to_string(&csr).with_context(|| format!("reading {}", csr.display()))?;
+            let now = time::OffsetDateTime::now_utc();
+            // A minute of slack for clocks that disagree a little, as `issue` gives.
+            let (from, to) = (now - time::Duration::minutes(1), now + time::Duration::days(days.into()));
+            let signed = corridor_certs::Ca::load(&dir)?
+                .sign_request(&pem, from, to)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", csr.display()))?;
+            let name = signed.identity.name();
+            if let Some(c) = signed.identity.city() {
+                city(c)?;
+            }
+            // A file named for one identity that asks for another is a mix-up, or worse.
+            let stem = csr.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            if corridor_certs::Identity::from_name(stem).is_ok_and(|named| named != signed.identity) {
+                bail!(
+                    "{}: the file is named for {stem}, but the request asks for {name}; nothing written",
+                    csr.display()
+                );
+            }
+            let out = out.unwrap_or_else(|| csr.with_extension("pem"));
+            std::fs::write(&out, &signed.cert_pem).with_context(|| format!("writing {}", out.display()))?;
+            outln!("signed {name} ({}), valid {days} days: {}", signed.identity.uri(), out.display());
         }
         Command::Certs { command: CertsCommand::Init { out, cities, force } } => {
             let cities: Vec<String> =
@@ -793,6 +889,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Eval { command: EvalCommand::Search(args) } => return eval::search(args).await,
         Command::Bench { command: bench::Bench::Reserve(args) } => return bench::reserve(args).await,
         Command::Bench { command: bench::Bench::Search(args) } => return bench::search(args).await,
+        Command::Bench { command: bench::Bench::Handshake(args) } => return bench::handshake(args).await,
         Command::Calendar { instrument, ics, days, client } => {
             return bookings::calendar(&instrument, ics, days, &client).await;
         }

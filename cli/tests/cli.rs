@@ -317,3 +317,70 @@ async fn search_relevance_on_real_instruments_holds_its_floors() {
     assert!(ok, "{err}\n{}", v["misses"]);
     assert!(v["all"]["queries"].as_u64().unwrap() >= 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_identity_is_told_why_with_its_name_and_the_address() {
+    let mesh = Mesh::start(None).await;
+    let nodes = |identity: &str| {
+        let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+        cmd.args(["nodes", "--identity", identity]);
+        cmd
+    };
+    let (ok, _, err) = run(nodes("org-demo")).await;
+    assert!(ok, "{err}");
+
+    corridor_certs::revoke(&mesh.certs, "org-demo").unwrap();
+    mesh.reload_all();
+    let (ok, _, err) = run(nodes("org-demo")).await;
+    assert!(!ok);
+    assert!(err.contains("certificate was revoked"), "{err}");
+    assert!(err.contains("identity org-demo") && err.contains(&mesh.gateway_url()), "{err}");
+
+    let id = corridor_certs::Identity::Org("late".into());
+    let mut expired = corridor_certs::IssueOptions::for_identity(&id);
+    expired.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    expired.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    mesh.issue("org-late", &id, &expired);
+    let (ok, _, err) = run(nodes("org-late")).await;
+    assert!(!ok);
+    assert!(err.contains("identity org-late") && err.contains("has expired"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_enrolled_by_request_works_and_its_key_never_leaves() {
+    let mesh = Mesh::start(None).await;
+    let lab = tempfile::tempdir().unwrap();
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["certs", "request", "org-acme", "--out", lab.path().to_str().unwrap()]);
+    let (ok, _, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(lab.path().join("org-acme.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // At the CA, only the request: the signed certificate comes back.
+    let at_ca = tempfile::tempdir().unwrap();
+    std::fs::copy(lab.path().join("org-acme.csr"), at_ca.path().join("org-acme.csr")).unwrap();
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["certs", "sign", at_ca.path().join("org-acme.csr").to_str().unwrap(), "--dir"]).arg(&mesh.certs);
+    let (ok, out, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("signed org-acme (spiffe://corridor/org/acme)"), "{out}");
+    let names: Vec<_> = std::fs::read_dir(at_ca.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "the request and the certificate, no key: {names:?}");
+
+    std::fs::copy(at_ca.path().join("org-acme.pem"), lab.path().join("org-acme.pem")).unwrap();
+    std::fs::copy(mesh.certs.join("ca.pem"), lab.path().join("ca.pem")).unwrap();
+    let mut cmd = corridor(lab.path(), &mesh.gateway_url());
+    cmd.args(["nodes", "--identity", "org-acme"]);
+    let (ok, _, err) = run(cmd).await;
+    assert!(ok, "{err}");
+
+    // A request renamed to pass for another identity is not signed.
+    std::fs::copy(lab.path().join("org-acme.csr"), at_ca.path().join("admin-hefei.csr")).unwrap();
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["certs", "sign", at_ca.path().join("admin-hefei.csr").to_str().unwrap(), "--dir"]).arg(&mesh.certs);
+    let (ok, _, err) = run(cmd).await;
+    assert!(!ok);
+    assert!(err.contains("asks for org-acme; nothing written"), "{err}");
+}

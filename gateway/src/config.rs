@@ -51,6 +51,10 @@ pub struct GatewayConfig {
     #[serde(default = "search_calls_in_flight")]
     pub search_calls_in_flight: usize,
     pub nodes: Vec<NodeEndpoint>,
+    /// Handshake limits and the maximum connection age: from the command
+    /// line (`gateway run --max-connection-age`), not the file.
+    #[serde(skip)]
+    pub accept: corridor_certs::TlsAcceptOptions,
 }
 
 fn default_deadline_ms() -> u64 {
@@ -74,6 +78,7 @@ impl GatewayConfig {
             connect_timeout_ms: connect_timeout_ms(),
             search_calls_in_flight: search_calls_in_flight(),
             nodes,
+            accept: Default::default(),
         }
     }
 

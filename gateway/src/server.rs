@@ -2,11 +2,10 @@
 
 use std::{future::Future, sync::Arc};
 
-use corridor_certs::{CertError, CredentialSource, TlsAcceptOptions, tls_incoming};
+use corridor_certs::{CertError, CredentialSource, tls_incoming};
 use corridor_proto::gateway_server::GatewayServer;
 use corridor_telemetry::{Metrics, RpcLayer};
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 
 use crate::{Cities, GatewayConfig, GatewayService};
 
@@ -48,7 +47,9 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(cities = config.nodes.len(), "gateway serving");
-    let router = Server::builder()
+    let router = config
+        .accept
+        .server()
         // Outermost, so that every call is counted and traced, refusals
         // included, and every oversized message is answered the same way.
         .layer(RpcLayer(metrics))
@@ -56,7 +57,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service);
-    let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
+    let incoming = tls_incoming(listener, creds, config.accept);
     let drained = corridor_telemetry::serve_draining(shutdown, corridor_telemetry::DRAIN_BOUND, |stop| {
         Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
     })

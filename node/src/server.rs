@@ -6,7 +6,6 @@ use corridor_certs::{CredentialSource, TlsAcceptOptions, tls_incoming};
 use corridor_proto::{cities::City, node_server::NodeServer};
 use corridor_telemetry::{Metrics, RpcLayer};
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 
 use crate::{
     NodeService,
@@ -47,6 +46,8 @@ pub struct NodeConfig {
     pub clock_skew: Option<Arc<std::sync::atomic::AtomicI64>>,
     /// Where the thesaurus comes from besides the shipped one.
     pub thesaurus: ThesaurusFiles,
+    /// Handshake limits and the maximum connection age.
+    pub accept: TlsAcceptOptions,
 }
 
 /// The thesaurus files a node reads, and reads again when they change.
@@ -174,9 +175,11 @@ pub async fn run(
     let service = NodeServer::new(NodeService::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = tls_incoming(listener, creds, TlsAcceptOptions::default());
+    let incoming = tls_incoming(listener, creds, config.accept);
     tracing::info!(city = config.city.slug, "node serving");
-    let router = Server::builder()
+    let router = config
+        .accept
+        .server()
         // Outermost, so that every call is counted and traced, refusals
         // included, and every oversized message is answered the same way.
         .layer(RpcLayer(metrics))

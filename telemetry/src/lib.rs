@@ -247,7 +247,18 @@ impl Metrics {
             }
         }
         process::render(&mut out);
+        render_tls_refusals(&mut out);
         out
+    }
+}
+
+/// The TLS accept path's refusals, counted process-wide in the certs crate
+/// (it sits below this crate and keeps no registry).
+fn render_tls_refusals(out: &mut String) {
+    let name = "corridor_tls_handshakes_refused_total";
+    let _ = writeln!(out, "# HELP {name} TLS handshakes refused or shed, by reason\n# TYPE {name} counter");
+    for (reason, n) in corridor_certs::handshake_refusals() {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
     }
 }
 
@@ -415,6 +426,7 @@ mod tests {
         );
         assert!(text.contains("corridor_rpc_duration_seconds_count{method=\"/corridor.v1.Gateway/Search\"} 2"));
         assert!(text.contains("# TYPE corridor_open_holds gauge\ncorridor_open_holds{city=\"hefei\"} 2"));
+        assert!(text.contains("corridor_tls_handshakes_refused_total{reason=\"shed_silent\"} "), "{text}");
     }
 
     #[tokio::test]

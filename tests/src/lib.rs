@@ -274,6 +274,7 @@ impl Mesh {
                 peers: peers.clone(),
                 clock_skew: Some(clock_skew.clone()),
                 thesaurus: Default::default(),
+                accept: Default::default(),
             };
             let (stop, wait) = shutdown_pair();
             let metrics = corridor_telemetry::Metrics::new();

@@ -38,6 +38,8 @@ async fn a_revoked_admin_is_refused_and_a_renewed_one_works_without_restarts() {
         !matches!(err.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated),
         "refused at the handshake, not by a handler: {err:?}"
     );
+    // And the client can tell why, from the cause under the transport error.
+    assert_eq!(corridor_certs::handshake_failure(&err), Some(corridor_certs::HandshakeFailure::Revoked), "{err:?}");
     // Everyone else keeps working.
     import_one(&mesh, "wuhu", "admin-wuhu", "w1").await.expect("another admin");
     mesh.gateway("org-demo").search(pb::SearchRequest::default()).await.expect("an org");
@@ -103,4 +105,125 @@ async fn rotating_every_server_certificate_under_load_fails_no_call() {
     }
     assert!(ok.load(Ordering::Relaxed) >= 120);
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no call may fail while certificates rotate");
+}
+
+/// On tokio's paused clock: the gateway asks every connection to go away at
+/// its maximum age, and closes it after the grace, so that an identity
+/// revoked while connected loses its connection within that bound.
+#[tokio::test(start_paused = true)]
+async fn a_revoked_identity_loses_its_open_connection_at_the_maximum_age() {
+    use std::time::Duration;
+
+    use corridor_certs::{CredentialSource, HandshakeFailure, handshake_failure};
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let (age, grace) = (Duration::from_secs(600), Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path();
+    corridor_certs::init_dir(certs, &["hefei"], false).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let source = CredentialSource::load(certs, "gateway").unwrap();
+    // No node is ever called: the gateway's own health service is enough.
+    let mut config = corridor_gateway::GatewayConfig::new(vec![corridor_gateway::NodeEndpoint {
+        city: "hefei".into(),
+        endpoint: "https://127.0.0.1:9".into(),
+    }]);
+    config.accept.max_connection_age = Some(age);
+    config.accept.max_connection_age_grace = grace;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(corridor_gateway::run(
+        config,
+        source.clone(),
+        listener,
+        corridor_telemetry::Metrics::new(),
+        None,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let creds = corridor_certs::Credentials::load(certs, "org-demo").unwrap();
+    let channel =
+        corridor_certs::client_channel(&url, &creds, Some(Identity::Gateway), Duration::from_secs(5)).unwrap();
+    let mut health = HealthClient::new(channel);
+    let check = || HealthCheckRequest { service: String::new() };
+    health.check(check()).await.expect("before the revocation");
+    // A call that outlives the GOAWAY: a watch streams until the connection ends.
+    let mut watch = health.watch(check()).await.unwrap().into_inner();
+    watch.message().await.expect("the current status").expect("a status");
+    let opened = tokio::time::Instant::now();
+
+    corridor_certs::revoke(certs, "org-demo").unwrap();
+    assert!(source.reload_if_changed().unwrap());
+    // Revocation is checked at the handshake: the open connection goes on.
+    health.check(check()).await.expect("the open connection, before its maximum age");
+
+    tokio::time::sleep(age + Duration::from_secs(1)).await;
+    // A call that races the GOAWAY fails on the old connection ("operation
+    // was canceled"); the next one handshakes anew, and is refused.
+    let mut raced = 0;
+    let why = loop {
+        let err = health.check(check()).await.expect_err("no call succeeds past the maximum age");
+        match handshake_failure(&err) {
+            Some(why) => break why,
+            None if raced < 2 => raced += 1,
+            None => panic!("not refused at a new handshake: {err:?}"),
+        }
+    };
+    assert_eq!(why, HandshakeFailure::Revoked);
+
+    // The watch kept the old connection open past the GOAWAY, until the grace ran out.
+    let ended = tokio::time::timeout(Duration::from_secs(3600), watch.message()).await;
+    assert!(matches!(ended, Ok(Err(_) | Ok(None))), "{ended:?}");
+    assert!(opened.elapsed() >= age + grace, "{:?}", opened.elapsed());
+    assert!(opened.elapsed() < age + grace + Duration::from_secs(30), "{:?}", opened.elapsed());
+
+    let _ = stop.send(());
+    gateway.await.unwrap().unwrap();
+}
+
+/// The other side of the maximum age: a client in good standing that was
+/// idle when its connection went away just reconnects.
+#[tokio::test(start_paused = true)]
+async fn an_idle_client_in_good_standing_reconnects_after_the_maximum_age_unnoticed() {
+    use std::time::Duration;
+
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let age = Duration::from_secs(600);
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path();
+    corridor_certs::init_dir(certs, &["hefei"], false).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let source = corridor_certs::CredentialSource::load(certs, "gateway").unwrap();
+    let mut config = corridor_gateway::GatewayConfig::new(vec![corridor_gateway::NodeEndpoint {
+        city: "hefei".into(),
+        endpoint: "https://127.0.0.1:9".into(),
+    }]);
+    config.accept.max_connection_age = Some(age);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(corridor_gateway::run(
+        config,
+        source,
+        listener,
+        corridor_telemetry::Metrics::new(),
+        None,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let creds = corridor_certs::Credentials::load(certs, "org-demo").unwrap();
+    let channel =
+        corridor_certs::client_channel(&url, &creds, Some(Identity::Gateway), Duration::from_secs(5)).unwrap();
+    let mut health = HealthClient::new(channel);
+    let check = || HealthCheckRequest { service: String::new() };
+    for round in 0..3 {
+        health.check(check()).await.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        tokio::time::sleep(age + Duration::from_secs(1)).await;
+    }
+    health.check(check()).await.expect("after three connection ages");
+    let _ = stop.send(());
+    gateway.await.unwrap().unwrap();
 }
