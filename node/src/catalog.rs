@@ -288,14 +288,19 @@ mod tests {
         assert_eq!(ids_in(&c, &q).len(), 5);
     }
 
-    #[test]
-    fn pages_follow_the_cursor_and_totals_count_all() {
+    /// Hefei's share of the G60 demo.
+    fn hefei_demo() -> Catalog {
         let all: Vec<StoredInstrument> = corridor_inventory(Scale::G60)
             .into_iter()
             .filter(|(c, _)| c.slug == "hefei")
             .map(|(_, record)| StoredInstrument { record, updated_at: "t".into() })
             .collect();
-        let c = Catalog::new(city_by_slug("hefei").unwrap(), all);
+        Catalog::new(city_by_slug("hefei").unwrap(), all)
+    }
+
+    #[test]
+    fn pages_follow_the_cursor_and_totals_count_all() {
+        let c = hefei_demo();
         // Every record matches: more than the top-k path keeps.
         let mut q = text("");
         q.limit = 1;
@@ -327,12 +332,7 @@ mod tests {
 
     #[test]
     fn a_search_past_its_deadline_stops_where_it_is() {
-        let all: Vec<StoredInstrument> = corridor_inventory(Scale::G60)
-            .into_iter()
-            .filter(|(c, _)| c.slug == "hefei")
-            .map(|(_, record)| StoredInstrument { record, updated_at: "t".into() })
-            .collect();
-        let c = Catalog::new(city_by_slug("hefei").unwrap(), all);
+        let c = hefei_demo();
         // The free-window predicate is the costly part of a search: count
         // how many records it is asked about.
         let asked = std::cell::Cell::new(0usize);
