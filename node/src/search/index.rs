@@ -14,15 +14,15 @@ use tantivy::{
     collector::{Collector, SegmentCollector},
     columnar::Column,
     query::{
-        AllQuery, Bm25StatisticsProvider, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur,
-        PhraseQuery, Query, TermQuery,
+        AllQuery, Bm25StatisticsProvider, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query,
+        TermQuery,
     },
     schema::{FAST, Field, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions},
     tokenizer::{Language, Stemmer, TextAnalyzer},
 };
 
 use super::{
-    text::{self, LITERAL_SEPARATOR, LiteralTokenizer, MixedTokenizer},
+    text::{self, LITERAL_SEPARATOR, LiteralNames, LiteralQuery, LiteralTokenizer, MixedTokenizer},
     thesaurus::Thesaurus,
 };
 use crate::model::InstrumentRecord;
@@ -75,6 +75,10 @@ pub struct SearchIndex {
     current: RwLock<Arc<View>>,
     /// The concepts documents are tagged with and queries expand to.
     thesaurus: RwLock<Arc<Thesaurus>>,
+    /// Each document's names in literal form, by catalog place (ord): the
+    /// collector tests "the query stands in a name" on them directly, a
+    /// string search per match, where a phrase query would read positions.
+    names: RwLock<Arc<Vec<LiteralNames>>>,
 }
 
 /// One generation of the index, with each segment's column of catalog
@@ -135,6 +139,9 @@ mod tier {
     pub const MOST_IN_NAME: f32 = 2_500.0;
     pub const ANYWHERE: f32 = 1_000.0;
     pub const LITERAL: f32 = 1_000.0;
+    /// What a record gets for holding the query's literal character pairs
+    /// only: a candidate, kept only if the collector finds the text itself.
+    pub const CANDIDATE: f32 = 0.25;
 }
 
 /// Latin terms this long or longer may match with one typo; twice as long, two.
@@ -154,11 +161,11 @@ impl SearchIndex {
         let fields = Fields {
             ord: b.add_u64_field(ORD, FAST),
             local_id: b.add_text_field("local_id", STRING),
-            name_zh: b.add_text_field("name_zh", text_options(ANALYZER, true)),
-            name_en: b.add_text_field("name_en", text_options(ANALYZER, true)),
+            name_zh: b.add_text_field("name_zh", text_options(ANALYZER, false)),
+            name_en: b.add_text_field("name_en", text_options(ANALYZER, false)),
             body: b.add_text_field("body", text_options(ANALYZER, false)),
             concept: b.add_text_field("concept", STRING),
-            literal: b.add_text_field(LITERAL, text_options(LITERAL, true)),
+            literal: b.add_text_field(LITERAL, text_options(LITERAL, false)),
         };
         let index = Index::create_in_ram(b.build());
         index
@@ -170,7 +177,7 @@ impl SearchIndex {
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().expect("a reader");
         let current = RwLock::new(View::of(&reader).expect("an empty in-RAM index opens"));
         let thesaurus = RwLock::new(Thesaurus::shipped());
-        SearchIndex { index, reader, writer: Mutex::new(writer), fields, current, thesaurus }
+        SearchIndex { index, reader, writer: Mutex::new(writer), fields, current, thesaurus, names: RwLock::default() }
     }
 
     pub fn thesaurus(&self) -> Arc<Thesaurus> {
@@ -203,8 +210,10 @@ impl SearchIndex {
         for c in self.thesaurus().concepts_of(&[&r.name_zh, &r.name_en, &r.manufacturer]) {
             doc.add_text(f.concept, c);
         }
-        let literal = [r.name_zh.as_str(), &r.name_en, &r.manufacturer, &r.model, &r.description]
-            .join(&LITERAL_SEPARATOR.to_string());
+        // Names, maker and model: short, so that the phrase over character
+        // pairs stays cheap. A description contains a query literally only
+        // where it holds the query's words too, which the body field finds.
+        let literal = [r.name_zh.as_str(), &r.name_en, &r.manufacturer, &r.model].join(&LITERAL_SEPARATOR.to_string());
         doc.add_text(f.literal, literal);
         doc
     }
@@ -212,10 +221,17 @@ impl SearchIndex {
     /// Adds or replaces documents (by local id), then makes them searchable.
     pub fn upsert<'a>(&self, docs: impl IntoIterator<Item = (u64, &'a InstrumentRecord)>) -> tantivy::Result<()> {
         let mut writer = self.writer.lock().expect("poisoned");
+        let mut names = self.names.read().expect("poisoned").clone();
         for (ord, r) in docs {
             writer.delete_term(Term::from_field_text(self.fields.local_id, &r.local_id));
             writer.add_document(self.document(ord, r))?;
+            let names = Arc::make_mut(&mut names);
+            if names.len() <= ord as usize {
+                names.resize(ord as usize + 1, LiteralNames::default());
+            }
+            names[ord as usize] = LiteralNames::of(&[&r.name_zh, &r.name_en], &[&r.manufacturer, &r.model]);
         }
+        *self.names.write().expect("poisoned") = names;
         writer.commit()?;
         // Still under the writer's lock, so generations are swapped in order.
         self.reader.reload()?;
@@ -247,7 +263,14 @@ impl SearchIndex {
         let f = &self.fields;
         let analysis = self.thesaurus().analyze(text);
         let words = self.terms_of(text);
-        let literal = text::literal_query(text);
+        // A query of Chinese alone is contained literally only where all its
+        // character pairs are, which the words clauses already find; Latin
+        // text may be written together or apart ("QExactive", "Q Exactive").
+        let literal = if text.chars().any(|c| c.is_alphanumeric() && !text::is_cjk(c)) {
+            text::literal_grams(text)
+        } else {
+            Vec::new()
+        };
         if words.is_empty() && analysis.named.is_empty() {
             return Box::new(AllQuery);
         }
@@ -288,14 +311,8 @@ impl SearchIndex {
         let mut ways: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         if !words.is_empty() {
             let pairs = || words.iter().zip(&typos);
-            if words.len() >= 2 {
-                let phrase = |field: Field| -> Box<dyn Query> {
-                    Box::new(PhraseQuery::new(words.iter().map(|w| Term::from_field_text(field, w)).collect()))
-                };
-                ways.push(bonus(any_of(vec![phrase(f.name_zh), phrase(f.name_en)]), tier::PHRASE_IN_NAME));
-            } else {
-                ways.push(bonus(in_name(&words[0], None), tier::PHRASE_IN_NAME));
-            }
+            // The whole query standing in a name is the first tier; the
+            // collector adds it (see `BestWithTies`).
             ways.push(bonus(all_of(pairs().map(|(w, t)| in_name(w, *t)).collect()), tier::WORDS_IN_NAME));
             ways.push(bonus(all_of(pairs().map(|(w, t)| anywhere(w, *t)).collect()), tier::ANYWHERE));
             // Most of a Chinese query's character pairs in a name, the other
@@ -334,15 +351,18 @@ impl SearchIndex {
             }
             ways.push(bonus(all_of(parts), tier::CONCEPT));
         }
-        let mut literal: Vec<(usize, Term)> =
-            literal.into_iter().map(|(p, g)| (p, Term::from_field_text(f.literal, &g))).collect();
-        match literal.len() {
-            0 => {}
-            1 => {
-                let (_, term) = literal.remove(0);
-                ways.push(bonus(Box::new(TermQuery::new(term, IndexRecordOption::Basic)), tier::LITERAL));
-            }
-            _ => ways.push(bonus(Box::new(PhraseQuery::new_with_offset(literal)), tier::LITERAL)),
+        // Records holding the query's character pairs are candidates for a
+        // literal match; the collector keeps those whose names, maker or
+        // model contain the text itself (see `BestWithTies`).
+        let grams: Vec<Box<dyn Query>> = literal
+            .iter()
+            .map(|g| {
+                Box::new(TermQuery::new(Term::from_field_text(f.literal, g), IndexRecordOption::Basic))
+                    as Box<dyn Query>
+            })
+            .collect();
+        if !grams.is_empty() {
+            ways.push(bonus(all_of(grams), tier::CANDIDATE));
         }
         // BM25 over the words, names counting double, orders each tier.
         let weigh: Vec<(Occur, Box<dyn Query>)> = words
@@ -417,7 +437,10 @@ impl SearchIndex {
         // and which of a run of equal scores make the page is decided by id,
         // which the index does not order by. With `usize::MAX` it keeps all,
         // for a caller that filters before it ranks.
-        let (hits, matches) = collect(searcher, &*query, global.as_ref(), &BestWithTies { limit, ords: &view.ords })?;
+        let phrase = LiteralQuery::new(text).map(Arc::new);
+        let names = self.names.read().expect("poisoned").clone();
+        let best = BestWithTies { limit, ords: &view.ords, names, phrase };
+        let (hits, matches) = collect(searcher, &*query, global.as_ref(), &best)?;
         Ok(Scored { hits, matches })
     }
 }
@@ -446,14 +469,22 @@ fn collect<C: Collector>(
 /// The best `limit` matches, every match tied with the last of them, and how
 /// many match in all: one scoring pass where a top-k heap, a count and a
 /// second pass for the ties took three.
+/// It also adds the first tier's bonus to a match whose names contain the
+/// query's literal text: tested here, on the names in memory, only for the
+/// documents that match at all.
 struct BestWithTies<'a> {
     limit: usize,
     /// Each segment's column of catalog places, by segment ordinal.
     ords: &'a [Column<u64>],
+    names: Arc<Vec<LiteralNames>>,
+    /// The query's literal text; none for no query.
+    phrase: Option<Arc<LiteralQuery>>,
 }
 
 struct SegmentBest {
     ords: Column<u64>,
+    names: Arc<Vec<LiteralNames>>,
+    phrase: Option<Arc<LiteralQuery>>,
     limit: usize,
     /// Scores below this cannot reach the page: `limit` kept ones beat it.
     floor: Score,
@@ -472,6 +503,8 @@ impl Collector for BestWithTies<'_> {
         let ords = self.ords.get(ord as usize).cloned();
         Ok(SegmentBest {
             ords: ords.ok_or_else(|| tantivy::TantivyError::InternalError(format!("no segment {ord}")))?,
+            names: self.names.clone(),
+            phrase: self.phrase.clone(),
             limit: self.limit,
             floor: if self.limit == 0 { Score::INFINITY } else { Score::MIN },
             prune_at: self.limit.saturating_mul(2).max(64),
@@ -496,13 +529,23 @@ impl SegmentCollector for SegmentBest {
     type Fruit = (Vec<(u64, Score)>, u64);
 
     fn collect(&mut self, doc: DocId, score: Score) {
+        let Some(ord) = self.ords.first(doc) else { return };
+        let (in_name, literal) = match (&self.phrase, self.names.get(ord as usize)) {
+            (Some(q), Some(n)) => n.find(q),
+            _ => (false, false),
+        };
+        // Below every tier's bonus, the record was only a literal candidate:
+        // it is a match only if it holds the text itself.
+        if self.phrase.is_some() && score < tier::ANYWHERE && !literal {
+            return;
+        }
         self.matches += 1;
+        let score =
+            score + if in_name { tier::PHRASE_IN_NAME } else { 0.0 } + if literal { tier::LITERAL } else { 0.0 };
         if score < self.floor {
             return;
         }
-        if let Some(ord) = self.ords.first(doc) {
-            self.kept.push((ord, score));
-        }
+        self.kept.push((ord, score));
         if self.kept.len() >= self.prune_at {
             self.floor = keep_best(&mut self.kept, self.limit);
             self.prune_at = self.prune_at.max(self.kept.len().saturating_mul(2));

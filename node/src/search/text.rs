@@ -154,54 +154,98 @@ fn literal_with_breaks(s: &str) -> Vec<(char, bool)> {
     out
 }
 
-/// Marks a word's first character pair (see [`literal_terms`]).
-const WORD_START: &str = "\u{2}";
-/// Marks the pair that ends a word.
-const WORD_END: &str = "\u{3}";
-
-/// The literal field's terms for one value, with their positions:
-/// overlapping character pairs of its literal form, and at the same
-/// positions, marks where Latin words and numbers start and end. A text
-/// contains another literally when the other's pairs stand in it one after
-/// another; the marks keep a Latin query to whole words ("TEM" is not in
-/// "system"), while Chinese, which has no spaces, matches anywhere.
-pub fn literal_terms(s: &str) -> Vec<(usize, String)> {
-    let chars = literal_with_breaks(s);
-    let mut out = Vec::new();
-    for (i, w) in chars.windows(2).enumerate() {
-        let ((a, a_starts), (b, _)) = (w[0], w[1]);
-        out.push((i, format!("{a}{b}")));
-        if a_starts {
-            out.push((i, WORD_START.into()));
-        }
-        // b ends a word when nothing follows it or a word starts after it.
-        if !is_cjk(b) && chars.get(i + 2).is_none_or(|&(_, starts)| starts) {
-            out.push((i, WORD_END.into()));
-        }
-    }
-    out
+/// A record's names, maker and model in their literal form, with where
+/// Latin words start, so that "the record contains the query" is a string
+/// search: `text` holds them with `\0` between, the names first.
+#[derive(Debug, Default, Clone)]
+pub struct LiteralNames {
+    text: String,
+    /// Byte offsets in `text` where a word starts.
+    starts: Vec<u32>,
+    /// Where the names end in `text`.
+    names_end: usize,
 }
 
-/// The phrase a query's literal text makes in the literal field: its pairs,
-/// and the word marks its Latin ends need. Empty below two characters.
-pub fn literal_query(s: &str) -> Vec<(usize, String)> {
-    let chars = literal(s);
-    if chars.len() < 2 {
-        return Vec::new();
+impl LiteralNames {
+    /// `names` first, then `others`.
+    pub fn of(names: &[&str], others: &[&str]) -> Self {
+        let mut out = LiteralNames::of_texts(names);
+        out.names_end = out.text.len();
+        let rest = LiteralNames::of_texts(others);
+        out.text.push('\0');
+        let base = out.text.len() as u32;
+        out.starts.extend(rest.starts.iter().map(|s| s + base));
+        out.text.push_str(&rest.text);
+        out
     }
-    let mut out: Vec<(usize, String)> = chars.windows(2).enumerate().map(|(i, w)| (i, w.iter().collect())).collect();
-    if !is_cjk(chars[0]) {
-        out.push((0, WORD_START.into()));
+
+    fn of_texts(names: &[&str]) -> Self {
+        let mut out = LiteralNames::default();
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                out.text.push('\0');
+            }
+            for (c, starts) in literal_with_breaks(name) {
+                if starts {
+                    out.starts.push(out.text.len() as u32);
+                }
+                out.text.push(c);
+            }
+        }
+        out
     }
-    if !is_cjk(chars[chars.len() - 1]) {
-        out.push((chars.len() - 2, WORD_END.into()));
+
+    /// Where `query` stands: (in a name, in a name or the maker or model),
+    /// a Latin end of it at a word's edge.
+    pub fn find(&self, query: &LiteralQuery) -> (bool, bool) {
+        let (mut in_name, mut anywhere) = (false, false);
+        for i in query.finder.find_iter(self.text.as_bytes()) {
+            let j = i + query.finder.needle().len();
+            let starts = |at: usize| self.starts.binary_search(&(at as u32)).is_ok();
+            let at_start = query.cjk_first || starts(i);
+            let at_end = query.cjk_last || j == self.text.len() || self.text.as_bytes()[j] == 0 || starts(j);
+            if at_start && at_end {
+                anywhere = true;
+                if j <= self.names_end {
+                    in_name = true;
+                    break;
+                }
+            }
+        }
+        (in_name, anywhere)
     }
-    out
+}
+
+/// A query's literal text, with its searcher built once for every record it
+/// is tested on.
+pub struct LiteralQuery {
+    finder: memchr::memmem::Finder<'static>,
+    cjk_first: bool,
+    cjk_last: bool,
+}
+
+impl LiteralQuery {
+    /// `None` for a text with no letters or digits.
+    pub fn new(text: &str) -> Option<LiteralQuery> {
+        let lit: String = literal(text).into_iter().collect();
+        let (first, last) = (lit.chars().next()?, lit.chars().last()?);
+        Some(LiteralQuery {
+            finder: memchr::memmem::Finder::new(lit.as_bytes()).into_owned(),
+            cjk_first: is_cjk(first),
+            cjk_last: is_cjk(last),
+        })
+    }
+}
+
+/// The literal field's terms for `s`: the overlapping character pairs of
+/// its literal form. A record that contains a text holds all of its pairs;
+/// the collector then checks the text itself (see `LiteralNames`).
+pub fn literal_grams(s: &str) -> Vec<String> {
+    literal(s).windows(2).map(|w| w.iter().collect()).collect()
 }
 
 /// Tokenizes the literal field: each value (separated by
-/// [`LITERAL_SEPARATOR`]) into [`literal_terms`], with a gap between values
-/// so that no phrase runs from one into the next.
+/// [`LITERAL_SEPARATOR`]) into [`literal_grams`].
 #[derive(Clone, Default)]
 pub struct LiteralTokenizer;
 
@@ -209,16 +253,12 @@ impl Tokenizer for LiteralTokenizer {
     type TokenStream<'a> = MixedStream;
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> MixedStream {
-        let mut tokens = Vec::new();
-        let mut base = 0;
-        for value in text.split(LITERAL_SEPARATOR) {
-            let terms = literal_terms(value);
-            let width = terms.last().map_or(0, |(p, _)| p + 1);
-            for (p, text) in terms {
-                tokens.push(Token { offset_from: 0, offset_to: 0, position: base + p, text, position_length: 1 });
-            }
-            base += width + 2;
-        }
+        let tokens = text
+            .split(LITERAL_SEPARATOR)
+            .flat_map(literal_grams)
+            .enumerate()
+            .map(|(position, text)| Token { offset_from: 0, offset_to: 0, position, text, position_length: 1 })
+            .collect();
         MixedStream { tokens, next: 0 }
     }
 }
@@ -247,17 +287,25 @@ mod tests {
     }
 
     #[test]
-    fn literal_terms_mark_where_latin_words_start_and_end() {
-        let texts = |v: Vec<(usize, String)>| v.into_iter().map(|(p, t)| format!("{p}{t}")).collect::<Vec<_>>();
-        assert_eq!(texts(literal_query("离子色谱")), ["0离子", "1子色", "2色谱"]);
-        assert_eq!(texts(literal_query("Q-Exact")), ["0qe", "1ex", "2xa", "3ac", "4ct", "0\u{2}", "4\u{3}"]);
-        assert!(literal_query("x").is_empty());
-        // "system": no word starts at its "t".
-        let field = literal_terms("PPMS System");
-        assert!(field.contains(&(4, "\u{2}".into())), "{field:?}");
-        assert!(!field.contains(&(7, "\u{2}".into())), "{field:?}");
-        // Letters and digits meet at a word edge: "2100" is a word of JEM2100F.
-        let field = literal_terms("JEM2100F");
-        assert!(field.contains(&(3, "\u{2}".into())) && field.contains(&(5, "\u{3}".into())), "{field:?}");
+    fn names_contain_a_query_literally_at_word_edges() {
+        let n = LiteralNames::of(&["小角X射线散射仪", "PPMS System (JEM-2100F)"], &["Thermo", "Q Exactive"]);
+        let at = |s: &str| n.find(&LiteralQuery::new(s).unwrap());
+        assert_eq!(at("X射线散射"), (true, true));
+        assert_eq!(at("角x射"), (true, true));
+        for q in ["ppms system", "JEM2100", "2100F"] {
+            assert_eq!(at(q), (true, true), "{q}");
+        }
+        assert_eq!(at("TEM"), (false, false), "not inside System");
+        assert_eq!(at("jem210"), (false, false), "not inside a number");
+        assert_eq!(at("散射仪ppms"), (false, false), "not across two names");
+        assert_eq!(at("QExactive"), (false, true), "the model, not a name");
+        assert!(LiteralQuery::new(" - ").is_none());
+    }
+
+    #[test]
+    fn literal_grams_are_the_pairs_of_the_literal_form() {
+        assert_eq!(literal_grams("Q-Exact"), ["qe", "ex", "xa", "ac", "ct"]);
+        assert_eq!(literal_grams("离子色谱"), ["离子", "子色", "色谱"]);
+        assert!(literal_grams("x").is_empty());
     }
 }
