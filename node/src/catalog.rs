@@ -419,9 +419,9 @@ mod tests {
         q.limit = 10;
         let got = ids_in(&c, &q);
         // The phrase in two names (the shorter name first), the words in
-        // one, the concept in two (透射电镜, and cryo-EM below TEM), the
-        // description last.
-        assert_eq!(got, ["tem-a", "stem-1", "tem-b", "tem-c", "cryo-1", "holder-1"]);
+        // one, the concept in two (透射电镜, and cryo-EM below TEM: equal,
+        // so by id), the description last.
+        assert_eq!(got, ["tem-a", "stem-1", "tem-b", "cryo-1", "tem-c", "holder-1"]);
     }
 
     #[test]

@@ -128,7 +128,8 @@ fn text_options(tokenizer: &str, positions: bool) -> TextOptions {
 /// order a researcher expects: the whole query as a phrase in a name, then
 /// all its words in a name, then a match by concept (synonym, short form,
 /// abbreviation, broader word), then most of a Chinese query's character
-/// pairs in a name, then a match elsewhere (maker, model, description).
+/// pairs in a name, then the text literally in the maker or model, then the
+/// words elsewhere (a description), which earn BM25 alone.
 /// A document collects every bonus it earns; each tier's least possible sum
 /// is above the next tier's greatest, and BM25 (with corpus-wide statistics)
 /// orders documents within a tier.
@@ -137,11 +138,12 @@ mod tier {
     pub const WORDS_IN_NAME: f32 = 8_000.0;
     pub const CONCEPT: f32 = 4_000.0;
     pub const MOST_IN_NAME: f32 = 2_500.0;
-    pub const ANYWHERE: f32 = 1_000.0;
     pub const LITERAL: f32 = 1_000.0;
-    /// What a record gets for holding the query's literal character pairs
-    /// only: a candidate, kept only if the collector finds the text itself.
-    pub const CANDIDATE: f32 = 0.25;
+    /// What a record gets for holding the query's literal character pairs:
+    /// nothing. One that scores nothing else was only a candidate, kept only
+    /// if the collector finds the text itself (every other way of matching
+    /// adds a bonus, or BM25, which is above zero).
+    pub const CANDIDATE: f32 = 0.0;
 }
 
 /// Latin terms this long or longer may match with one typo; twice as long, two.
@@ -314,7 +316,15 @@ impl SearchIndex {
             // The whole query standing in a name is the first tier; the
             // collector adds it (see `BestWithTies`).
             ways.push(bonus(all_of(pairs().map(|(w, t)| in_name(w, *t)).collect()), tier::WORDS_IN_NAME));
-            ways.push(bonus(all_of(pairs().map(|(w, t)| anywhere(w, *t)).collect()), tier::ANYWHERE));
+            // All the words anywhere, scored by BM25 (names counting double),
+            // which also orders each tier: the one clause that reads
+            // statistics.
+            let weighed = |w: &str, typo: Option<u8>| -> Box<dyn Query> {
+                let parts = [(f.name_zh, 2.0), (f.name_en, 2.0), (f.body, 1.0)]
+                    .map(|(field, boost)| Box::new(BoostQuery::new(term_in(field, w, typo), boost)) as Box<dyn Query>);
+                any_of(parts.into())
+            };
+            ways.push((Occur::Should, all_of(pairs().map(|(w, t)| weighed(w, *t)).collect())));
             // Most of a Chinese query's character pairs in a name, the other
             // words anywhere: 小角散射 finds 小角X射线散射仪, whose name has
             // 小角 and 散射 but not 角散.
@@ -364,23 +374,7 @@ impl SearchIndex {
         if !grams.is_empty() {
             ways.push(bonus(all_of(grams), tier::CANDIDATE));
         }
-        // BM25 over the words, names counting double, orders each tier.
-        let weigh: Vec<(Occur, Box<dyn Query>)> = words
-            .iter()
-            .zip(&typos)
-            .filter(|(_, t)| t.is_none())
-            .flat_map(|(w, _)| {
-                [(f.name_zh, 2.0), (f.name_en, 2.0), (f.body, 1.0)].map(|(field, boost)| {
-                    let q = TermQuery::new(Term::from_field_text(field, w), IndexRecordOption::WithFreqs);
-                    (Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost)) as Box<dyn Query>)
-                })
-            })
-            .collect();
-        let mut query: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, Box::new(BooleanQuery::new(ways)))];
-        if !weigh.is_empty() {
-            query.push((Occur::Should, Box::new(BooleanQuery::new(weigh))));
-        }
-        Box::new(BooleanQuery::new(query))
+        Box::new(BooleanQuery::new(ways))
     }
 
     fn local_df(&self, searcher: &Searcher, term: &str) -> u64 {
@@ -536,7 +530,7 @@ impl SegmentCollector for SegmentBest {
         };
         // Below every tier's bonus, the record was only a literal candidate:
         // it is a match only if it holds the text itself.
-        if self.phrase.is_some() && score < tier::ANYWHERE && !literal {
+        if self.phrase.is_some() && score <= tier::CANDIDATE && !literal {
             return;
         }
         self.matches += 1;
