@@ -21,6 +21,11 @@ pub fn cli_time(s: &str) -> Result<String> {
         return Ok(s.to_string());
     }
     let normal = s.trim().replace(' ', "T");
+    // "2026-12-01 9:00": an hour written with one digit, as people do.
+    let normal = match normal.split_once('T') {
+        Some((date, clock)) if clock.find(':') == Some(1) => format!("{date}T0{clock}"),
+        _ => normal,
+    };
     let with_seconds = if normal.len() == 16 { format!("{normal}:00") } else { normal };
     let local = format!("{with_seconds}+08:00");
     time::OffsetDateTime::parse(&local, &Rfc3339).map(|_| local).with_context(|| {
@@ -382,6 +387,7 @@ mod tests {
     #[test]
     fn times_without_a_zone_are_read_as_shanghai() {
         assert_eq!(cli_time("2026-12-01 09:00").unwrap(), "2026-12-01T09:00:00+08:00");
+        assert_eq!(cli_time("2026-12-01 9:00").unwrap(), "2026-12-01T09:00:00+08:00");
         assert_eq!(cli_time("2026-12-01T09:00:00Z").unwrap(), "2026-12-01T09:00:00Z");
         assert!(cli_time("next tuesday").is_err());
     }
