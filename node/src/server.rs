@@ -60,42 +60,36 @@ pub struct ThesaurusFiles {
 }
 
 impl ThesaurusFiles {
-    /// The files' contents as they are now, and when each last changed.
+    /// The thesaurus the files make now (the shipped makers always with it),
+    /// and the fingerprint of what was read.
     fn read(&self) -> Result<(Thesaurus, Vec<Option<u64>>), NodeError> {
-        let read = |p: &PathBuf| {
-            std::fs::read_to_string(p)
-                .map_err(|e| NodeError::Serve(format!("reading the thesaurus {}: {e}", p.display())))
+        use crate::search::thesaurus::{SHIPPED, SHIPPED_MAKERS};
+        let read = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| {
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| NodeError::Serve(format!("reading the thesaurus {}: {e}", p.display())))?;
+                    Ok::<_, NodeError>((p.display().to_string(), text))
+                })
+                .transpose()
         };
-        let replace = self.replace.as_ref().map(read).transpose()?;
-        let add = self.add.as_ref().map(read).transpose()?;
-        let names: Vec<String> =
-            [&self.replace, &self.add].iter().filter_map(|p| p.as_ref()).map(|p| p.display().to_string()).collect();
-        let mut files: Vec<(&str, &str)> = Vec::new();
-        match &replace {
-            Some(text) => files.push((&names[0], text)),
-            None => files.push(("node/data/thesaurus.csv", crate::search::thesaurus::SHIPPED)),
-        }
-        if let Some(text) = &add {
-            files.push((names.last().expect("named"), text));
-        }
+        let (replace, add) = (read(&self.replace)?, read(&self.add)?);
+        let mut files: Vec<(&str, &str)> = match &replace {
+            Some((name, text)) => vec![(name, text)],
+            None => vec![("node/data/thesaurus.csv", SHIPPED)],
+        };
+        files.push(("node/data/makers.csv", SHIPPED_MAKERS));
+        files.extend(add.as_ref().map(|(name, text)| (name.as_str(), text.as_str())));
         let t = Thesaurus::from_csv(&files).map_err(|e| NodeError::Serve(e.to_string()))?;
-        Ok((t, self.stamps()))
+        let seen = [&replace, &add].map(|f| f.as_ref().map(|(_, text)| fingerprint(text.as_bytes())));
+        Ok((t, seen.into()))
     }
 
-    /// A fingerprint of the files' contents: a change of content, not of
+    /// The files' fingerprints as they are now: a change of content, not of
     /// modification time, which may not move between two writes close
     /// together.
     fn stamps(&self) -> Vec<Option<u64>> {
-        use std::hash::{Hash, Hasher};
-        [&self.replace, &self.add]
-            .iter()
-            .map(|p| {
-                let bytes = std::fs::read(p.as_ref()?).ok()?;
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                bytes.hash(&mut h);
-                Some(h.finish())
-            })
-            .collect()
+        [&self.replace, &self.add].iter().map(|p| std::fs::read(p.as_ref()?).ok().map(|b| fingerprint(&b))).collect()
     }
 
     fn is_shipped(&self) -> bool {
@@ -205,6 +199,13 @@ pub async fn run(
     Ok(())
 }
 
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
 /// Reads the thesaurus files again whenever they change, and re-indexes the
 /// catalog with the new one. A file that does not load leaves the current
 /// thesaurus in place, with a warning.
@@ -302,6 +303,11 @@ mod tests {
         node.import(vec![(1, tem)]).await.unwrap();
         let files = ThesaurusFiles { replace: None, add: Some(synonyms.clone()) };
         let (t, seen) = files.read().unwrap();
+        assert_eq!(
+            t.analyze("赛默飞").concepts(),
+            ["maker-thermo-fisher"],
+            "a city's synonyms keep the shipped makers"
+        );
         node.use_thesaurus(Arc::new(t)).await;
         let node = Arc::new(node);
         let q = Query { text: "透射镜".into(), limit: 5, ..Default::default() };
