@@ -223,17 +223,22 @@ impl SearchIndex {
     /// Adds or replaces documents (by local id), then makes them searchable.
     pub fn upsert<'a>(&self, docs: impl IntoIterator<Item = (u64, &'a InstrumentRecord)>) -> tantivy::Result<()> {
         let mut writer = self.writer.lock().expect("poisoned");
-        let mut names = self.names.read().expect("poisoned").clone();
+        let mut written = Vec::new();
         for (ord, r) in docs {
             writer.delete_term(Term::from_field_text(self.fields.local_id, &r.local_id));
             writer.add_document(self.document(ord, r))?;
-            let names = Arc::make_mut(&mut names);
-            if names.len() <= ord as usize {
-                names.resize(ord as usize + 1, LiteralNames::default());
-            }
-            names[ord as usize] = LiteralNames::of(&[&r.name_zh, &r.name_en], &[&r.manufacturer, &r.model]);
+            written.push((ord as usize, LiteralNames::of(&[&r.name_zh, &r.name_en], &[&r.manufacturer, &r.model])));
         }
-        *self.names.write().expect("poisoned") = names;
+        // In place: the list is copied only if a search holds it right now.
+        let mut guard = self.names.write().expect("poisoned");
+        let names = Arc::make_mut(&mut guard);
+        for (ord, n) in written {
+            if names.len() <= ord {
+                names.resize(ord + 1, LiteralNames::default());
+            }
+            names[ord] = n;
+        }
+        drop(guard);
         writer.commit()?;
         // Still under the writer's lock, so generations are swapped in order.
         self.reader.reload()?;

@@ -44,6 +44,8 @@ struct Concept {
 #[derive(Debug, Default)]
 pub struct Thesaurus {
     concepts: Vec<Concept>,
+    /// Each concept's place in `concepts`, by id.
+    by_id: HashMap<String, u32>,
     /// Normalized alias → the concepts it names. An alias with CJK in it is
     /// found inside words; a Latin one only as whole words.
     cjk: HashMap<String, Vec<u32>>,
@@ -166,7 +168,7 @@ impl Thesaurus {
                 }
             }
         }
-        let mut t = Thesaurus { concepts, ..Default::default() };
+        let mut t = Thesaurus { concepts, by_id: by_id.clone(), ..Default::default() };
         for (i, c) in t.concepts.iter().enumerate() {
             for p in &c.parents {
                 if !by_id.contains_key(p) {
@@ -365,11 +367,8 @@ impl Thesaurus {
         let mut any = Vec::new();
         for &i in ids {
             any.push(vec![self.id(i).to_string()]);
-            let parents: Vec<u32> = self.concepts[i as usize]
-                .parents
-                .iter()
-                .filter_map(|p| self.concepts.iter().position(|c| &c.id == p).map(|x| x as u32))
-                .collect();
+            let parents: Vec<u32> =
+                self.concepts[i as usize].parents.iter().filter_map(|p| self.by_id.get(p).copied()).collect();
             let independent = parents.len() >= 2
                 && parents.iter().all(|a| parents.iter().all(|b| a == b || !self.closure[*b as usize].contains(a)));
             if independent {
@@ -415,8 +414,8 @@ impl Thesaurus {
         }
         let mut out: Vec<u32> = Vec::new();
         for id in named {
-            if let Some(i) = self.concepts.iter().position(|c| c.id == id) {
-                add(&mut out, &self.closure[i]);
+            if let Some(&i) = self.by_id.get(&id) {
+                add(&mut out, &self.closure[i as usize]);
             }
         }
         out.iter().map(|&c| self.id(c).to_string()).collect()
