@@ -3,7 +3,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use corridor_node::model::yuan;
+use corridor_node::catalog::model::yuan;
 use corridor_proto as pb;
 use serde_json::json;
 

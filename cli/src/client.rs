@@ -6,10 +6,12 @@ use std::{path::Path, process::ExitCode, time::Duration};
 use anyhow::{Context, Result, bail};
 use corridor_certs::{Credentials, HandshakeFailure, Identity, client_channel};
 use corridor_node::{
-    convert::to_proto,
-    import::{Format, check_rows, parse},
-    model::yuan,
-    store::StoredInstrument,
+    catalog::{
+        import::{Format, check_rows, parse},
+        model::yuan,
+        summary::to_proto,
+    },
+    kv::inventory::StoredInstrument,
 };
 use corridor_proto::{self as pb, NodeState, cities::City, gateway_client::GatewayClient, node_client::NodeClient};
 use serde_json::json;
@@ -200,7 +202,7 @@ pub async fn backup(city: &City, out: &Path, node: Option<String>, opts: &Client
         bytes.extend(chunk.data);
     }
     let backup =
-        corridor_node::backup::verify(&bytes).map_err(|e| anyhow::anyhow!("the node sent a bad backup: {e}"))?;
+        corridor_node::ops::backup::verify(&bytes).map_err(|e| anyhow::anyhow!("the node sent a bad backup: {e}"))?;
     let tmp = out.with_extension("partial");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;

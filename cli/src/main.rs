@@ -634,7 +634,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let seed = match seed.as_deref() {
                 None => None,
                 Some(s) => Some(
-                    corridor_node::demo::Scale::parse(s)
+                    corridor_node::ops::demo::Scale::parse(s)
                         .with_context(|| format!("--seed {s:?}: use g60, yrd or yrd10"))?,
                 ),
             };
@@ -661,7 +661,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         }
         Command::Node { command: NodeCommand::Restore { file, data, verify_only } } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let backup = corridor_node::backup::verify(&bytes)
+            let backup = corridor_node::ops::backup::verify(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}; nothing restored", file.display()))?;
             outln!(
                 "{}: a backup of {} taken {}, {} entries, checksum verified",
@@ -671,7 +671,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 backup.len()
             );
             if !verify_only {
-                corridor_node::backup::restore(&backup, &data).map_err(|e| anyhow::anyhow!("{e}; nothing restored"))?;
+                corridor_node::ops::backup::restore(&backup, &data)
+                    .map_err(|e| anyhow::anyhow!("{e}; nothing restored"))?;
                 outln!("restored into {}; start the node with --data {}", data.display(), data.display());
             }
         }
@@ -686,14 +687,14 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             corridor_gateway::run(config, creds, listener, registry, health, shutdown_signal()).await?;
         }
         Command::Demo { command: DemoCommand::Export { scale, city: only, out } } => {
-            let scale = corridor_node::demo::Scale::parse(&scale)
+            let scale = corridor_node::ops::demo::Scale::parse(&scale)
                 .with_context(|| format!("--scale {scale:?}: use g60, yrd or yrd10"))?;
             if let Some(c) = &only {
                 city(c)?;
             }
             let mut text = String::new();
             let mut n = 0;
-            for (c, record) in corridor_node::demo::corridor_inventory(scale) {
+            for (c, record) in corridor_node::ops::demo::corridor_inventory(scale) {
                 if only.as_deref().is_none_or(|o| o == c.slug) {
                     text.push_str(&serde_json::to_string(&record)?);
                     text.push('\n');

@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use corridor_node::model::yuan;
-use corridor_node::reconcile::{self, Period};
+use corridor_node::catalog::model::yuan;
+use corridor_node::money::reconcile::{self, Period};
 use corridor_proto as pb;
 use serde_json::json;
 
@@ -158,7 +158,7 @@ pub async fn voucher(cmd: VoucherCommand) -> Result<ExitCode> {
                     .uri()
             };
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let (today, year_on) = corridor_node::voucher::default_validity(now);
+            let (today, year_on) = corridor_node::money::voucher::default_validity(now);
             let req = pb::IssueVoucherRequest {
                 city: city.slug.into(),
                 enterprise_uscc: a.uscc,
@@ -218,8 +218,7 @@ pub async fn reconcile(a: ReconcileArgs) -> Result<ExitCode> {
         bail!("no nodes to reconcile");
     }
     let creds = a.client.credentials("reconciler")?;
-    let ledgers =
-        reconcile::fetch(&endpoints, &creds, Duration::from_secs(a.timeout)).await.map_err(anyhow::Error::msg)?;
+    let ledgers = corridor_node::wire::reconciler::fetch(&endpoints, &creds, Duration::from_secs(a.timeout)).await?;
     let report = reconcile::reconcile(period, &ledgers, now);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let json_path = out.join("report.json");

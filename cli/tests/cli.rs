@@ -5,7 +5,7 @@ mod common;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use corridor_node::demo::{Scale, city_inventory};
+use corridor_node::ops::demo::{Scale, city_inventory};
 use corridor_tests::{Mesh, pb};
 
 fn corridor(certs: &Path, gateway: &str) -> Command {
@@ -19,7 +19,7 @@ async fn run(mut cmd: Command) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-fn jsonl(records: &[corridor_node::model::InstrumentRecord]) -> String {
+fn jsonl(records: &[corridor_node::catalog::model::InstrumentRecord]) -> String {
     records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect()
 }
 
@@ -212,7 +212,7 @@ async fn import_and_backup_find_the_node_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_shows_the_late_fee_and_charges_it_only_when_accepted() {
     let mesh = Mesh::start(Some(Scale::G60)).await;
-    let (inst, price) = corridor_node::demo::voucher_instruments(Scale::G60, "hefei").remove(0);
+    let (inst, price) = corridor_node::ops::demo::voucher_instruments(Scale::G60, "hefei").remove(0);
     // Open around the clock with no notice, so that a slot two hours ahead
     // (inside the 24 h free-cancellation window) can be booked at any hour.
     let rules = pb::BookingRules {
@@ -247,7 +247,7 @@ async fn cancel_shows_the_late_fee_and_charges_it_only_when_accepted() {
     cmd.args(["cancel", &b.id]).stdin(std::process::Stdio::null());
     let (ok, _, err) = run(cmd).await;
     assert!(!ok);
-    let shown = format!("costs {} yuan", corridor_node::model::yuan(fee));
+    let shown = format!("costs {} yuan", corridor_node::catalog::model::yuan(fee));
     assert!(err.contains(&shown) && err.contains("--accept-fee") && err.contains("+08:00"), "{err}");
     let still = mesh.gateway("org-demo").get_booking(pb::GetBookingRequest { booking_id: b.id.clone() }).await.unwrap();
     assert_eq!(still.into_inner().state, pb::BookingState::Confirmed as i32);
@@ -271,7 +271,7 @@ async fn cancel_shows_the_late_fee_and_charges_it_only_when_accepted() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["state"], "cancelled");
-    assert_eq!(v["fee_yuan"], corridor_node::model::yuan(fee));
+    assert_eq!(v["fee_yuan"], corridor_node::catalog::model::yuan(fee));
 }
 
 /// Imports `tests/eval/instruments.jsonl` (rows of every city) through

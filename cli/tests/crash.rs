@@ -12,7 +12,7 @@ use std::{
 
 use corridor_certs::{Credentials, Identity, client_channel};
 use corridor_node::booking::time::format as rfc;
-use corridor_node::demo::{Scale, city_inventory};
+use corridor_node::ops::demo::{Scale, city_inventory};
 use corridor_proto::{self as pb, node_client::NodeClient};
 use time::OffsetDateTime;
 
@@ -54,7 +54,7 @@ async fn acknowledged_confirmations_survive_sigkill() {
     let creds = Credentials::load(&dir.path().join("certs"), "admin-hefei").unwrap();
     let instruments: Vec<String> = city_inventory(Scale::G60, "hefei")
         .into_iter()
-        .filter(|r| r.status == corridor_node::model::Status::Available)
+        .filter(|r| r.status == corridor_node::catalog::model::Status::Available)
         .take(8)
         .map(|r| format!("hefei/{}", r.local_id))
         .collect();

@@ -234,7 +234,7 @@ async fn traces_cross_every_process_and_carry_each_calls_status() {
     let v = gateway(&data, base, "admin-wuhu")
         .issue_voucher(pb::IssueVoucherRequest {
             city: "wuhu".into(),
-            enterprise_uscc: corridor_node::model::uscc_with_check("91340200MA2N00000").unwrap(),
+            enterprise_uscc: corridor_node::catalog::model::uscc_with_check("91340200MA2N00000").unwrap(),
             enterprise_name: "芜湖示范科技有限公司".into(),
             holder: "spiffe://corridor/org/demo".into(),
             face_fen: 5_000_000,
@@ -247,7 +247,8 @@ async fn traces_cross_every_process_and_carry_each_calls_status() {
         .await
         .unwrap()
         .into_inner();
-    let (instrument, _) = corridor_node::demo::voucher_instruments(corridor_node::demo::Scale::G60, "hefei").remove(0);
+    let (instrument, _) =
+        corridor_node::ops::demo::voucher_instruments(corridor_node::ops::demo::Scale::G60, "hefei").remove(0);
     let start = next_week_nine();
     let b = gateway(&data, base, "org-demo")
         .reserve(pb::ReserveRequest {

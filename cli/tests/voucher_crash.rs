@@ -15,9 +15,8 @@ use std::{
 use corridor_certs::{Credentials, Identity, client_channel};
 use corridor_node::booking::time::format as rfc;
 use corridor_node::{
-    demo::{Scale, voucher_instruments},
-    ledger::Body,
-    reconcile,
+    money::{ledger::Body, reconcile},
+    ops::demo::{Scale, voucher_instruments},
 };
 use corridor_proto::{self as pb, gateway_client::GatewayClient, node_client::NodeClient};
 use time::OffsetDateTime;
@@ -218,7 +217,7 @@ async fn every_crash_point_ends_final_and_matched_on_both_sides() {
         .gateway("admin-wuhu")
         .issue_voucher(pb::IssueVoucherRequest {
             city: "wuhu".into(),
-            enterprise_uscc: corridor_node::model::uscc_with_check("91340200MA2N00000").unwrap(),
+            enterprise_uscc: corridor_node::catalog::model::uscc_with_check("91340200MA2N00000").unwrap(),
             holder: "spiffe://corridor/org/demo".into(),
             face_fen: face,
             valid_from: (today - time::Duration::days(1)).to_string(),
@@ -346,7 +345,9 @@ async fn every_crash_point_ends_final_and_matched_on_both_sides() {
 
     // Both sides, from the ledgers (whose chains must verify).
     let endpoints: Vec<(String, String)> = CITIES.iter().map(|c2| (c2.to_string(), c.url(c2))).collect();
-    let ledgers = reconcile::fetch(&endpoints, &c.creds("reconciler"), Duration::from_secs(10)).await.unwrap();
+    let ledgers = corridor_node::wire::reconciler::fetch(&endpoints, &c.creds("reconciler"), Duration::from_secs(10))
+        .await
+        .unwrap();
     let mut issuer: BTreeMap<String, (&str, i64)> = BTreeMap::new();
     for l in &ledgers {
         for e in l.chain.as_ref().unwrap_or_else(|err| panic!("{} chain: {err}", l.city)) {

@@ -1,26 +1,24 @@
 //! A Corridor city node: the single owner of one city's instrument inventory,
 //! kept in sled and served over mutual TLS to the gateway and the city's admin.
+//!
+//! Layers, each importing only those before it: `error` (domain errors and
+//! their codes); `kv` (the stores and the transaction kernel); `catalog` (the
+//! records, their import, the search index); `booking` (calendars and
+//! reservations); `money` (ledger, vouchers, payments, reconciliation);
+//! `node` (the core that ties them); `ops` (demo data, backups, gauges);
+//! `wire` (gRPC: the service, conversions, the one error mapping, peers);
+//! `server` (open, serve, stop).
 
-pub mod backup;
 pub mod booking;
 pub mod catalog;
-pub mod convert;
-pub mod demo;
-pub mod gauges;
-pub mod import;
-pub mod ledger;
-pub mod model;
+pub mod error;
+pub mod kv;
+pub mod money;
 mod node;
-pub mod payment;
-mod peers;
-pub mod reconcile;
-pub mod search;
+pub mod ops;
 mod server;
-mod service;
-pub mod store;
-pub mod voucher;
+pub mod wire;
 
 pub use node::{Node, NodeError};
-pub use peers::parse_peers;
 pub use server::{NodeConfig, ThesaurusFiles, run};
-pub use service::NodeService;
+pub use wire::{peers::parse_peers, service::NodeService};

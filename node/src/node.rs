@@ -6,13 +6,23 @@ use std::sync::Arc;
 use corridor_proto::cities::City;
 
 use crate::{
-    booking::{BookingError, Bookings, Clock, store::BookingStore},
-    catalog::{Catalog, Entry},
-    demo::{self, Scale},
-    import::{Row, RowError, check_rows},
-    payment::{Driven, Payments},
-    search::{FreeWindow, Hits, Query, index::CorpusStats},
-    store::{Store, StoreError, UpsertSummary},
+    booking::{Bookings, time::Clock},
+    catalog::{
+        Catalog, Entry,
+        import::{Row, RowError, check_rows},
+        search::{FreeWindow, Hits, Query, index::CorpusStats},
+    },
+    error::{Code, Error, StoreError},
+    kv::{
+        Kv,
+        inventory::{Store, UpsertSummary},
+        txn::TxnStore,
+    },
+    money::{
+        coordinator::{Driven, Payments},
+        voucher::Vouchers,
+    },
+    ops::demo::{self, Scale},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +37,16 @@ pub enum NodeError {
     Serve(String),
 }
 
+impl NodeError {
+    pub fn code(&self) -> Code {
+        match self {
+            NodeError::Store(e) => e.code(),
+            NodeError::Rejected(_) => Code::InvalidArgument,
+            NodeError::Tls(_) | NodeError::Serve(_) => Code::Internal,
+        }
+    }
+}
+
 /// One city's inventory: the store is the truth, the catalog is derived.
 pub struct Node {
     city: &'static City,
@@ -35,6 +55,7 @@ pub struct Node {
     /// One writer at a time, so that the catalog sees writes in store order.
     write: tokio::sync::Mutex<()>,
     bookings: Bookings,
+    vouchers: Vouchers,
     /// Takes a backup; set by the server for sled-backed nodes.
     snapshotter: Option<Snapshotter>,
     /// Coordinates voucher payments with issuing cities; set when the node
@@ -60,7 +81,7 @@ impl Node {
     pub fn open(
         city: &'static City,
         store: Arc<dyn Store>,
-        bookings: Arc<dyn BookingStore>,
+        kv: Arc<dyn TxnStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, NodeError> {
         let started = std::time::Instant::now();
@@ -71,13 +92,16 @@ impl Node {
             ms = started.elapsed().as_millis() as u64,
             "search index rebuilt from the store"
         );
-        let bookings = Bookings::new(city.slug, bookings, clock);
+        let kv = Kv::new(kv);
+        let bookings = Bookings::new(city.slug, kv.clone(), clock.clone());
+        let vouchers = Vouchers::new(city.slug, kv, clock);
         Ok(Node {
             city,
             store,
             catalog,
             write: tokio::sync::Mutex::new(()),
             bookings,
+            vouchers,
             snapshotter: None,
             payments: None,
         })
@@ -85,6 +109,10 @@ impl Node {
 
     pub fn bookings(&self) -> &Bookings {
         &self.bookings
+    }
+
+    pub fn vouchers(&self) -> &Vouchers {
+        &self.vouchers
     }
 
     /// Makes voucher payments available.
@@ -98,20 +126,18 @@ impl Node {
     }
 
     /// Advances one booking's voucher payment as far as it goes now.
-    pub async fn drive(&self, id: &str) -> Result<Driven, BookingError> {
+    pub async fn drive(&self, id: &str) -> Result<Driven, Error> {
         match &self.payments {
             Some(p) => p.drive(&self.bookings, id).await,
-            None => {
-                Err(BookingError::Invalid("this node takes no voucher payments: it has no peers configured".into()))
-            }
+            None => Err(Error::Invalid("this node takes no voucher payments: it has no peers configured".into())),
         }
     }
 
     /// One recovery pass over unfinished voucher payments.
-    pub async fn recover(&self) -> Result<usize, BookingError> {
+    pub async fn recover(&self) -> Result<usize, Error> {
         match &self.payments {
-            Some(p) => p.recover(&self.bookings).await,
-            None => self.bookings.expire_debits().await,
+            Some(p) => p.recover(&self.bookings, &self.vouchers).await,
+            None => self.vouchers.expire_debits().await,
         }
     }
 
@@ -186,18 +212,18 @@ impl Node {
     /// Searches this city. `free` optionally asks each hit's calendar for a
     /// free window.
     pub fn search(&self, q: &Query, stats: Option<&CorpusStats>, free: Option<FreeWindow>) -> Hits {
-        let window = |r: &crate::model::InstrumentRecord| match free {
+        let window = |r: &crate::catalog::model::InstrumentRecord| match free {
             Some(w) => self.bookings.has_free_window(r, w.from, w.to, w.minutes),
             None => true,
         };
-        let extra: Option<&dyn Fn(&crate::model::InstrumentRecord) -> bool> =
+        let extra: Option<&dyn Fn(&crate::catalog::model::InstrumentRecord) -> bool> =
             if free.is_some() { Some(&window) } else { None };
         self.catalog.search(q, self.city.slug, self.city.province, stats, extra)
     }
 
     /// Uses `t` from now on, re-indexing every instrument with it. Imports
     /// wait meanwhile, so that none is indexed with the old one after.
-    pub async fn use_thesaurus(&self, t: Arc<crate::search::thesaurus::Thesaurus>) {
+    pub async fn use_thesaurus(&self, t: Arc<crate::catalog::search::thesaurus::Thesaurus>) {
         let _writers = self.write.lock().await;
         self.catalog.use_thesaurus(t);
     }
@@ -211,9 +237,9 @@ impl Node {
 mod tests {
     use super::*;
     use crate::{
-        booking::{SystemClock, store::MemBookings},
-        model::tests::sample,
-        store::MemStore,
+        booking::time::SystemClock,
+        catalog::model::tests::sample,
+        kv::{inventory::MemStore, txn::MemKv},
     };
     use corridor_proto::cities::city_by_slug;
 
@@ -221,7 +247,7 @@ mod tests {
         Node::open(
             city_by_slug("hefei").unwrap(),
             Arc::new(MemStore::default()),
-            Arc::new(MemBookings::default()),
+            Arc::new(MemKv::default()),
             Arc::new(SystemClock),
         )
         .unwrap()

@@ -9,13 +9,13 @@ use tokio::net::TcpListener;
 
 use crate::{
     NodeService,
-    booking::{SkewedClock, SystemClock, store::SledBookings},
-    demo::Scale,
+    booking::time::{SkewedClock, SystemClock},
+    catalog::search::thesaurus::Thesaurus,
+    kv::{inventory::SledStore, txn::SledKv},
+    money::coordinator::Payments,
     node::{Node, NodeError},
-    payment::Payments,
-    peers::GrpcIssuers,
-    search::thesaurus::Thesaurus,
-    store::SledStore,
+    ops::demo::Scale,
+    wire::peers::GrpcIssuers,
 };
 
 /// How often unfinished voucher payments are driven again, and expired
@@ -63,7 +63,7 @@ impl ThesaurusFiles {
     /// The thesaurus the files make now (the shipped makers always with it),
     /// and the fingerprint of what was read.
     fn read(&self) -> Result<(Thesaurus, Vec<Option<u64>>), NodeError> {
-        use crate::search::thesaurus::{SHIPPED, SHIPPED_MAKERS};
+        use crate::catalog::search::thesaurus::{SHIPPED, SHIPPED_MAKERS};
         let read = |p: &Option<PathBuf>| {
             p.as_ref()
                 .map(|p| {
@@ -108,14 +108,14 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let store = Arc::new(SledStore::open(&config.data_dir)?);
     let gate: Arc<std::sync::RwLock<()>> = Arc::default();
-    let bookings = Arc::new(SledBookings::open(store.db(), gate.clone())?);
+    let bookings = Arc::new(SledKv::open(store.db(), gate.clone())?);
     let (db, city) = (store.db().clone(), config.city.slug);
     let snapshotter: crate::node::Snapshotter = Box::new(move || {
         // Exclusive: no booking step runs while the trees are read.
         let _all = gate.write().expect("poisoned");
-        crate::backup::snapshot(&db, city, &crate::node::now_rfc3339())
+        crate::ops::backup::snapshot(&db, city, &crate::node::now_rfc3339())
     });
-    let clock: Arc<dyn crate::booking::Clock> = match &config.clock_skew {
+    let clock: Arc<dyn crate::booking::time::Clock> = match &config.clock_skew {
         Some(skew) => Arc::new(SkewedClock(skew.clone())),
         None => Arc::new(SystemClock),
     };
@@ -249,7 +249,7 @@ fn register_gauges(
     });
     // Holds, bookings by state and voucher money come from one cached
     // pass over the store (see `gauges`), not one pass per series.
-    let counts = Arc::new(crate::gauges::Cached::default());
+    let counts = Arc::new(crate::ops::gauges::Cached::default());
     let (n, c) = (node.clone(), counts.clone());
     metrics.gauge("corridor_open_holds", "bookings held and not yet confirmed", l(), move || {
         c.get(n.bookings()).bookings_in(crate::booking::State::Held) as f64
@@ -257,10 +257,11 @@ fn register_gauges(
     let (n, c, city_label) = (node.clone(), counts.clone(), city.to_string());
     metrics.gauges("corridor_bookings", "bookings by state (a hold past its expiry is expired)", move || {
         let counts = c.get(n.bookings());
-        crate::gauges::STATES
+        crate::ops::gauges::STATES
             .iter()
             .map(|s| {
-                let labels = vec![("city", city_label.clone()), ("state", crate::gauges::state_label(*s).to_string())];
+                let labels =
+                    vec![("city", city_label.clone()), ("state", crate::ops::gauges::state_label(*s).to_string())];
                 (labels, counts.bookings_in(*s) as f64)
             })
             .collect()
@@ -280,7 +281,10 @@ fn register_gauges(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{booking::store::MemBookings, model::tests::sample, search::Query, store::MemStore};
+    use crate::{
+        catalog::{model::tests::sample, search::Query},
+        kv::{inventory::MemStore, txn::MemKv},
+    };
 
     const HEADER: &str = "id,parents,name_zh,name_en,zh,en,abbr\n";
 
@@ -292,7 +296,7 @@ mod tests {
         let node = Node::open(
             corridor_proto::cities::city_by_slug("hefei").unwrap(),
             Arc::new(MemStore::default()),
-            Arc::new(MemBookings::default()),
+            Arc::new(MemKv::default()),
             Arc::new(SystemClock),
         )
         .unwrap();

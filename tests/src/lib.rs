@@ -11,7 +11,7 @@ use std::sync::{
 
 use corridor_certs::{Ca, CredentialSource, Credentials, Identity, IssueOptions, client_channel, write_identity};
 use corridor_gateway::{GatewayConfig, NodeEndpoint};
-use corridor_node::{NodeConfig, demo::Scale};
+use corridor_node::{NodeConfig, ops::demo::Scale};
 use corridor_proto::{
     cities::{CITIES, city_by_slug},
     gateway_client::GatewayClient,
@@ -413,7 +413,7 @@ impl Mesh {
 
 /// Whether a demo record is of one of `kinds` (its local id is the kind's
 /// slug and a number), whatever name the demo gave it.
-pub fn of_kind(r: &corridor_node::model::InstrumentRecord, kinds: &[&str]) -> bool {
+pub fn of_kind(r: &corridor_node::catalog::model::InstrumentRecord, kinds: &[&str]) -> bool {
     r.local_id.rsplit_once('-').is_some_and(|(kind, n)| kinds.contains(&kind) && n.bytes().all(|b| b.is_ascii_digit()))
 }
 

@@ -4,40 +4,32 @@
 //! acknowledged only once durable. No gRPC and no sled here.
 
 pub mod calendar;
+pub mod keys;
 pub mod rules;
-pub mod store;
 pub mod time;
 
 use std::{fmt, sync::Arc};
 
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 
 use self::{
     calendar::{Busy, Calendar, Days, Entry, days_of},
-    rules::{Rules, Violation},
-    store::{BookingStore, Txn, keys},
-    time::{Instant, MINUTE},
+    rules::Rules,
+    time::{Clock, Instant, MINUTE},
 };
 use crate::{
-    ledger,
-    model::{InstrumentRecord, PriceUnit, Status, yuan},
-    payment::{self, Payment},
-    store::StoreError,
+    catalog::model::{InstrumentRecord, PriceUnit, Status, yuan},
+    error::{Error, Violation},
+    kv::{Kv, corrupt, get_json, put_json, txn::Txn},
+    money::{ledger, payment::Payment},
 };
 
-/// Whether a step waits for its flush.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flush {
-    Wait,
-    Later,
-}
-
 /// A decision about one booking, made inside an atomic step.
-pub(crate) type Change<'a> = dyn Fn(&mut Booking, &Rules, Instant, &mut dyn Txn) -> Result<(), BookingError> + 'a;
+pub(crate) type Change<'a> = dyn Fn(&mut Booking, &Rules, Instant, &mut dyn Txn) -> Result<(), Error> + 'a;
 
 /// Writes a booking and keeps its outbox mark: present while its voucher
 /// payment still needs a call to the issuer, so that recovery finds it.
-pub(crate) fn save_booking(tx: &mut dyn Txn, b: &Booking) -> Result<(), BookingError> {
+pub(crate) fn save_booking(tx: &mut dyn Txn, b: &Booking) -> Result<(), Error> {
     put_json(tx, &keys::booking(&b.id), b)?;
     if b.payment.as_ref().is_some_and(|p| p.state.in_flight()) {
         tx.put(&keys::outbox(&b.id), b.id.as_bytes().to_vec())?;
@@ -142,6 +134,14 @@ impl Booking {
         }
     }
 
+    /// The booking ends without use (cancelled, declined, expired): the
+    /// issuer must release the money.
+    pub fn release_payment(&mut self) {
+        if let Some(p) = self.payment.as_mut() {
+            p.release();
+        }
+    }
+
     fn entry(&self) -> Entry {
         Entry {
             booking: self.id.clone(),
@@ -172,81 +172,12 @@ pub struct Actor {
     pub reader: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BookingError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Rule(Violation),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Denied(String),
-    /// The booking is not in a state that allows the action.
-    #[error("{0}")]
-    State(String),
-    #[error("idempotency key {0:?} was already used with different parameters; use a new key for a new request")]
-    KeyReused(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl From<Violation> for BookingError {
-    fn from(v: Violation) -> Self {
-        BookingError::Rule(v)
-    }
-}
-
-/// The node's clock, in unix seconds.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> Instant;
-}
-
-/// Wall-clock time.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        ::time::OffsetDateTime::now_utc().unix_timestamp()
-    }
-}
-
-/// Wall-clock time moved by a shared offset in seconds: the in-process test
-/// mesh moves every node's clock at once, so that a booking can be completed
-/// after its start without waiting for it.
-pub struct SkewedClock(pub Arc<std::sync::atomic::AtomicI64>);
-
-impl Clock for SkewedClock {
-    fn now(&self) -> Instant {
-        SystemClock.now() + self.0.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-/// Wall-clock time at creation, then advancing with tokio's clock, so that
-/// tests on a paused runtime control it with `tokio::time::advance`.
-pub struct TokioClock {
-    base: Instant,
-    started: tokio::time::Instant,
-}
-
-impl TokioClock {
-    pub fn starting_at(base: Instant) -> Self {
-        TokioClock { base, started: tokio::time::Instant::now() }
-    }
-}
-
-impl Clock for TokioClock {
-    fn now(&self) -> Instant {
-        self.base + self.started.elapsed().as_secs() as i64
-    }
-}
-
 /// Parses an availability window: explicit zones, at most 31 days.
-pub fn parse_window(from: &str, to: &str) -> Result<(Instant, Instant), BookingError> {
-    let from = time::parse("from", from).map_err(BookingError::Invalid)?;
-    let to = time::parse("to", to).map_err(BookingError::Invalid)?;
+pub fn parse_window(from: &str, to: &str) -> Result<(Instant, Instant), Error> {
+    let from = time::parse("from", from).map_err(Error::Invalid)?;
+    let to = time::parse("to", to).map_err(Error::Invalid)?;
     if to <= from || to - from > 31 * time::DAY {
-        return Err(BookingError::Invalid("the window must end after it starts, at most 31 days later".into()));
+        return Err(Error::Invalid("the window must end after it starts, at most 31 days later".into()));
     }
     Ok((from, to))
 }
@@ -270,28 +201,8 @@ pub struct Reserve {
     pub voucher: Option<String>,
 }
 
-/// The first answer to an idempotent request, kept with its effect.
-#[derive(Serialize, Deserialize)]
-struct Idem<T> {
-    fingerprint: String,
-    response: T,
-}
-
-/// A stored value, or the key it was read from and why it does not parse.
-fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, BookingError> {
-    serde_json::from_slice(bytes).map_err(|e| corrupt(key, e.to_string()))
-}
-
-fn corrupt(key: &[u8], reason: String) -> BookingError {
-    StoreError::Corrupt { key: String::from_utf8_lossy(key).into(), reason }.into()
-}
-
-fn decode_calendar(key: &[u8], bytes: &[u8]) -> Result<Calendar, BookingError> {
+fn decode_calendar(key: &[u8], bytes: &[u8]) -> Result<Calendar, Error> {
     Calendar::decode(bytes).map_err(|reason| corrupt(key, reason))
-}
-
-pub(crate) fn get_json<T: DeserializeOwned>(tx: &mut dyn Txn, key: &[u8]) -> Result<Option<T>, BookingError> {
-    tx.get(key)?.map(|bytes| decode(key, &bytes)).transpose()
 }
 
 /// Whether the actor may see (and act on) a booking. Someone else's booking
@@ -300,39 +211,15 @@ fn may_see(actor: &Actor, b: &Booking) -> bool {
     actor.admin || b.requester == actor.uri
 }
 
-pub(crate) fn absent(id: &str) -> BookingError {
-    BookingError::NotFound(format!("no booking {id:?}"))
-}
-
-pub(crate) fn put_json<T: Serialize>(tx: &mut dyn Txn, key: &[u8], value: &T) -> Result<(), BookingError> {
-    tx.put(key, serde_json::to_vec(value).expect("serialisable"))?;
-    Ok(())
-}
-
-const MAX_KEY_LEN: usize = 128;
-
-fn check_key(key: &str) -> Result<(), BookingError> {
-    if key.is_empty() {
-        return Err(BookingError::Invalid(
-            "idempotency_key is required: a unique string chosen by the client, sent again unchanged on retry".into(),
-        ));
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(BookingError::Invalid(format!("idempotency_key is at most {MAX_KEY_LEN} bytes")));
-    }
-    Ok(())
+pub(crate) fn absent(id: &str) -> Error {
+    Error::NotFound(format!("no booking {id:?}"))
 }
 
 /// One city's reservations.
 pub struct Bookings {
     city: &'static str,
-    store: Arc<dyn BookingStore>,
+    kv: Kv,
     clock: Arc<dyn Clock>,
-    /// The issuer's debit steps (the ledger steps that come in bursts) all
-    /// write the ledger's head and often one voucher, so they conflict by
-    /// construction; taking turns costs less than sled's optimistic retries
-    /// under load. Held for the in-memory step only, never across the flush.
-    ledger_turn: std::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Bookings {
@@ -342,8 +229,8 @@ impl fmt::Debug for Bookings {
 }
 
 impl Bookings {
-    pub fn new(city: &'static str, store: Arc<dyn BookingStore>, clock: Arc<dyn Clock>) -> Self {
-        Bookings { city, store, clock, ledger_turn: std::sync::Mutex::new(()) }
+    pub fn new(city: &'static str, kv: Kv, clock: Arc<dyn Clock>) -> Self {
+        Bookings { city, kv, clock }
     }
 
     pub fn now(&self) -> Instant {
@@ -354,121 +241,27 @@ impl Bookings {
         self.city
     }
 
-    /// Runs `step` atomically (it may run more than once, after a conflict)
-    /// and returns what it returned. Not yet on disk.
-    fn run<T>(&self, mut step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>) -> Result<T, BookingError> {
-        let mut out = None;
-        self.store.atomically(&mut |tx| {
-            out = Some(step(tx)?);
-            Ok(())
-        })?;
-        Ok(out.expect("set by the step"))
-    }
-
-    /// Runs `step` atomically and, with [`Flush::Wait`], returns once it is
-    /// on disk. [`Flush::Later`] is for steps whose loss in a crash is
-    /// repaired by repeating them: a later waited step, or the reply, covers
-    /// them.
-    pub(crate) async fn step<T>(
-        &self,
-        flush: Flush,
-        step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
-    ) -> Result<T, BookingError> {
-        let out = self.run(step)?;
-        if flush == Flush::Wait {
-            self.durable().await?;
-        }
-        Ok(out)
-    }
-
-    /// An issuer's debit step, in its turn; not yet on disk.
-    pub(crate) fn run_debit<T>(
-        &self,
-        step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
-    ) -> Result<T, BookingError> {
-        let _turn = self.ledger_turn.lock().expect("poisoned");
-        self.run(step)
-    }
-
-    /// An issuer's debit step, in its turn, returning once it is on disk.
-    pub(crate) async fn durable_debit<T>(
-        &self,
-        step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
-    ) -> Result<T, BookingError> {
-        let out = self.run_debit(step)?;
-        self.durable().await?;
-        Ok(out)
-    }
-
-    pub(crate) fn read_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, BookingError> {
-        self.store.get(key)?.map(|bytes| decode(key, &bytes)).transpose()
-    }
-
-    pub(crate) fn scan_raw(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, BookingError> {
-        Ok(self.store.scan(prefix)?)
-    }
-
-    pub(crate) fn scan_json<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, BookingError> {
-        self.store.scan(prefix)?.iter().map(|b| decode(prefix, b)).collect()
-    }
-
-    pub(crate) async fn durable(&self) -> Result<(), BookingError> {
-        match self.store.durable().await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Backend(format!("flush failed: {e}")).into()),
-            Err(_) => Err(StoreError::Backend("the flush thread has stopped".into()).into()),
-        }
-    }
-
-    /// Runs an idempotent step: a retry with the same key and the same
-    /// fingerprint returns the first answer; with another fingerprint it is
-    /// refused. The answer is stored in the same atomic step as the effect.
-    pub(crate) async fn idempotent<T: Serialize + DeserializeOwned + Clone>(
-        &self,
-        actor: &Actor,
-        key: &str,
-        fingerprint: String,
-        mut step: impl FnMut(&mut dyn Txn) -> Result<T, BookingError>,
-    ) -> Result<T, BookingError> {
-        check_key(key)?;
-        let idem_key = keys::idempotency(&actor.uri, key);
-        // A replayed answer may not be durable yet either (its first caller
-        // may still be waiting): the flush is awaited in every case.
-        self.step(Flush::Wait, |tx| {
-            if let Some(prior) = get_json::<Idem<T>>(tx, &idem_key)? {
-                if prior.fingerprint != fingerprint {
-                    return Err(BookingError::KeyReused(key.into()));
-                }
-                return Ok(prior.response);
-            }
-            let answer = step(tx)?;
-            put_json(tx, &idem_key, &Idem { fingerprint: fingerprint.clone(), response: answer.clone() })?;
-            Ok(answer)
-        })
-        .await
+    /// The key space the bookings are kept in.
+    pub fn kv(&self) -> &Kv {
+        &self.kv
     }
 
     /// The instrument's rules: its own, or the defaults.
-    pub fn rules(&self, record: &InstrumentRecord) -> Result<Rules, BookingError> {
+    pub fn rules(&self, record: &InstrumentRecord) -> Result<Rules, Error> {
         Ok(self
+            .kv
             .read_json(&keys::rules(&record.local_id))?
             .unwrap_or_else(|| Rules::default_for(record.training_required)))
     }
 
-    fn rules_in(tx: &mut dyn Txn, record: &InstrumentRecord) -> Result<Rules, BookingError> {
+    fn rules_in(tx: &mut dyn Txn, record: &InstrumentRecord) -> Result<Rules, Error> {
         Ok(get_json(tx, &keys::rules(&record.local_id))?
             .unwrap_or_else(|| Rules::default_for(record.training_required)))
     }
 
     /// Loads the calendar days that [start, end) meets, and marks the holds
     /// in them that have expired by `now`.
-    fn days_in(
-        tx: &mut dyn Txn,
-        instrument: &str,
-        start: Instant,
-        end: Instant,
-        now: Instant,
-    ) -> Result<Days, BookingError> {
+    fn days_in(tx: &mut dyn Txn, instrument: &str, start: Instant, end: Instant, now: Instant) -> Result<Days, Error> {
         let mut days = Days::default();
         for day in days_of(start, end) {
             let key = keys::calendar(instrument, day);
@@ -482,7 +275,7 @@ impl Bookings {
                 {
                     b.state = State::Expired;
                     b.updated_at = now;
-                    payment::release(&mut b);
+                    b.release_payment();
                     save_booking(tx, &b)?;
                 }
             }
@@ -491,26 +284,21 @@ impl Bookings {
         Ok(days)
     }
 
-    fn save_days(tx: &mut dyn Txn, instrument: &str, days: &Days) -> Result<(), BookingError> {
+    fn save_days(tx: &mut dyn Txn, instrument: &str, days: &Days) -> Result<(), Error> {
         for (day, cal) in &days.days {
             tx.put(&keys::calendar(instrument, *day), cal.encode())?;
         }
         Ok(())
     }
 
-    pub async fn reserve(
-        &self,
-        actor: &Actor,
-        record: &InstrumentRecord,
-        req: Reserve,
-    ) -> Result<Booking, BookingError> {
+    pub async fn reserve(&self, actor: &Actor, record: &InstrumentRecord, req: Reserve) -> Result<Booking, Error> {
         if !actor.may_book {
-            return Err(BookingError::Denied(format!("{} may not book instruments", actor.uri)));
+            return Err(Error::Denied(format!("{} may not book instruments", actor.uri)));
         }
-        let start = time::parse("start", &req.start).map_err(BookingError::Invalid)?;
-        let end = time::parse("end", &req.end).map_err(BookingError::Invalid)?;
+        let start = time::parse("start", &req.start).map_err(Error::Invalid)?;
+        let end = time::parse("end", &req.end).map_err(Error::Invalid)?;
         if req.purpose.len() > 1_000 {
-            return Err(BookingError::Invalid("purpose is at most 1,000 bytes".into()));
+            return Err(Error::Invalid("purpose is at most 1,000 bytes".into()));
         }
         let fingerprint = format!(
             "reserve\n{}\n{start}\n{end}\n{}\n{}\n{}",
@@ -520,48 +308,49 @@ impl Bookings {
             req.voucher.as_deref().unwrap_or("")
         );
         let voucher = match &req.voucher {
-            Some(v) => Some(payment::issuer_of(v)?),
+            Some(v) => Some(crate::money::payment::issuer_of(v)?),
             None => None,
         };
         let now = self.clock.now();
         let city = self.city;
         // On disk before the issuer hears of it, even for a voucher booking:
         // an issuer must never hold money for a booking this node has lost.
-        self.idempotent(actor, &req.idempotency_key, fingerprint, |tx| {
-            if record.status != Status::Available {
-                return Err(Violation::new(
-                    "status",
-                    format!("{} is not available for booking ({:?})", record.local_id, record.status),
-                )
-                .into());
-            }
-            if voucher.is_some() && !record.accepts_vouchers {
-                return Err(Violation::new(
-                    "accepts_vouchers",
-                    format!("{} does not accept innovation vouchers; book it without one", record.local_id),
-                )
-                .into());
-            }
-            let rules = Self::rules_in(tx, record)?;
-            rules.check_slot(start, end, now)?;
-            if rules.training_required
-                && !actor.admin
-                && tx.get(&keys::qualification(&record.local_id, &actor.uri))?.is_none()
-            {
-                return Err(Violation::new(
-                    "training_required",
-                    format!(
-                        "{} needs training first; {} holds no qualification for it (the city admin grants one)",
-                        record.local_id, actor.uri
-                    ),
-                )
-                .into());
-            }
-            let (occ_start, occ_end) = (start - rules.setup(), end + rules.cooldown());
-            let mut days = Self::days_in(tx, &record.local_id, occ_start, occ_end, now)?;
-            if let Some(c) = days.conflict(occ_start, occ_end, now) {
-                let (cs, ce) = c.occupied();
-                return Err(Violation::new(
+        self.kv
+            .idempotent(&actor.uri, &req.idempotency_key, fingerprint, |tx| {
+                if record.status != Status::Available {
+                    return Err(Violation::new(
+                        "status",
+                        format!("{} is not available for booking ({:?})", record.local_id, record.status),
+                    )
+                    .into());
+                }
+                if voucher.is_some() && !record.accepts_vouchers {
+                    return Err(Violation::new(
+                        "accepts_vouchers",
+                        format!("{} does not accept innovation vouchers; book it without one", record.local_id),
+                    )
+                    .into());
+                }
+                let rules = Self::rules_in(tx, record)?;
+                rules.check_slot(start, end, now)?;
+                if rules.training_required
+                    && !actor.admin
+                    && tx.get(&keys::qualification(&record.local_id, &actor.uri))?.is_none()
+                {
+                    return Err(Violation::new(
+                        "training_required",
+                        format!(
+                            "{} needs training first; {} holds no qualification for it (the city admin grants one)",
+                            record.local_id, actor.uri
+                        ),
+                    )
+                    .into());
+                }
+                let (occ_start, occ_end) = (start - rules.setup(), end + rules.cooldown());
+                let mut days = Self::days_in(tx, &record.local_id, occ_start, occ_end, now)?;
+                if let Some(c) = days.conflict(occ_start, occ_end, now) {
+                    let (cs, ce) = c.occupied();
+                    return Err(Violation::new(
                     "no_overlap",
                     format!(
                         "{} to {} is taken: the instrument is occupied from {} to {} (set-up and cool-down included)",
@@ -572,47 +361,49 @@ impl Bookings {
                     ),
                 )
                 .into());
-            }
-            // sled counts from 0; ids count from 1.
-            let id = format!("{city}/bk-{}", tx.next_id()? + 1);
-            // A voucher booking is held until the issuer holds the money too.
-            let held = req.hold_only || voucher.is_some();
-            let state = if held {
-                State::Held
-            } else if rules.approval_required {
-                State::Pending
-            } else {
-                State::Confirmed
-            };
-            let booking = Booking {
-                id: id.clone(),
-                instrument: record.local_id.clone(),
-                requester: actor.uri.clone(),
-                start,
-                end,
-                setup: rules.setup(),
-                cooldown: rules.cooldown(),
-                state,
-                hold_expires: held.then(|| now + rules.hold_ttl()),
-                created_at: now,
-                updated_at: now,
-                purpose: req.purpose.clone(),
-                price_fen: record.price_external_fen,
-                price_unit: record.price_unit,
-                fee_fen: 0,
-                actual_minutes: 0,
-                note: String::new(),
-                institution: record.institution_name.clone(),
-                institution_uscc: record.institution_uscc.clone(),
-                payment: voucher.clone().map(|(voucher, issuer)| Payment::trying(voucher, issuer, &id, !req.hold_only)),
-                cancel_terms: Some(rules.cancel_terms(start)),
-            };
-            days.insert(&booking.entry());
-            Self::save_days(tx, &record.local_id, &days)?;
-            save_booking(tx, &booking)?;
-            Ok(booking)
-        })
-        .await
+                }
+                // sled counts from 0; ids count from 1.
+                let id = format!("{city}/bk-{}", tx.next_id()? + 1);
+                // A voucher booking is held until the issuer holds the money too.
+                let held = req.hold_only || voucher.is_some();
+                let state = if held {
+                    State::Held
+                } else if rules.approval_required {
+                    State::Pending
+                } else {
+                    State::Confirmed
+                };
+                let booking = Booking {
+                    id: id.clone(),
+                    instrument: record.local_id.clone(),
+                    requester: actor.uri.clone(),
+                    start,
+                    end,
+                    setup: rules.setup(),
+                    cooldown: rules.cooldown(),
+                    state,
+                    hold_expires: held.then(|| now + rules.hold_ttl()),
+                    created_at: now,
+                    updated_at: now,
+                    purpose: req.purpose.clone(),
+                    price_fen: record.price_external_fen,
+                    price_unit: record.price_unit,
+                    fee_fen: 0,
+                    actual_minutes: 0,
+                    note: String::new(),
+                    institution: record.institution_name.clone(),
+                    institution_uscc: record.institution_uscc.clone(),
+                    payment: voucher
+                        .clone()
+                        .map(|(voucher, issuer)| Payment::trying(voucher, issuer, &id, !req.hold_only)),
+                    cancel_terms: Some(rules.cancel_terms(start)),
+                };
+                days.insert(&booking.entry());
+                Self::save_days(tx, &record.local_id, &days)?;
+                save_booking(tx, &booking)?;
+                Ok(booking)
+            })
+            .await
     }
 
     /// A lifecycle step on one booking: loads it (checking ownership), lets
@@ -624,32 +415,28 @@ impl Bookings {
         id: &str,
         key: &str,
         extra: String,
-        change: impl Fn(&mut Booking, &Rules, Instant, &mut dyn Txn) -> Result<(), BookingError>,
-    ) -> Result<Booking, BookingError> {
+        change: impl Fn(&mut Booking, &Rules, Instant, &mut dyn Txn) -> Result<(), Error>,
+    ) -> Result<Booking, Error> {
         let now = self.clock.now();
         let fingerprint = format!("{action}\n{id}\n{extra}");
-        self.idempotent(actor, key, fingerprint, |tx| {
-            // The visibility check runs inside the step, before any change;
-            // a refusal drops the step's writes.
-            Self::apply_in(tx, id, now, &|b, rules, now, tx| {
-                if !may_see(actor, b) {
-                    return Err(absent(id));
-                }
-                change(b, rules, now, tx)
+        self.kv
+            .idempotent(&actor.uri, key, fingerprint, |tx| {
+                // The visibility check runs inside the step, before any change;
+                // a refusal drops the step's writes.
+                Self::apply_in(tx, id, now, &|b, rules, now, tx| {
+                    if !may_see(actor, b) {
+                        return Err(absent(id));
+                    }
+                    change(b, rules, now, tx)
+                })
             })
-        })
-        .await
+            .await
     }
 
     /// One change to a booking inside a step: loads it with its calendar
     /// days (expiring holds that ran out), lets `change` decide, then writes
     /// the booking, its calendar entry and its outbox mark.
-    pub(crate) fn apply_in(
-        tx: &mut dyn Txn,
-        id: &str,
-        now: Instant,
-        change: &Change<'_>,
-    ) -> Result<Booking, BookingError> {
+    pub(crate) fn apply_in(tx: &mut dyn Txn, id: &str, now: Instant, change: &Change<'_>) -> Result<Booking, Error> {
         let b: Booking = get_json(tx, &keys::booking(id))?.ok_or_else(|| absent(id))?;
         let rules: Rules = get_json(tx, &keys::rules(&b.instrument))?.unwrap_or_else(|| Rules::default_for(false));
         let (occ_start, occ_end) = (b.start - b.setup, b.end + b.cooldown);
@@ -668,7 +455,7 @@ impl Bookings {
         Ok(b)
     }
 
-    fn not_in(b: &Booking, action: &str, now: Instant) -> BookingError {
+    fn not_in(b: &Booking, action: &str, now: Instant) -> Error {
         let detail = match b.state_at(now) {
             State::Expired => format!(
                 "the hold expired at {}; reserve the slot again",
@@ -676,15 +463,17 @@ impl Bookings {
             ),
             s => format!("it is {s:?}").to_lowercase(),
         };
-        BookingError::State(format!("cannot {action} booking {}: {detail}", b.id))
+        Error::State(format!("cannot {action} booking {}: {detail}", b.id))
     }
 
-    pub async fn confirm(&self, actor: &Actor, id: &str, key: &str) -> Result<Booking, BookingError> {
+    pub async fn confirm(&self, actor: &Actor, id: &str, key: &str) -> Result<Booking, Error> {
         self.transition(actor, "confirm", id, key, String::new(), |b, rules, now, _| {
             if b.state_at(now) != State::Held {
                 return Err(Self::not_in(b, "confirm", now));
             }
-            payment::on_confirm(b)?;
+            if let Some(p) = b.payment.as_mut() {
+                p.on_confirm(&b.id)?;
+            }
             b.hold_expires = None;
             b.state = if rules.approval_required { State::Pending } else { State::Confirmed };
             Ok(())
@@ -704,14 +493,14 @@ impl Bookings {
         key: &str,
         reason: &str,
         accept_fee_fen: i64,
-    ) -> Result<Booking, BookingError> {
+    ) -> Result<Booking, Error> {
         self.transition(actor, "cancel", id, key, reason.to_string(), |b, rules, now, _| {
             let state = b.state_at(now);
             if !state.is_live() {
                 return Err(Self::not_in(b, "cancel", now));
             }
             if state == State::Confirmed && now >= b.start {
-                return Err(BookingError::State(format!(
+                return Err(Error::State(format!(
                     "cannot cancel booking {}: it began at {}; the city's admin records its completion with the minutes used",
                     b.id,
                     time::short(b.start)
@@ -738,7 +527,7 @@ impl Bookings {
             if state == State::Confirmed {
                 b.fee_fen = fee;
             }
-            payment::release(b);
+            b.release_payment();
             b.state = State::Cancelled;
             b.hold_expires = None;
             b.note = reason.to_string();
@@ -754,10 +543,10 @@ impl Bookings {
         key: &str,
         approve: bool,
         reason: &str,
-    ) -> Result<Booking, BookingError> {
+    ) -> Result<Booking, Error> {
         let action = if approve { "approve" } else { "decline" };
         if !actor.admin {
-            return Err(BookingError::Denied(format!("only the city's admin may {action} bookings")));
+            return Err(Error::Denied(format!("only the city's admin may {action} bookings")));
         }
         self.transition(actor, action, id, key, reason.to_string(), |b, _, now, _| {
             if b.state_at(now) != State::Pending {
@@ -765,7 +554,7 @@ impl Bookings {
             }
             b.state = if approve { State::Confirmed } else { State::Declined };
             if !approve {
-                payment::release(b);
+                b.release_payment();
             }
             b.note = reason.to_string();
             Ok(())
@@ -775,18 +564,12 @@ impl Bookings {
 
     /// Records the actual use and its fee, and writes a service record to the
     /// node's ledger in the same step.
-    pub async fn complete(
-        &self,
-        actor: &Actor,
-        id: &str,
-        key: &str,
-        actual_minutes: u32,
-    ) -> Result<Booking, BookingError> {
+    pub async fn complete(&self, actor: &Actor, id: &str, key: &str, actual_minutes: u32) -> Result<Booking, Error> {
         if !actor.admin {
-            return Err(BookingError::Denied("only the city's admin may complete bookings".into()));
+            return Err(Error::Denied("only the city's admin may complete bookings".into()));
         }
         if actual_minutes == 0 || actual_minutes > 24 * 60 {
-            return Err(BookingError::Invalid("actual_minutes must be between 1 and 1440".into()));
+            return Err(Error::Invalid("actual_minutes must be between 1 and 1440".into()));
         }
         self.transition(actor, "complete", id, key, actual_minutes.to_string(), |b, _, now, tx| {
             if b.state_at(now) != State::Confirmed {
@@ -795,7 +578,7 @@ impl Bookings {
             // Use is recorded after it happens: a completion ahead of time
             // would charge for a slot that may still be cancelled or moved.
             if now < b.start {
-                return Err(BookingError::State(format!(
+                return Err(Error::State(format!(
                     "cannot complete booking {} before it starts at {}",
                     b.id,
                     time::short(b.start)
@@ -806,12 +589,15 @@ impl Bookings {
                 PriceUnit::Sample => b.price_fen,
             };
             // Refuses while the voucher is not yet confirmed by its issuer.
-            let redemption = payment::on_complete(b, fee_fen, now)?;
+            let redemption = match b.payment.as_mut() {
+                Some(p) => Some(p.on_complete(&b.id, fee_fen, now)?),
+                None => None,
+            };
             b.state = State::Completed;
             b.actual_minutes = actual_minutes;
             b.fee_fen = fee_fen;
             // In the same step as the completion: both land or neither does.
-            let body = crate::ledger::Body::Service {
+            let body = ledger::Body::Service {
                 booking: b.id.clone(),
                 instrument: b.instrument.clone(),
                 requester: b.requester.clone(),
@@ -821,24 +607,19 @@ impl Bookings {
                 fee_fen,
                 redemption,
             };
-            crate::ledger::append(tx, now, body).map(|_| ())
+            ledger::append(tx, now, body).map(|_| ())
         })
         .await
     }
 
-    pub fn get(&self, actor: &Actor, id: &str) -> Result<Booking, BookingError> {
-        self.read_json::<Booking>(&keys::booking(id))?.filter(|b| may_see(actor, b)).ok_or_else(|| absent(id))
+    pub fn get(&self, actor: &Actor, id: &str) -> Result<Booking, Error> {
+        self.kv.read_json::<Booking>(&keys::booking(id))?.filter(|b| may_see(actor, b)).ok_or_else(|| absent(id))
     }
 
     /// The actor's bookings (all of the city's, for its admin), oldest first.
-    pub fn list(
-        &self,
-        actor: &Actor,
-        instrument: Option<&str>,
-        include_closed: bool,
-    ) -> Result<Vec<Booking>, BookingError> {
+    pub fn list(&self, actor: &Actor, instrument: Option<&str>, include_closed: bool) -> Result<Vec<Booking>, Error> {
         let now = self.clock.now();
-        let mut out: Vec<Booking> = self.scan_json(keys::BOOKINGS)?;
+        let mut out: Vec<Booking> = self.kv.scan_json(keys::BOOKINGS)?;
         out.retain(|b| {
             may_see(actor, b)
                 && instrument.is_none_or(|i| i == b.instrument)
@@ -848,7 +629,7 @@ impl Bookings {
         Ok(out)
     }
 
-    pub fn availability(&self, record: &InstrumentRecord, from: &str, to: &str) -> Result<Availability, BookingError> {
+    pub fn availability(&self, record: &InstrumentRecord, from: &str, to: &str) -> Result<Availability, Error> {
         let (from, to) = parse_window(from, to)?;
         self.availability_at(record, from, to)
     }
@@ -863,18 +644,13 @@ impl Bookings {
             .unwrap_or(false)
     }
 
-    fn availability_at(
-        &self,
-        record: &InstrumentRecord,
-        from: Instant,
-        to: Instant,
-    ) -> Result<Availability, BookingError> {
+    fn availability_at(&self, record: &InstrumentRecord, from: Instant, to: Instant) -> Result<Availability, Error> {
         let rules = self.rules(record)?;
         // Entries up to a day before `from` may reach into the window.
         let mut days = Days::default();
         for day in days_of(from - time::DAY, to) {
             let key = keys::calendar(&record.local_id, day);
-            if let Some(bytes) = self.store.get(&key)? {
+            if let Some(bytes) = self.kv.get(&key)? {
                 days.days.push((day, decode_calendar(&key, &bytes)?));
             }
         }
@@ -882,12 +658,12 @@ impl Bookings {
         Ok(Availability { free, busy, rules })
     }
 
-    pub fn set_rules(&self, actor: &Actor, record: &InstrumentRecord, rules: Rules) -> Result<Rules, BookingError> {
+    pub fn set_rules(&self, actor: &Actor, record: &InstrumentRecord, rules: Rules) -> Result<Rules, Error> {
         if !actor.admin {
-            return Err(BookingError::Denied("only the city's admin may set booking rules".into()));
+            return Err(Error::Denied("only the city's admin may set booking rules".into()));
         }
-        rules.validate().map_err(|e| BookingError::Invalid(format!("booking rules: {e}")))?;
-        self.store.atomically(&mut |tx| put_json(tx, &keys::rules(&record.local_id), &rules))?;
+        rules.validate().map_err(|e| Error::Invalid(format!("booking rules: {e}")))?;
+        self.kv.run(|tx| put_json(tx, &keys::rules(&record.local_id), &rules))?;
         Ok(rules)
     }
 
@@ -896,9 +672,9 @@ impl Bookings {
         actor: &Actor,
         record: &InstrumentRecord,
         rules: Rules,
-    ) -> Result<Rules, BookingError> {
+    ) -> Result<Rules, Error> {
         let rules = self.set_rules(actor, record, rules)?;
-        self.durable().await?;
+        self.kv.durable().await?;
         Ok(rules)
     }
 
@@ -908,33 +684,17 @@ impl Bookings {
         record: &InstrumentRecord,
         holder: &str,
         revoke: bool,
-    ) -> Result<(), BookingError> {
+    ) -> Result<(), Error> {
         if !actor.admin {
-            return Err(BookingError::Denied("only the city's admin may grant qualifications".into()));
+            return Err(Error::Denied("only the city's admin may grant qualifications".into()));
         }
         let key = keys::qualification(&record.local_id, holder);
-        self.store.atomically(&mut |tx| {
-            if revoke { tx.remove(&key) } else { tx.put(&key, b"1".to_vec()) }.map_err(Into::into)
-        })?;
-        self.durable().await
-    }
-
-    /// Up to `limit` ledger entries after `after_seq`, as stored, and the
-    /// chain's head.
-    pub fn ledger_page(&self, after_seq: u64, limit: usize) -> Result<(Vec<Vec<u8>>, ledger::Head), BookingError> {
-        let head: ledger::Head = self.read_json(ledger::HEAD)?.unwrap_or_default();
-        let mut out = Vec::new();
-        for seq in after_seq + 1..=head.seq.min(after_seq + limit as u64) {
-            // A missing entry is left out, for the reader's chain check to report.
-            if let Some(bytes) = self.store.get(&ledger::key(seq))? {
-                out.push(bytes);
-            }
-        }
-        Ok((out, head))
+        self.kv.run(|tx| if revoke { tx.remove(&key) } else { tx.put(&key, b"1".to_vec()) }.map_err(Into::into))?;
+        self.kv.durable().await
     }
 
     /// Holds still open at `now`.
-    pub fn open_holds(&self) -> Result<usize, BookingError> {
+    pub fn open_holds(&self) -> Result<usize, Error> {
         let now = self.clock.now();
         Ok(self
             .list(&Actor { uri: String::new(), admin: true, may_book: false, reader: true }, None, false)?

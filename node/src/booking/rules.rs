@@ -1,11 +1,10 @@
 //! Booking rules of one instrument, and the checks a requested slot must pass.
 //! Every refusal names the rule that refused it.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use super::time::{self as t, DAY, HOUR, Instant, MINUTE};
+use crate::error::Violation;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Opening {
@@ -206,25 +205,6 @@ impl Rules {
             free_until: start - self.cancel_deadline_hours as i64 * HOUR,
             percent: self.late_cancel_fee_percent,
         }
-    }
-}
-
-/// A refused request and the rule that refused it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub rule: &'static str,
-    pub detail: String,
-}
-
-impl Violation {
-    pub fn new(rule: &'static str, detail: impl Into<String>) -> Self {
-        Violation { rule, detail: detail.into() }
-    }
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rule {}: {}", self.rule, self.detail)
     }
 }
 

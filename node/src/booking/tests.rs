@@ -2,26 +2,17 @@
 
 use std::sync::Arc;
 
-use super::{
-    store::{MemBookings, SledBookings},
-    *,
+use super::{time::TokioClock, *};
+use crate::{
+    catalog::model::tests::sample,
+    kv::txn::{TxnStore, tests::backends},
 };
-use crate::model::tests::sample;
 
 /// Monday 2026-11-23 10:00 in Shanghai.
 const NOW: Instant = 1_795_399_200;
 
-fn backends() -> Vec<(&'static str, Arc<dyn BookingStore>, Option<tempfile::TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new().path(dir.path()).open().unwrap();
-    vec![
-        ("mem", Arc::new(MemBookings::default()) as Arc<dyn BookingStore>, None),
-        ("sled", Arc::new(SledBookings::open(&db, Default::default()).unwrap()), Some(dir)),
-    ]
-}
-
-fn engine(store: Arc<dyn BookingStore>) -> Bookings {
-    Bookings::new("hefei", store, Arc::new(TokioClock::starting_at(NOW)))
+fn engine(store: Arc<dyn TxnStore>) -> Bookings {
+    Bookings::new("hefei", Kv::new(store), Arc::new(TokioClock::starting_at(NOW)))
 }
 
 fn org(name: &str) -> Actor {
@@ -67,11 +58,11 @@ async fn overlapping_requests_are_refused_with_the_conflicting_time() {
         assert!(a.id.starts_with("hefei/bk-"));
         // Ends at 10:10: inside a's slot.
         let err = e.reserve(&org("b"), &inst, req("09:00", "10:10", "k2")).await.unwrap_err();
-        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
+        assert!(matches!(err, Error::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
         assert!(err.to_string().contains("occupied from 2026-12-01 09:40 to 2026-12-01 11:00"), "{name}: {err}");
         // Starts at 11:00, but its own 20 min preheat would overlap a.
         let err = e.reserve(&org("b"), &inst, req("11:00", "12:00", "k3")).await.unwrap_err();
-        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
+        assert!(matches!(err, Error::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
         e.reserve(&org("b"), &inst, req("11:20", "12:00", "k4")).await.unwrap();
     }
 }
@@ -86,10 +77,10 @@ async fn a_retry_returns_the_first_answer_and_a_reused_key_is_refused() {
         assert_eq!(first, again, "{name}");
         assert_eq!(e.list(&admin(), None, true).unwrap().len(), 1, "{name}: one effect");
         let err = e.reserve(&org("a"), &inst, req("12:00", "13:00", "same")).await.unwrap_err();
-        assert!(matches!(err, BookingError::KeyReused(_)), "{name}: {err}");
+        assert!(matches!(err, Error::KeyReused(_)), "{name}: {err}");
         // Keys are per identity: another org may use the same string.
         let err = e.reserve(&org("b"), &inst, req("10:00", "11:00", "same")).await.unwrap_err();
-        assert!(matches!(err, BookingError::Rule(_)), "{name}: {err}");
+        assert!(matches!(err, Error::Rule(_)), "{name}: {err}");
         let err = e.reserve(&org("a"), &inst, req("14:00", "15:00", "")).await.unwrap_err();
         assert!(err.to_string().contains("idempotency_key is required"));
     }
@@ -112,7 +103,7 @@ async fn hold_expires_after_ttl() {
         tokio::time::advance(std::time::Duration::from_secs(rules::DEFAULT_HOLD_TTL as u64)).await;
         assert_eq!(e.open_holds().unwrap(), 0, "{name}");
         let err = e.confirm(&org("a"), &held.id, "c").await.unwrap_err();
-        assert!(matches!(err, BookingError::State(_)), "{name}: {err}");
+        assert!(matches!(err, Error::State(_)), "{name}: {err}");
         assert!(err.to_string().contains("hold expired at 2026-11-23 10:10"), "{name}: {err}");
         // The released time can be booked by someone else.
         e.reserve(&org("b"), &inst, req("10:30", "11:30", "b2")).await.unwrap();
@@ -135,7 +126,7 @@ async fn a_hold_confirmed_in_time_is_kept() {
         tokio::time::advance(std::time::Duration::from_secs(3600)).await;
         assert!(e.reserve(&org("b"), &inst, req("10:30", "11:30", "b")).await.is_err(), "{name}: still taken");
         // Someone else cannot confirm or even see it.
-        assert!(matches!(e.confirm(&org("b"), &held.id, "x").await.unwrap_err(), BookingError::NotFound(_)));
+        assert!(matches!(e.confirm(&org("b"), &held.id, "x").await.unwrap_err(), Error::NotFound(_)));
     }
 }
 
@@ -148,11 +139,11 @@ async fn training_and_approval_rules() {
         rules.approval_required = true;
         e.set_rules(&admin(), &inst, rules).unwrap();
         let err = e.reserve(&org("a"), &inst, req("10:00", "11:00", "1")).await.unwrap_err();
-        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "training_required"), "{name}: {err}");
+        assert!(matches!(err, Error::Rule(ref v) if v.rule == "training_required"), "{name}: {err}");
         e.grant(&admin(), &inst, &org("a").uri, false).await.unwrap();
         let b = e.reserve(&org("a"), &inst, req("10:00", "11:00", "2")).await.unwrap();
         assert_eq!(b.state, State::Pending, "{name}");
-        assert!(matches!(e.decide(&org("a"), &b.id, "3", true, "").await.unwrap_err(), BookingError::Denied(_)));
+        assert!(matches!(e.decide(&org("a"), &b.id, "3", true, "").await.unwrap_err(), Error::Denied(_)));
         let b = e.decide(&admin(), &b.id, "4", true, "ok").await.unwrap();
         assert_eq!(b.state, State::Confirmed);
         let c = e.reserve(&org("a"), &inst, req("12:00", "13:00", "5")).await.unwrap();
@@ -193,10 +184,10 @@ async fn a_late_fee_is_charged_only_when_accepted() {
         assert_eq!(time::format(terms.free_until), "2026-11-23T09:00:00+08:00", "{name}");
         assert_eq!(b.cancel_fee(terms, e.now()), 60_000, "{name}: 50% of 2 h at 600");
         let err = e.cancel(&org("a"), &b.id, "c0", "plans changed", 0).await.unwrap_err();
-        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "late_cancel_fee"), "{name}: {err}");
+        assert!(matches!(err, Error::Rule(ref v) if v.rule == "late_cancel_fee"), "{name}: {err}");
         assert!(err.to_string().contains("costs 600.00 yuan (50% of 1200.00 yuan"), "{name}: {err}");
         let err = e.cancel(&org("a"), &b.id, "c1", "plans changed", 59_999).await.unwrap_err();
-        assert!(matches!(err, BookingError::Rule(_)), "{name}: {err}");
+        assert!(matches!(err, Error::Rule(_)), "{name}: {err}");
         assert_eq!(e.get(&org("a"), &b.id).unwrap().state, State::Confirmed, "{name}: a refusal changes nothing");
         let b = e.cancel(&org("a"), &b.id, "c2", "plans changed", 60_000).await.unwrap();
         assert_eq!((b.state, b.fee_fen), (State::Cancelled, 60_000), "{name}");
@@ -224,17 +215,17 @@ async fn completion_comes_after_the_start_and_keeps_the_time_used() {
         inst.price_external_fen = 60_000;
         let b = e.reserve(&org("a"), &inst, req("14:00", "16:00", "u")).await.unwrap();
         let early = e.reserve(&org("b"), &inst, req("10:00", "12:00", "v")).await.unwrap();
-        assert!(matches!(e.complete(&org("a"), &b.id, "d0", 90).await.unwrap_err(), BookingError::Denied(_)));
+        assert!(matches!(e.complete(&org("a"), &b.id, "d0", 90).await.unwrap_err(), Error::Denied(_)));
         let err = e.complete(&admin(), &b.id, "d1", 90).await.unwrap_err();
-        assert!(matches!(err, BookingError::State(_)), "{name}: {err}");
+        assert!(matches!(err, Error::State(_)), "{name}: {err}");
         assert!(err.to_string().contains("before it starts at 2026-12-01 14:00"), "{name}: {err}");
         // The refused completion neither charged nor freed anything.
         let still = e.get(&admin(), &b.id).unwrap();
         assert_eq!((still.state, still.fee_fen), (State::Confirmed, 0), "{name}");
-        let (raw, _) = e.ledger_page(0, 100).unwrap();
+        let (raw, _) = crate::money::ledger::page(e.kv(), 0, 100).unwrap();
         assert!(raw.is_empty(), "{name}: no service record");
         let err = e.reserve(&org("c"), &inst, req("14:30", "15:30", "w")).await.unwrap_err();
-        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
+        assert!(matches!(err, Error::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
 
         // Under way: it cannot be cancelled, only completed.
         advance_to(&e, "2026-12-01T10:30:00+08:00").await;
@@ -248,18 +239,18 @@ async fn completion_comes_after_the_start_and_keeps_the_time_used() {
         assert_eq!(again, done);
         // Completed while still running: the rest of its slot stays taken.
         let err = e.reserve(&org("c"), &inst, req("15:30", "16:00", "w2")).await.unwrap_err();
-        assert!(matches!(err, BookingError::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
-        let (raw, head) = e.ledger_page(0, 100).unwrap();
-        let records = crate::ledger::verify(&raw, &head).unwrap();
+        assert!(matches!(err, Error::Rule(ref v) if v.rule == "no_overlap"), "{name}: {err}");
+        let (raw, head) = crate::money::ledger::page(e.kv(), 0, 100).unwrap();
+        let records = crate::money::ledger::verify(&raw, &head).unwrap();
         assert_eq!(records.len(), 1, "{name}: a retried completion writes one record");
         assert!(
             matches!(
                 records[0].body,
-                crate::ledger::Body::Service { minutes: 90, fee_fen: 90_000, redemption: None, .. }
+                crate::money::ledger::Body::Service { minutes: 90, fee_fen: 90_000, redemption: None, .. }
             ),
             "{name}: {:?}",
             records[0]
         );
-        assert!(matches!(e.complete(&admin(), &b.id, "d3", 90).await.unwrap_err(), BookingError::State(_)));
+        assert!(matches!(e.complete(&admin(), &b.id, "d3", 90).await.unwrap_err(), Error::State(_)));
     }
 }

@@ -97,6 +97,50 @@ pub fn format_clock(minute: u32) -> String {
     format!("{:02}:{:02}", minute / 60, minute % 60)
 }
 
+/// The node's clock, in unix seconds.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Instant;
+}
+
+/// Wall-clock time.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        ::time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+}
+
+/// Wall-clock time moved by a shared offset in seconds: the in-process test
+/// mesh moves every node's clock at once, so that a booking can be completed
+/// after its start without waiting for it.
+pub struct SkewedClock(pub std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl Clock for SkewedClock {
+    fn now(&self) -> Instant {
+        SystemClock.now() + self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Wall-clock time at creation, then advancing with tokio's clock, so that
+/// tests on a paused runtime control it with `tokio::time::advance`.
+pub struct TokioClock {
+    base: Instant,
+    started: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn starting_at(base: Instant) -> Self {
+        TokioClock { base, started: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        self.base + self.started.elapsed().as_secs() as i64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

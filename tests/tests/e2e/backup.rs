@@ -8,7 +8,7 @@ use std::{
     },
 };
 
-use corridor_node::{
+use corridor_node::ops::{
     backup,
     demo::{Scale, city_inventory},
 };
@@ -29,7 +29,7 @@ async fn a_backup_under_load_restores_to_identical_content() {
     let mesh = Arc::new(Mesh::start(Some(Scale::G60)).await);
     let instruments: Vec<String> = city_inventory(Scale::G60, "hefei")
         .into_iter()
-        .filter(|r| r.status == corridor_node::model::Status::Available)
+        .filter(|r| r.status == corridor_node::catalog::model::Status::Available)
         .take(6)
         .map(|r| format!("hefei/{}", r.local_id))
         .collect();

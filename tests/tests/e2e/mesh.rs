@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use corridor_node::demo::{Scale, corridor_inventory};
+use corridor_node::ops::demo::{Scale, corridor_inventory};
 use corridor_tests::{Front, Mesh, pb};
 use tokio::net::TcpListener;
 use tonic::{Code, Request};

@@ -8,7 +8,7 @@ use std::{
 
 use corridor_certs::{Identity, IssueOptions};
 use corridor_node::booking::time::format as rfc;
-use corridor_node::demo::{Scale, city_inventory};
+use corridor_node::ops::demo::{Scale, city_inventory};
 use corridor_tests::{Mesh, pb};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tonic::Code;
@@ -302,7 +302,7 @@ async fn booking_lists_page_across_cities_without_repeats_or_gaps() {
     for city in ["hefei", "wuhu", "suzhou"] {
         let inst = city_inventory(Scale::G60, city)
             .into_iter()
-            .find(|r| r.status == corridor_node::model::Status::Available && !r.training_required)
+            .find(|r| r.status == corridor_node::catalog::model::Status::Available && !r.training_required)
             .map(|r| format!("{city}/{}", r.local_id))
             .unwrap();
         for k in 0..4 {

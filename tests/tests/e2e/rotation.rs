@@ -6,15 +6,18 @@ use std::sync::{
 };
 
 use corridor_certs::{Identity, IssueOptions};
-use corridor_node::demo::{Scale, city_inventory};
+use corridor_node::ops::demo::{Scale, city_inventory};
 use corridor_tests::{Mesh, pb};
 use tonic::Request;
 
 async fn import_one(mesh: &Mesh, city: &str, who: &str, local_id: &str) -> Result<pb::ImportSummary, tonic::Status> {
     let mut r = city_inventory(Scale::G60, city).remove(0);
     r.local_id = local_id.into();
-    let stored = corridor_node::store::StoredInstrument { record: r, updated_at: String::new() };
-    let row = pb::ImportRow { line: 1, instrument: Some(corridor_node::convert::to_proto(&stored, Mesh::city(city))) };
+    let stored = corridor_node::kv::inventory::StoredInstrument { record: r, updated_at: String::new() };
+    let row = pb::ImportRow {
+        line: 1,
+        instrument: Some(corridor_node::catalog::summary::to_proto(&stored, Mesh::city(city))),
+    };
     mesh.node(city, who)
         .import_instruments(Request::new(tokio_stream::iter([pb::ImportChunk { rows: vec![row] }])))
         .await

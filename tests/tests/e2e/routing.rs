@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use corridor_node::demo::{Scale, corridor_inventory};
+use corridor_node::ops::demo::{Scale, corridor_inventory};
 use corridor_tests::{Front, Mesh, pb};
 use tonic::{Code, Request};
 

@@ -11,8 +11,8 @@ use std::{
 };
 
 use corridor_node::{
-    demo::{Scale, corridor_inventory},
-    search::index::SearchIndex,
+    catalog::search::index::SearchIndex,
+    ops::demo::{Scale, corridor_inventory},
 };
 use corridor_tests::{Front, Mesh, pb};
 use tonic::Request;
@@ -133,13 +133,14 @@ async fn facets_equal_a_brute_force_count() {
         .filter(|(c, r)| c.province == "Zhejiang" && r.category.starts_with("01.") && r.accepts_vouchers)
         .collect();
     assert_eq!(resp.total as usize, matching.len());
-    let count = |key: &dyn Fn(&(&corridor_proto::cities::City, corridor_node::model::InstrumentRecord)) -> String| {
-        let mut m: BTreeMap<String, u64> = BTreeMap::new();
-        for x in &matching {
-            *m.entry(key(x)).or_default() += 1;
-        }
-        m
-    };
+    let count =
+        |key: &dyn Fn(&(&corridor_proto::cities::City, corridor_node::catalog::model::InstrumentRecord)) -> String| {
+            let mut m: BTreeMap<String, u64> = BTreeMap::new();
+            for x in &matching {
+                *m.entry(key(x)).or_default() += 1;
+            }
+            m
+        };
     let facets = resp.facets.unwrap();
     let got = |v: &[pb::FacetCount]| v.iter().map(|c| (c.value.clone(), c.count)).collect::<BTreeMap<_, _>>();
     assert_eq!(got(&facets.cities), count(&|(c, _)| c.slug.to_string()));
@@ -173,9 +174,11 @@ async fn cursor_pages_neither_repeat_nor_skip_across_a_reshuffle() {
     r.local_id = "aaa-new-microscope".into();
     r.city = String::new();
     r.name_zh = "显微镜 显微镜".into();
-    let stored = corridor_node::store::StoredInstrument { record: r, updated_at: String::new() };
-    let row =
-        pb::ImportRow { line: 1, instrument: Some(corridor_node::convert::to_proto(&stored, Mesh::city("hefei"))) };
+    let stored = corridor_node::kv::inventory::StoredInstrument { record: r, updated_at: String::new() };
+    let row = pb::ImportRow {
+        line: 1,
+        instrument: Some(corridor_node::catalog::summary::to_proto(&stored, Mesh::city("hefei"))),
+    };
     mesh.node("hefei", "admin-hefei")
         .import_instruments(Request::new(tokio_stream::iter([pb::ImportChunk { rows: vec![row] }])))
         .await
@@ -221,7 +224,9 @@ async fn free_window_filter_uses_the_calendar() {
     let mut gw = mesh.gateway("org-demo");
     let record = corridor_inventory(Scale::G60)
         .into_iter()
-        .find(|(c, r)| c.slug == "hefei" && r.status == corridor_node::model::Status::Available && !r.training_required)
+        .find(|(c, r)| {
+            c.slug == "hefei" && r.status == corridor_node::catalog::model::Status::Available && !r.training_required
+        })
         .map(|(_, r)| r)
         .unwrap();
     let inst = format!("hefei/{}", record.local_id);

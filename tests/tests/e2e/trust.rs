@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use corridor_certs::{Ca, Credentials, Identity, IssueOptions, client_channel};
-use corridor_node::{convert::to_proto, model::InstrumentRecord, store::StoredInstrument};
+use corridor_node::{
+    catalog::{model::InstrumentRecord, summary::to_proto},
+    kv::inventory::StoredInstrument,
+};
 use corridor_tests::{Mesh, pb};
 use time::OffsetDateTime;
 use tonic::{
@@ -20,7 +23,7 @@ fn one_row(city: &str, record: InstrumentRecord) -> Vec<pb::ImportChunk> {
 }
 
 fn record(local_id: &str) -> InstrumentRecord {
-    let (_, mut r) = corridor_node::demo::corridor_inventory(corridor_node::demo::Scale::G60).swap_remove(0);
+    let (_, mut r) = corridor_node::ops::demo::corridor_inventory(corridor_node::ops::demo::Scale::G60).swap_remove(0);
     r.local_id = local_id.into();
     r.city = String::new();
     r

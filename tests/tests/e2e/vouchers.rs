@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use corridor_node::booking::time::format as rfc;
 use corridor_node::{
-    demo::Scale,
-    reconcile::{self, Period},
+    money::reconcile::{self, Period},
+    ops::demo::Scale,
 };
 use corridor_tests::{Mesh, pb};
 use time::OffsetDateTime;
@@ -15,7 +15,7 @@ use tonic::Code;
 
 /// 18 characters with a valid check character.
 fn uscc() -> String {
-    corridor_node::model::uscc_with_check("91340200MA2N00000").unwrap()
+    corridor_node::catalog::model::uscc_with_check("91340200MA2N00000").unwrap()
 }
 
 /// 09:00 in Shanghai, a week from now.
@@ -26,7 +26,7 @@ fn next_week_nine() -> i64 {
 }
 
 fn voucher_instruments(city: &str, n: usize) -> Vec<(String, i64)> {
-    corridor_node::demo::voucher_instruments(Scale::G60, city).into_iter().take(n).collect()
+    corridor_node::ops::demo::voucher_instruments(Scale::G60, city).into_iter().take(n).collect()
 }
 
 async fn open_rules(mesh: &Mesh, city: &str, instrument: &str) {
@@ -75,7 +75,10 @@ async fn voucher(mesh: &Mesh, id: &str) -> pb::Voucher {
 
 async fn reconcile_now(mesh: &Mesh) -> reconcile::Report {
     let endpoints: Vec<(String, String)> = mesh.node_addrs.keys().map(|c| (c.to_string(), mesh.node_url(c))).collect();
-    let ledgers = reconcile::fetch(&endpoints, &mesh.creds("reconciler"), Duration::from_secs(10)).await.unwrap();
+    let ledgers =
+        corridor_node::wire::reconciler::fetch(&endpoints, &mesh.creds("reconciler"), Duration::from_secs(10))
+            .await
+            .unwrap();
     // The period as the nodes' clocks see it.
     let now = mesh.now();
     reconcile::reconcile(Period::containing(now), &ledgers, now)

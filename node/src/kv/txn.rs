@@ -1,7 +1,7 @@
-//! Where bookings live: one ordered key space per node, written only through
-//! atomic steps. `SledBookings` is the real backend (a sled transaction per
-//! step, durable through group commit); `MemBookings` is the in-memory twin,
-//! and the engine's tests run against both.
+//! Where bookings, vouchers and the ledger live: one ordered key space per
+//! node, written only through atomic steps. `SledKv` is the real backend (a
+//! sled transaction per step, durable through group commit); `MemKv` is the
+//! in-memory twin, and the engines' tests run against both.
 
 use std::{
     cell::RefCell,
@@ -11,34 +11,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::BookingError;
-use crate::store::StoreError;
-
-/// Key prefixes, one per kind of value.
-pub mod keys {
-    /// One instrument's calendar for one local day (see `calendar::day_of`).
-    pub fn calendar(instrument: &str, day: i64) -> Vec<u8> {
-        format!("c/{instrument}/{day:08}").into_bytes()
-    }
-    pub fn booking(id: &str) -> Vec<u8> {
-        format!("b/{id}").into_bytes()
-    }
-    pub const BOOKINGS: &[u8] = b"b/";
-    pub fn idempotency(actor: &str, key: &str) -> Vec<u8> {
-        format!("i/{actor}\n{key}").into_bytes()
-    }
-    pub fn rules(instrument: &str) -> Vec<u8> {
-        format!("r/{instrument}").into_bytes()
-    }
-    pub fn qualification(instrument: &str, holder: &str) -> Vec<u8> {
-        format!("q/{instrument}\n{holder}").into_bytes()
-    }
-    /// Bookings whose voucher payment still needs a call to the issuer.
-    pub fn outbox(booking: &str) -> Vec<u8> {
-        format!("o/{booking}").into_bytes()
-    }
-    pub const OUTBOX: &[u8] = b"o/";
-}
+use crate::error::{Error, StoreError};
 
 /// Reads and writes inside one atomic step.
 pub trait Txn {
@@ -51,22 +24,22 @@ pub trait Txn {
 
 /// The function an atomic step runs. It may run more than once (after a
 /// conflict), so it must have no effects beyond its writes and its output.
-pub type Step<'a> = dyn FnMut(&mut dyn Txn) -> Result<(), BookingError> + 'a;
+pub type Step<'a> = dyn FnMut(&mut dyn Txn) -> Result<(), Error> + 'a;
 
-pub trait BookingStore: Send + Sync + 'static {
+pub trait TxnStore: Send + Sync + 'static {
     /// Runs `step` atomically: it sees one consistent state, and its writes
-    /// all land or none do. Not yet durable: see [`BookingStore::durable`].
-    fn atomically(&self, step: &mut Step<'_>) -> Result<(), BookingError>;
+    /// all land or none do. Not yet durable: see [`TxnStore::durable`].
+    fn atomically(&self, step: &mut Step<'_>) -> Result<(), Error>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Resolves once everything written before the call is on disk. Many
     /// callers share one flush.
-    fn durable(&self) -> oneshot::Receiver<Result<(), String>>;
+    fn durable(&self) -> oneshot::Receiver<Result<(), StoreError>>;
 }
 
 /// The in-memory backend.
 #[derive(Default)]
-pub struct MemBookings {
+pub struct MemKv {
     state: Mutex<MemState>,
 }
 
@@ -104,8 +77,8 @@ impl Txn for MemTxn<'_> {
     }
 }
 
-impl BookingStore for MemBookings {
-    fn atomically(&self, step: &mut Step<'_>) -> Result<(), BookingError> {
+impl TxnStore for MemKv {
+    fn atomically(&self, step: &mut Step<'_>) -> Result<(), Error> {
         let mut state = self.state.lock().expect("poisoned");
         let mut txn = MemTxn { base: &state.map, writes: BTreeMap::new(), next: state.next };
         step(&mut txn)?;
@@ -134,7 +107,7 @@ impl BookingStore for MemBookings {
             .collect())
     }
 
-    fn durable(&self) -> oneshot::Receiver<Result<(), String>> {
+    fn durable(&self) -> oneshot::Receiver<Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
         let _ = tx.send(Ok(()));
         rx
@@ -143,9 +116,9 @@ impl BookingStore for MemBookings {
 
 /// The sled backend: one tree, one sled transaction per step, and a group
 /// commit thread for durability.
-pub struct SledBookings {
+pub struct SledKv {
     tree: sled::Tree,
-    flusher: Mutex<mpsc::Sender<oneshot::Sender<Result<(), String>>>>,
+    flusher: Mutex<mpsc::Sender<oneshot::Sender<Result<(), StoreError>>>>,
     /// Held shared by every step, and exclusively by a backup, so that a
     /// backup sees whole steps only.
     gate: Arc<std::sync::RwLock<()>>,
@@ -186,10 +159,10 @@ impl Txn for SledTxn<'_> {
     }
 }
 
-impl SledBookings {
+impl SledKv {
     pub fn open(db: &sled::Db, gate: Arc<std::sync::RwLock<()>>) -> Result<Self, StoreError> {
         let tree = db.open_tree("bookings").map_err(|e| StoreError::Backend(e.to_string()))?;
-        let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>();
+        let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), StoreError>>>();
         let db = db.clone();
         // Group commit: one thread flushes, and every waiter that registered
         // before the flush began is answered by it. Concurrent flush_async
@@ -200,19 +173,19 @@ impl SledBookings {
                 while let Ok(first) = rx.recv() {
                     let mut waiters = vec![first];
                     waiters.extend(rx.try_iter());
-                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    let result = db.flush().map(|_| ()).map_err(|e| StoreError::Backend(format!("flush failed: {e}")));
                     for w in waiters {
                         let _ = w.send(result.clone());
                     }
                 }
             })
             .map_err(|e| StoreError::Backend(format!("starting the flush thread: {e}")))?;
-        Ok(SledBookings { tree, flusher: Mutex::new(tx), gate })
+        Ok(SledKv { tree, flusher: Mutex::new(tx), gate })
     }
 }
 
-impl BookingStore for SledBookings {
-    fn atomically(&self, step: &mut Step<'_>) -> Result<(), BookingError> {
+impl TxnStore for SledKv {
+    fn atomically(&self, step: &mut Step<'_>) -> Result<(), Error> {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         let _shared = self.gate.read().expect("poisoned");
         let step = RefCell::new(step);
@@ -227,7 +200,7 @@ impl BookingStore for SledBookings {
         match result {
             Ok(()) => Ok(()),
             Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(BookingError::Store(StoreError::Backend(e.to_string()))),
+            Err(TransactionError::Storage(e)) => Err(Error::Store(StoreError::Backend(e.to_string()))),
         }
     }
 
@@ -242,14 +215,27 @@ impl BookingStore for SledBookings {
             .collect()
     }
 
-    fn durable(&self) -> oneshot::Receiver<Result<(), String>> {
+    fn durable(&self) -> oneshot::Receiver<Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
         if let Err(mpsc::SendError(tx)) = self.flusher.lock().expect("poisoned").send(tx) {
-            let _ = tx.send(Err("the flush thread has stopped".into()));
+            let _ = tx.send(Err(StoreError::Backend("the flush thread has stopped".into())));
         }
         rx
     }
 }
 
-/// Shared handle.
-pub type DynBookingStore = Arc<dyn BookingStore>;
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Both backends, for suites that run against each: the in-memory one,
+    /// and sled in a temporary directory (kept alive by the returned guard).
+    pub(crate) fn backends() -> Vec<(&'static str, Arc<dyn TxnStore>, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        vec![
+            ("mem", Arc::new(MemKv::default()) as Arc<dyn TxnStore>, None),
+            ("sled", Arc::new(SledKv::open(&db, Default::default()).unwrap()), Some(dir)),
+        ]
+    }
+}

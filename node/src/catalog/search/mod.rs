@@ -7,8 +7,8 @@ pub mod thesaurus;
 
 use std::{cmp::Ordering, collections::HashMap, sync::Arc};
 
-use crate::{
-    catalog::Entry,
+use crate::catalog::{
+    entry::Entry,
     model::{InstrumentRecord, ServiceMode, Status},
 };
 

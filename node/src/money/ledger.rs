@@ -8,7 +8,11 @@
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 
-use crate::booking::{BookingError, get_json, put_json, store::Txn, time::Instant};
+use crate::{
+    booking::time::Instant,
+    error::Error,
+    kv::{Kv, get_json, put_json, txn::Txn},
+};
 
 /// Key of the chain's head: the last entry's sequence number and hash.
 pub const HEAD: &[u8] = b"lh";
@@ -124,7 +128,7 @@ impl Default for Head {
 /// Appends an entry inside the caller's atomic step. Every append reads and
 /// writes the head, so concurrent steps serialise on it and the chain never
 /// forks.
-pub fn append(tx: &mut dyn Txn, at: Instant, body: Body) -> Result<Entry, BookingError> {
+pub fn append(tx: &mut dyn Txn, at: Instant, body: Body) -> Result<Entry, Error> {
     let head: Head = get_json(tx, HEAD)?.unwrap_or_default();
     let mut entry = Entry { seq: head.seq + 1, at, prev: head.hash, body, hash: String::new() };
     entry.hash = entry.compute_hash();
@@ -181,13 +185,26 @@ pub fn verify(raw: &[Vec<u8>], head: &Head) -> Result<Vec<Entry>, ChainError> {
     Ok(out)
 }
 
+/// Up to `limit` entries after `after_seq`, as stored, and the chain's head.
+pub fn page(kv: &Kv, after_seq: u64, limit: usize) -> Result<(Vec<Vec<u8>>, Head), Error> {
+    let head: Head = kv.read_json(HEAD)?.unwrap_or_default();
+    let mut out = Vec::new();
+    for seq in after_seq + 1..=head.seq.min(after_seq + limit as u64) {
+        // A missing entry is left out, for the reader's chain check to report.
+        if let Some(bytes) = kv.get(&key(seq))? {
+            out.push(bytes);
+        }
+    }
+    Ok((out, head))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::booking::store::{BookingStore, MemBookings};
+    use crate::kv::txn::{MemKv, TxnStore};
 
     fn chain(n: usize) -> (Vec<Vec<u8>>, Head) {
-        let store = MemBookings::default();
+        let store = MemKv::default();
         for i in 0..n {
             store
                 .atomically(&mut |tx| {
@@ -237,18 +254,21 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_edited_in_the_sled_store_is_caught() {
-        use crate::booking::{Actor, Bookings, TokioClock, store::SledBookings};
-        use crate::voucher::{IssueVoucher, Mode};
+        use crate::{
+            booking::{Actor, time::TokioClock},
+            kv::txn::SledKv,
+            money::voucher::{IssueVoucher, Mode, Terms, Vouchers},
+        };
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let store = std::sync::Arc::new(SledBookings::open(&db, Default::default()).unwrap());
-        let engine = Bookings::new("wuhu", store, std::sync::Arc::new(TokioClock::starting_at(1_794_283_200)));
+        let kv = Kv::new(std::sync::Arc::new(SledKv::open(&db, Default::default()).unwrap()));
+        let engine = Vouchers::new("wuhu", kv.clone(), std::sync::Arc::new(TokioClock::starting_at(1_794_283_200)));
         let admin =
             Actor { uri: "spiffe://corridor/city/wuhu/admin".into(), admin: true, may_book: true, reader: false };
         for (i, face) in [(1, 500_000), (2, 700_000)] {
             let req = IssueVoucher {
-                terms: crate::voucher::Terms {
-                    enterprise_uscc: crate::model::uscc_with_check("91340200MA2N00000").unwrap(),
+                terms: Terms {
+                    enterprise_uscc: crate::catalog::model::uscc_with_check("91340200MA2N00000").unwrap(),
                     enterprise_name: String::new(),
                     holder: "spiffe://corridor/org/demo".into(),
                     face_fen: face,
@@ -264,14 +284,14 @@ mod tests {
             };
             engine.issue_voucher(&admin, req).await.unwrap();
         }
-        let (raw, head) = engine.ledger_page(0, 100).unwrap();
+        let (raw, head) = page(&kv, 0, 100).unwrap();
         assert_eq!(verify(&raw, &head).unwrap().len(), 2);
         // Someone with access to the disk raises the first face value.
         let tree = db.open_tree("bookings").unwrap();
         let old = tree.get(key(1)).unwrap().unwrap();
         let edited = String::from_utf8(old.to_vec()).unwrap().replace("500000", "900000");
         tree.insert(key(1), edited.as_bytes()).unwrap();
-        let (raw, head) = engine.ledger_page(0, 100).unwrap();
+        let (raw, head) = page(&kv, 0, 100).unwrap();
         assert_eq!(verify(&raw, &head).unwrap_err(), ChainError::Altered { seq: 1 });
     }
 

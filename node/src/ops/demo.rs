@@ -6,7 +6,7 @@
 
 use corridor_proto::cities::{CITIES, City};
 
-use crate::model::{AccessLevel, InstrumentRecord, PriceUnit, ServiceMode, Status, uscc_with_check};
+use crate::catalog::model::{AccessLevel, InstrumentRecord, PriceUnit, ServiceMode, Status, uscc_with_check};
 
 /// How much demo data to seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,7 @@ struct Kind {
     notes: String,
 }
 
-const KINDS_CSV: &str = include_str!("../data/demo_kinds.csv");
+const KINDS_CSV: &str = include_str!("../../data/demo_kinds.csv");
 
 /// The demo's kinds, read once from the shipped file.
 fn kinds() -> &'static [Kind] {
@@ -288,8 +288,8 @@ pub fn voucher_instruments(scale: Scale, city: &str) -> Vec<(String, i64)> {
         .into_iter()
         .filter(|r| {
             r.accepts_vouchers
-                && r.status == crate::model::Status::Available
-                && r.price_unit == crate::model::PriceUnit::Hour
+                && r.status == crate::catalog::model::Status::Available
+                && r.price_unit == crate::catalog::model::PriceUnit::Hour
                 && r.price_external_fen > 0
         })
         .map(|r| (format!("{city}/{}", r.local_id), r.price_external_fen))

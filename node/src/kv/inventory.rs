@@ -2,15 +2,11 @@
 //! the real backend and [`MemStore`] the in-memory one, and one test suite runs
 //! against both.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
+use std::{collections::BTreeMap, path::Path, sync::Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::InstrumentRecord;
+use crate::{catalog::model::InstrumentRecord, error::StoreError};
 
 /// A record as stored: what the owner sent, and when it last changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,18 +14,6 @@ pub struct StoredInstrument {
     pub record: InstrumentRecord,
     /// RFC 3339, Asia/Shanghai offset.
     pub updated_at: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(
-        "data directory {path} is already in use by another corridor process; stop it or choose another --data directory"
-    )]
-    InUse { path: PathBuf },
-    #[error("storage failed: {0}")]
-    Backend(String),
-    #[error("stored record {key:?} cannot be read: {reason}")]
-    Corrupt { key: String, reason: String },
 }
 
 /// What an upsert did.
@@ -201,7 +185,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::sample;
+    use crate::catalog::model::tests::sample;
 
     /// The contract every backend keeps.
     fn suite(store: &dyn Store) {

@@ -1,153 +1,20 @@
-//! Paying with a voucher: one operation across two cities.
-//!
-//! The provider's node coordinates a try/confirm/cancel protocol with the
-//! issuing city's node. The durable record that drives it is the booking
-//! itself: its payment state says which call to the issuer is owed, and an
-//! outbox mark (written in the same step) lets recovery find every booking
-//! that still owes one. Each state change is recorded *before* the call it
-//! implies, and every call is idempotent on the operation id, so a crash of
-//! either node at any point is repaired by calling again:
-//!
-//! ```text
-//! Trying ──try ok──▶ Held ──decide──▶ Confirming ──confirm ok──▶ Confirmed ──complete──▶ Posting ──post ok──▶ Posted
-//!   │                 │                   │                          │
-//!   └──refused/expired┴───────────────────┴──cancel/decline/expiry───┴──▶ Cancelling ──cancel ok──▶ Voided
-//! ```
-//!
-//! The issuer decides alone in one case only: a try never confirmed is voided
-//! once it expires; the provider then learns it at confirm and cancels too.
+//! The provider's side of a voucher payment: [`Payments`] drives each
+//! booking's payment state (see `payment`) through the issuer's
+//! try/confirm/cancel/post calls, and the recovery pass finds every booking
+//! that still owes its issuer a call. [`Issuers`] is how it reaches issuers;
+//! `wire::peers` implements it over gRPC.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
-use serde::{Deserialize, Serialize};
-
 use crate::{
-    booking::{Booking, BookingError, Bookings, Flush, State, absent, rules::Rules, store::keys, time::Instant},
-    ledger::Redemption,
-    voucher::{PostDebit, TryDebit, share_of},
+    booking::{Booking, Bookings, State, absent, keys, rules::Rules, time::Instant},
+    error::Error,
+    kv::Flush,
+    money::{
+        payment::PayState,
+        voucher::{PostDebit, TryDebit, Vouchers},
+    },
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PayState {
-    Trying,
-    Held,
-    Confirming,
-    Confirmed,
-    Posting,
-    Posted,
-    Cancelling,
-    Voided,
-    /// The issuer refused a step it should have accepted; for the reconciler.
-    Disputed,
-}
-
-impl PayState {
-    /// Still owes the issuer a call, or waits on a hold: recovery looks at it.
-    pub fn in_flight(self) -> bool {
-        matches!(
-            self,
-            PayState::Trying | PayState::Held | PayState::Confirming | PayState::Posting | PayState::Cancelling
-        )
-    }
-}
-
-/// The provider's record of a voucher payment, kept in the booking.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payment {
-    pub voucher: String,
-    pub issuer: String,
-    /// The operation id on both sides: the booking id.
-    pub op: String,
-    pub state: PayState,
-    /// Confirm as soon as the issuer holds the money (a plain reserve), or
-    /// wait for the requester's confirm (a hold).
-    pub confirm_when_held: bool,
-    pub held_fen: i64,
-    pub posted_fen: i64,
-    pub share_percent: u32,
-    pub per_use_cap_fen: i64,
-    /// When the booking was completed: the service time both sides record.
-    pub service_at: Option<Instant>,
-    pub detail: String,
-}
-
-impl Payment {
-    pub fn trying(voucher: String, issuer: String, op: &str, confirm_when_held: bool) -> Self {
-        Payment {
-            voucher,
-            issuer,
-            op: op.into(),
-            state: PayState::Trying,
-            confirm_when_held,
-            held_fen: 0,
-            posted_fen: 0,
-            share_percent: 0,
-            per_use_cap_fen: 0,
-            service_at: None,
-            detail: String::new(),
-        }
-    }
-}
-
-/// The voucher id and its issuing city.
-pub fn issuer_of(voucher: &str) -> Result<(String, String), BookingError> {
-    match voucher.split_once('/') {
-        Some((city, rest)) if corridor_proto::cities::city_by_slug(city).is_some() && rest.starts_with("v-") => {
-            Ok((voucher.to_string(), city.to_string()))
-        }
-        _ => Err(BookingError::Invalid(format!("{voucher:?} is not a voucher id \"<issuing city>/v-<n>\""))),
-    }
-}
-
-/// The requester confirms a held booking: allowed once the issuer holds the
-/// money, and recorded as the decision to confirm there too.
-pub(crate) fn on_confirm(b: &mut Booking) -> Result<(), BookingError> {
-    let Some(p) = b.payment.as_mut() else { return Ok(()) };
-    match p.state {
-        PayState::Held => {
-            p.state = PayState::Confirming;
-            Ok(())
-        }
-        PayState::Trying => Err(BookingError::State(format!(
-            "the voucher payment for {} is still being arranged with {}; confirm again in a moment",
-            b.id, p.issuer
-        ))),
-        s => Err(BookingError::State(format!("cannot confirm {}: its voucher payment is {s:?}", b.id).to_lowercase())),
-    }
-}
-
-/// The booking ends without use (cancelled, declined, expired): the issuer
-/// must release the money.
-pub(crate) fn release(b: &mut Booking) {
-    if let Some(p) = b.payment.as_mut()
-        && matches!(p.state, PayState::Trying | PayState::Held | PayState::Confirming | PayState::Confirmed)
-    {
-        p.state = PayState::Cancelling;
-    }
-}
-
-/// The booking is completed with `fee_fen`: the voucher's share, within its
-/// caps and what the issuer holds, is to be posted.
-pub(crate) fn on_complete(b: &mut Booking, fee_fen: i64, now: Instant) -> Result<Option<Redemption>, BookingError> {
-    let Some(p) = b.payment.as_mut() else { return Ok(None) };
-    if p.state != PayState::Confirmed {
-        return Err(BookingError::State(format!(
-            "cannot complete {}: its voucher payment is {:?}, not yet confirmed by {}; try again shortly",
-            b.id, p.state, p.issuer
-        )));
-    }
-    let amount = share_of(fee_fen, p.share_percent, p.per_use_cap_fen).min(p.held_fen);
-    p.state = PayState::Posting;
-    p.posted_fen = amount;
-    p.service_at = Some(now);
-    Ok(Some(Redemption {
-        op: p.op.clone(),
-        voucher: p.voucher.clone(),
-        issuer_city: p.issuer.clone(),
-        amount_fen: amount,
-    }))
-}
 
 /// A call to an issuing city's node.
 #[derive(Debug, Clone)]
@@ -211,10 +78,10 @@ impl Payments {
     }
 
     /// Advances one booking's payment as far as it goes now.
-    pub async fn drive(&self, bookings: &Bookings, id: &str) -> Result<Driven, BookingError> {
+    pub async fn drive(&self, bookings: &Bookings, id: &str) -> Result<Driven, Error> {
         let _one = self.lock(id).lock().await;
         loop {
-            let b: Booking = bookings.read_json(&keys::booking(id))?.ok_or_else(|| absent(id))?;
+            let b: Booking = bookings.kv().read_json(&keys::booking(id))?.ok_or_else(|| absent(id))?;
             let Some(p) = b.payment.clone() else { return Ok(Driven::Settled(b)) };
             let now = bookings.now();
             let live = b.state_at(now).is_live();
@@ -222,7 +89,7 @@ impl Payments {
                 PayState::Trying | PayState::Held if !live => {
                     // Repeated after a crash if lost: the next call is a cancel.
                     update(bookings, id, Flush::Later, &|b, _, _| {
-                        release(b);
+                        b.release_payment();
                         Ok(())
                     })
                     .await?;
@@ -260,7 +127,7 @@ impl Payments {
             match answer {
                 Err(CallError::Unreachable(why)) => {
                     // What the caller is told is held must be on disk.
-                    bookings.durable().await?;
+                    bookings.kv().durable().await?;
                     return Ok(Driven::Waiting(b, format!("{} did not answer: {why}", p.issuer)));
                 }
                 Ok(reply) => {
@@ -290,9 +157,13 @@ impl Payments {
     /// Drives every booking that still owes its issuer a call, and voids this
     /// node's own expired tries as an issuer. Returns how many are left
     /// waiting on an issuer.
-    pub async fn recover(&self, bookings: &Bookings) -> Result<usize, BookingError> {
-        let ids: Vec<String> =
-            bookings.scan_raw(keys::OUTBOX)?.into_iter().map(|v| String::from_utf8_lossy(&v).into_owned()).collect();
+    pub async fn recover(&self, bookings: &Bookings, vouchers: &Vouchers) -> Result<usize, Error> {
+        let ids: Vec<String> = bookings
+            .kv()
+            .scan_raw(keys::OUTBOX)?
+            .into_iter()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .collect();
         let mut waiting = 0;
         for id in ids {
             match self.drive(bookings, &id).await {
@@ -304,7 +175,7 @@ impl Payments {
                 Err(e) => tracing::warn!(booking = %id, error = %e, "voucher payment could not advance"),
             }
         }
-        let expired = bookings.expire_debits().await?;
+        let expired = vouchers.expire_debits().await?;
         if expired > 0 {
             tracing::info!(expired, "voided voucher holds that expired unconfirmed");
         }
@@ -328,9 +199,10 @@ async fn update(
     bookings: &Bookings,
     id: &str,
     flush: Flush,
-    change: &(dyn Fn(&mut Booking, &Rules, Instant) -> Result<(), BookingError> + Sync),
-) -> Result<Booking, BookingError> {
+    change: &(dyn Fn(&mut Booking, &Rules, Instant) -> Result<(), Error> + Sync),
+) -> Result<Booking, Error> {
     bookings
+        .kv()
         .step(flush, |tx| Bookings::apply_in(tx, id, bookings.now(), &|b, rules, now, _| change(b, rules, now)))
         .await
 }
@@ -391,10 +263,10 @@ fn refused(b: &mut Booking, from: PayState, why: &str) {
 }
 
 /// A violation for a reserve whose voucher was refused.
-pub fn refusal(b: &Booking) -> Option<BookingError> {
+pub fn refusal(b: &Booking) -> Option<Error> {
     let p = b.payment.as_ref()?;
     (p.state == PayState::Voided && b.state == State::Cancelled && b.note.starts_with("voucher refused")).then(|| {
-        BookingError::State(format!(
+        Error::State(format!(
             "voucher {} was refused by {}: {}; booking {} was released",
             p.voucher, p.issuer, p.detail, b.id
         ))

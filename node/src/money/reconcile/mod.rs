@@ -13,9 +13,11 @@ use serde::Serialize;
 
 use crate::{
     booking::time::{Instant, SHANGHAI},
-    ledger::{Body, ChainError, Entry, Head},
-    model::yuan,
-    voucher::DebitState,
+    catalog::model::yuan,
+    money::{
+        ledger::{Body, ChainError, Entry, Head},
+        voucher::DebitState,
+    },
 };
 
 /// A calendar month in Asia/Shanghai.
@@ -507,44 +509,3 @@ pub fn summary(report: &Report) -> String {
 
 #[cfg(test)]
 mod tests;
-
-/// Pulls and verifies every node's whole ledger, as the reconciler. Any node
-/// that does not answer fails the run: a statement missing a city would look
-/// balanced and be wrong.
-pub async fn fetch(
-    endpoints: &[(String, String)],
-    creds: &corridor_certs::Credentials,
-    timeout: std::time::Duration,
-) -> Result<Vec<NodeLedger>, String> {
-    use corridor_proto::{ReadLedgerRequest, node_client::NodeClient};
-    let calls = endpoints.iter().map(|(city, url)| async move {
-        let fail = |why: String| format!("{city}'s node ({url}) {why}; no statement written");
-        let channel =
-            corridor_certs::client_channel(url, creds, Some(corridor_certs::Identity::Node(city.clone())), timeout)
-                .map_err(|e| fail(format!("cannot be reached: {e}")))?;
-        let mut client = NodeClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-        let mut raw = Vec::new();
-        let mut head: Head;
-        let mut after = 0;
-        loop {
-            let mut req = tonic::Request::new(ReadLedgerRequest { after_seq: after, limit: 0 });
-            req.set_timeout(timeout);
-            let page = client
-                .read_ledger(req)
-                .await
-                .map_err(|s| fail(format!("did not give its ledger: {} ({:?})", s.message(), s.code())))?
-                .into_inner();
-            head = Head { seq: page.head_seq, hash: page.head_hash };
-            let last = page.entries.last().and_then(|e| serde_json::from_slice::<Entry>(e).ok()).map(|e| e.seq);
-            let n = page.entries.len();
-            raw.extend(page.entries);
-            match last {
-                Some(seq) if n > 0 && seq < head.seq && seq > after => after = seq,
-                _ => break,
-            }
-        }
-        let chain = crate::ledger::verify(&raw, &head);
-        Ok::<_, String>(NodeLedger { city: city.clone(), head, chain })
-    });
-    futures_util::future::join_all(calls).await.into_iter().collect()
-}

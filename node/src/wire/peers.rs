@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use crate::{
     booking::time,
-    payment::{CallError, CallFuture, IssuerCall, IssuerReply, Issuers},
+    money::coordinator::{CallError, CallFuture, IssuerCall, IssuerReply, Issuers},
 };
 
 /// A call to an issuer that takes longer than this counts as unanswered;

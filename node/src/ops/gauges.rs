@@ -15,7 +15,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::booking::{BookingError, Bookings, State, store::keys, time};
+use crate::{
+    booking::{Bookings, State, keys, time},
+    error::Error,
+};
 
 /// How long one pass's counts are served.
 pub const FRESH_FOR: Duration = Duration::from_secs(10);
@@ -74,10 +77,10 @@ struct VoucherBrief {
 }
 
 /// Counts every booking and voucher of `bookings` now.
-pub fn count(bookings: &Bookings) -> Result<Counts, BookingError> {
+pub fn count(bookings: &Bookings) -> Result<Counts, Error> {
     let now = bookings.now();
     let mut out = Counts::default();
-    for raw in bookings.scan_raw(keys::BOOKINGS)? {
+    for raw in bookings.kv().scan_raw(keys::BOOKINGS)? {
         // A record this pass cannot read is for the paths that use it to
         // report; a gauge skips it.
         let Ok(b) = serde_json::from_slice::<BookingBrief>(&raw) else { continue };
@@ -87,7 +90,7 @@ pub fn count(bookings: &Bookings) -> Result<Counts, BookingError> {
         };
         out.bookings[STATES.iter().position(|x| *x == state).expect("every state is listed")] += 1;
     }
-    for raw in bookings.scan_raw(crate::voucher::VOUCHERS)? {
+    for raw in bookings.kv().scan_raw(crate::money::voucher::VOUCHERS)? {
         if let Ok(v) = serde_json::from_slice::<VoucherBrief>(&raw) {
             out.voucher_held_fen += v.held_fen;
         }
@@ -128,8 +131,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        booking::{Booking, Clock, store::MemBookings},
-        model::PriceUnit,
+        booking::{Booking, time::Clock},
+        catalog::model::PriceUnit,
+        kv::{Kv, txn::MemKv},
     };
 
     struct At(time::Instant);
@@ -166,8 +170,8 @@ mod tests {
     }
 
     fn bookings_with(records: Vec<(Vec<u8>, Vec<u8>)>) -> Bookings {
-        let store = Arc::new(MemBookings::default());
-        use crate::booking::store::BookingStore;
+        let store = Arc::new(MemKv::default());
+        use crate::kv::txn::TxnStore;
         store
             .atomically(&mut |tx| {
                 for (k, v) in &records {
@@ -176,7 +180,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        Bookings::new("hefei", store, Arc::new(At(1_000)))
+        Bookings::new("hefei", Kv::new(store), Arc::new(At(1_000)))
     }
 
     #[test]

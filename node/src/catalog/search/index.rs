@@ -25,7 +25,7 @@ use super::{
     text::{self, LITERAL_SEPARATOR, LiteralNames, LiteralQuery, LiteralTokenizer, MixedTokenizer},
     thesaurus::Thesaurus,
 };
-use crate::model::InstrumentRecord;
+use crate::catalog::model::InstrumentRecord;
 
 const ANALYZER: &str = "corridor";
 const LITERAL: &str = "literal";

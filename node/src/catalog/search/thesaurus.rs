@@ -20,8 +20,8 @@ use super::text::{fold, is_cjk};
 /// The thesaurus the node ships with: instrument kinds, and the makers of
 /// instruments under the names people use for them (赛默飞 for Thermo
 /// Fisher), so that an instrument is found by its maker in either language.
-pub const SHIPPED: &str = include_str!("../../data/thesaurus.csv");
-pub const SHIPPED_MAKERS: &str = include_str!("../../data/makers.csv");
+pub const SHIPPED: &str = include_str!("../../../data/thesaurus.csv");
+pub const SHIPPED_MAKERS: &str = include_str!("../../../data/makers.csv");
 
 /// Most words a Latin alias may have: longer names are matched by their words.
 const MAX_ALIAS_WORDS: usize = 6;

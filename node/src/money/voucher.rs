@@ -10,17 +10,22 @@
 //! idempotent on the operation id. The issuer acts alone in one case only: a
 //! try that was never confirmed is voided once it expires.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
     booking::{
-        Actor, BookingError, Bookings, get_json, put_json,
-        rules::Violation,
-        store::Txn,
-        time::{self, DAY, Instant},
+        Actor,
+        time::{self, Clock, DAY, Instant},
     },
-    ledger::{self, Body},
-    model::{check_uscc, yuan},
+    catalog::model::{check_uscc, yuan},
+    error::{Error, Violation},
+    kv::{Kv, get_json, put_json, txn::Txn},
+    money::{
+        ledger::{self, Body},
+        payment::share_of,
+    },
 };
 
 /// 20,000 yuan per use, the typical cap.
@@ -65,14 +70,14 @@ pub struct Terms {
 impl Terms {
     /// Checks every field and fills in the defaults, so that equal requests
     /// give equal terms.
-    fn normalised(mut self) -> Result<Terms, BookingError> {
-        let invalid = |m: String| Err(BookingError::Invalid(m));
-        check_uscc(&self.enterprise_uscc).map_err(|e| BookingError::Invalid(format!("enterprise_uscc: {e}")))?;
+    fn normalised(mut self) -> Result<Terms, Error> {
+        let invalid = |m: String| Err(Error::Invalid(m));
+        check_uscc(&self.enterprise_uscc).map_err(|e| Error::Invalid(format!("enterprise_uscc: {e}")))?;
         if self.enterprise_name.len() > 500 {
             return invalid("enterprise_name is at most 500 bytes".into());
         }
-        let holder = corridor_certs::Identity::from_uri(&self.holder)
-            .map_err(|e| BookingError::Invalid(format!("holder: {e}")))?;
+        let holder =
+            corridor_certs::Identity::from_uri(&self.holder).map_err(|e| Error::Invalid(format!("holder: {e}")))?;
         if !matches!(holder, corridor_certs::Identity::Org(_)) {
             return invalid(format!(
                 "holder must be an organisation's identity (spiffe://corridor/org/<name>), not {}",
@@ -135,10 +140,6 @@ impl Voucher {
     pub fn share_of(&self, fee_fen: i64) -> i64 {
         share_of(fee_fen, self.terms.share_percent, self.terms.per_use_cap_fen)
     }
-}
-
-pub fn share_of(fee_fen: i64, share_percent: u32, per_use_cap_fen: i64) -> i64 {
-    ((fee_fen * share_percent as i64 + 50) / 100).min(per_use_cap_fen)
 }
 
 /// What an issuing city's admin asks for.
@@ -219,7 +220,7 @@ mod keys {
 
 /// Writes a debit, and keeps the index of pending ones that the expiry pass
 /// reads, so that it never scans settled operations.
-fn save_debit(tx: &mut dyn Txn, d: &Debit) -> Result<(), BookingError> {
+fn save_debit(tx: &mut dyn Txn, d: &Debit) -> Result<(), Error> {
     put_json(tx, &keys::debit(&d.op), d)?;
     if d.state == DebitState::Pending {
         put_json(tx, &keys::pending(&d.op), d)
@@ -228,81 +229,119 @@ fn save_debit(tx: &mut dyn Txn, d: &Debit) -> Result<(), BookingError> {
     }
 }
 
-fn parse_date(field: &str, s: &str) -> Result<String, BookingError> {
+fn parse_date(field: &str, s: &str) -> Result<String, Error> {
     let fmt = ::time::macros::format_description!("[year]-[month]-[day]");
     ::time::Date::parse(s, &fmt)
         .map(|_| s.to_string())
-        .map_err(|_| BookingError::Invalid(format!("{field} must be a date YYYY-MM-DD (Asia/Shanghai), not {s:?}")))
+        .map_err(|_| Error::Invalid(format!("{field} must be a date YYYY-MM-DD (Asia/Shanghai), not {s:?}")))
 }
 
-fn refused(rule: &'static str, detail: String) -> BookingError {
-    BookingError::Rule(Violation::new(rule, detail))
+fn refused(rule: &'static str, detail: String) -> Error {
+    Error::Rule(Violation::new(rule, detail))
 }
 
-fn not_found(op: &str) -> BookingError {
-    BookingError::NotFound(format!("no voucher operation {op:?} at this city"))
+fn not_found(op: &str) -> Error {
+    Error::NotFound(format!("no voucher operation {op:?} at this city"))
 }
 
-impl Bookings {
-    pub async fn issue_voucher(&self, actor: &Actor, req: IssueVoucher) -> Result<Voucher, BookingError> {
+/// One city's vouchers and the issuer's side of their payments.
+pub struct Vouchers {
+    city: &'static str,
+    kv: Kv,
+    clock: Arc<dyn Clock>,
+    /// The issuer's debit steps (the ledger steps that come in bursts) all
+    /// write the ledger's head and often one voucher, so they conflict by
+    /// construction; taking turns costs less than sled's optimistic retries
+    /// under load. Held for the in-memory step only, never across the flush.
+    ledger_turn: std::sync::Mutex<()>,
+}
+
+impl Vouchers {
+    pub fn new(city: &'static str, kv: Kv, clock: Arc<dyn Clock>) -> Self {
+        Vouchers { city, kv, clock, ledger_turn: std::sync::Mutex::new(()) }
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    fn city(&self) -> &'static str {
+        self.city
+    }
+
+    /// An issuer's debit step, in its turn; not yet on disk.
+    fn run_debit<T>(&self, step: impl FnMut(&mut dyn Txn) -> Result<T, Error>) -> Result<T, Error> {
+        let _turn = self.ledger_turn.lock().expect("poisoned");
+        self.kv.run(step)
+    }
+
+    /// An issuer's debit step, in its turn, returning once it is on disk.
+    async fn durable_debit<T>(&self, step: impl FnMut(&mut dyn Txn) -> Result<T, Error>) -> Result<T, Error> {
+        let out = self.run_debit(step)?;
+        self.kv.durable().await?;
+        Ok(out)
+    }
+
+    pub async fn issue_voucher(&self, actor: &Actor, req: IssueVoucher) -> Result<Voucher, Error> {
         if !actor.admin {
-            return Err(BookingError::Denied(format!("only {}'s admin may issue its vouchers", self.city())));
+            return Err(Error::Denied(format!("only {}'s admin may issue its vouchers", self.city())));
         }
         let terms = req.terms.normalised()?;
         let fingerprint = format!("voucher\n{}", serde_json::to_string(&terms).expect("serialisable"));
         let now = self.now();
         let city = self.city();
-        self.idempotent(actor, &req.idempotency_key, fingerprint, |tx| {
-            let v = Voucher {
-                id: format!("{city}/v-{}", tx.next_id()? + 1),
-                city: city.to_string(),
-                terms: terms.clone(),
-                held_fen: 0,
-                spent_fen: 0,
-                issued_at: now,
-            };
-            put_json(tx, &keys::voucher(&v.id), &v)?;
-            ledger::append(
-                tx,
-                now,
-                Body::VoucherIssued {
-                    voucher: v.id.clone(),
-                    enterprise_uscc: v.terms.enterprise_uscc.clone(),
-                    holder: v.terms.holder.clone(),
-                    face_fen: v.terms.face_fen,
-                },
-            )?;
-            Ok(v)
-        })
-        .await
+        self.kv
+            .idempotent(&actor.uri, &req.idempotency_key, fingerprint, |tx| {
+                let v = Voucher {
+                    id: format!("{city}/v-{}", tx.next_id()? + 1),
+                    city: city.to_string(),
+                    terms: terms.clone(),
+                    held_fen: 0,
+                    spent_fen: 0,
+                    issued_at: now,
+                };
+                put_json(tx, &keys::voucher(&v.id), &v)?;
+                ledger::append(
+                    tx,
+                    now,
+                    Body::VoucherIssued {
+                        voucher: v.id.clone(),
+                        enterprise_uscc: v.terms.enterprise_uscc.clone(),
+                        holder: v.terms.holder.clone(),
+                        face_fen: v.terms.face_fen,
+                    },
+                )?;
+                Ok(v)
+            })
+            .await
     }
 
     /// A voucher, for its city's admin, its holder, or the reconciler.
-    pub fn voucher(&self, actor: &Actor, id: &str) -> Result<Voucher, BookingError> {
-        let v: Option<Voucher> = self.read_json(&keys::voucher(id))?;
+    pub fn voucher(&self, actor: &Actor, id: &str) -> Result<Voucher, Error> {
+        let v: Option<Voucher> = self.kv.read_json(&keys::voucher(id))?;
         match v {
             Some(v) if actor.admin || actor.reader || v.terms.holder == actor.uri => Ok(v),
             // Someone else's voucher is reported as absent.
-            _ => Err(BookingError::NotFound(format!("no voucher {id:?}"))),
+            _ => Err(Error::NotFound(format!("no voucher {id:?}"))),
         }
     }
 
     /// The issuer's record of one operation.
-    pub fn debit(&self, op: &str) -> Result<Option<Debit>, BookingError> {
-        self.read_json(&keys::debit(op))
+    pub fn debit(&self, op: &str) -> Result<Option<Debit>, Error> {
+        self.kv.read_json(&keys::debit(op))
     }
 
     /// Holds the voucher's share of the expected fee for a provider's
     /// booking, or refuses. A retry returns the first answer.
-    pub async fn try_debit(&self, req: TryDebit) -> Result<Debit, BookingError> {
+    pub async fn try_debit(&self, req: TryDebit) -> Result<Debit, Error> {
         let now = self.now();
         self.durable_debit(|tx| Self::try_in(tx, &req, now)).await
     }
 
-    fn try_in(tx: &mut dyn Txn, req: &TryDebit, now: Instant) -> Result<Debit, BookingError> {
+    fn try_in(tx: &mut dyn Txn, req: &TryDebit, now: Instant) -> Result<Debit, Error> {
         if let Some(d) = get_json::<Debit>(tx, &keys::debit(&req.op))? {
             if d.voucher != req.voucher || d.provider_city != req.provider_city {
-                return Err(BookingError::KeyReused(req.op.clone()));
+                return Err(Error::KeyReused(req.op.clone()));
             }
             if d.state == DebitState::Voided {
                 return Err(refused("voucher_operation", format!("operation {} was already voided", req.op)));
@@ -402,7 +441,7 @@ impl Bookings {
     }
 
     /// Loads the operation for a follow-up call from `provider_city`.
-    fn op_for(tx: &mut dyn Txn, op: &str, provider_city: &str) -> Result<Option<Debit>, BookingError> {
+    fn op_for(tx: &mut dyn Txn, op: &str, provider_city: &str) -> Result<Option<Debit>, Error> {
         match get_json::<Debit>(tx, &keys::debit(op))? {
             Some(d) if d.provider_city != provider_city => Err(not_found(op)),
             d => Ok(d),
@@ -410,7 +449,7 @@ impl Bookings {
     }
 
     /// Releases a hold in the same step as its ledger entry.
-    fn void_in(tx: &mut dyn Txn, d: &mut Debit, now: Instant, reason: &str) -> Result<(), BookingError> {
+    fn void_in(tx: &mut dyn Txn, d: &mut Debit, now: Instant, reason: &str) -> Result<(), Error> {
         let mut v: Voucher = get_json(tx, &keys::voucher(&d.voucher))?.ok_or_else(|| not_found(&d.op))?;
         v.held_fen -= d.amount_fen;
         let annual_key = keys::annual(&v.terms.enterprise_uscc, d.year);
@@ -432,7 +471,7 @@ impl Bookings {
     }
 
     /// The provider keeps the booking: the hold stops expiring.
-    pub async fn confirm_debit(&self, provider_city: &str, op: &str) -> Result<Debit, BookingError> {
+    pub async fn confirm_debit(&self, provider_city: &str, op: &str) -> Result<Debit, Error> {
         let now = self.now();
         let (d, expired) = self
             .durable_debit(|tx| {
@@ -486,7 +525,7 @@ impl Bookings {
         op: &str,
         voucher: &str,
         reason: &str,
-    ) -> Result<Debit, BookingError> {
+    ) -> Result<Debit, Error> {
         let now = self.now();
         self.durable_debit(|tx| {
             let d = match Self::op_for(tx, op, provider_city)? {
@@ -533,7 +572,7 @@ impl Bookings {
 
     /// The booking was completed: debits the voucher share of the actual
     /// fee, at most what is held, and releases the rest.
-    pub async fn post_debit(&self, provider_city: &str, req: PostDebit) -> Result<Debit, BookingError> {
+    pub async fn post_debit(&self, provider_city: &str, req: PostDebit) -> Result<Debit, Error> {
         let now = self.now();
         self.durable_debit(|tx| {
             let mut d = Self::op_for(tx, &req.op, provider_city)?.ok_or_else(|| not_found(&req.op))?;
@@ -553,7 +592,7 @@ impl Bookings {
                 }
                 DebitState::Confirmed => {
                     if req.amount_fen < 0 || req.amount_fen > d.amount_fen {
-                        return Err(BookingError::Invalid(format!(
+                        return Err(Error::Invalid(format!(
                             "a post of {} yuan exceeds the {} yuan held for operation {}",
                             yuan(req.amount_fen),
                             yuan(d.amount_fen),
@@ -592,9 +631,10 @@ impl Bookings {
     }
 
     /// Voids every try that expired unconfirmed; returns how many.
-    pub async fn expire_debits(&self) -> Result<usize, BookingError> {
+    pub async fn expire_debits(&self) -> Result<usize, Error> {
         let now = self.now();
         let stale: Vec<Debit> = self
+            .kv
             .scan_json::<Debit>(keys::PENDING)?
             .into_iter()
             .filter(|d| d.state == DebitState::Pending && d.expires_at <= now)
@@ -611,7 +651,7 @@ impl Bookings {
             voided += changed as usize;
         }
         if voided > 0 {
-            self.durable().await?;
+            self.kv.durable().await?;
         }
         Ok(voided)
     }
@@ -628,17 +668,21 @@ pub fn default_validity(now: Instant) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::booking::{TokioClock, store::MemBookings};
+    use crate::{booking::time::TokioClock, kv::txn::tests::backends};
 
     /// 2026-11-10 12:00 in Shanghai.
     const NOW: Instant = 1_794_283_200;
     const HOLDER: &str = "spiffe://corridor/org/demo";
 
-    fn engine() -> Bookings {
-        Bookings::new("wuhu", Arc::new(MemBookings::default()), Arc::new(TokioClock::starting_at(NOW)))
+    /// The issuer over each backend, with the guard that keeps sled's
+    /// directory.
+    /// Each engine is made when the loop reaches it, so that its clock
+    /// starts at `NOW` even after a paused test advanced the last one's.
+    fn engines() -> impl Iterator<Item = (Vouchers, Option<tempfile::TempDir>)> {
+        backends()
+            .into_iter()
+            .map(|(_, store, dir)| (Vouchers::new("wuhu", Kv::new(store), Arc::new(TokioClock::starting_at(NOW))), dir))
     }
 
     fn admin() -> Actor {
@@ -648,7 +692,7 @@ mod tests {
     fn terms(face_fen: i64, share: u32, key: &str) -> IssueVoucher {
         IssueVoucher {
             terms: Terms {
-                enterprise_uscc: crate::model::uscc_with_check("91340200MA2N00000").unwrap(),
+                enterprise_uscc: crate::catalog::model::uscc_with_check("91340200MA2N00000").unwrap(),
                 enterprise_name: "示范".into(),
                 holder: HOLDER.into(),
                 face_fen,
@@ -676,140 +720,146 @@ mod tests {
         }
     }
 
-    fn rule(e: BookingError) -> &'static str {
+    fn rule(e: Error) -> &'static str {
         match e {
-            BookingError::Rule(v) => v.rule,
+            Error::Rule(v) => v.rule,
             other => panic!("expected a rule, got {other:?}"),
         }
     }
 
     #[tokio::test]
     async fn a_try_holds_the_share_within_the_caps_and_the_balance() {
-        let e = engine();
-        let v = e.issue_voucher(&admin(), terms(3_000_000, 50, "a")).await.unwrap();
-        assert_eq!((v.id.as_str(), v.terms.cities.len()), ("wuhu/v-1", 9));
-        // Half of 1,000.01 yuan, rounded half up.
-        let d = e.try_debit(try_("hefei/bk-1", &v.id, 100_001)).await.unwrap();
-        assert_eq!((d.state, d.amount_fen), (DebitState::Pending, 50_001));
-        // A retry is the same operation, and holds nothing more.
-        assert_eq!(e.try_debit(try_("hefei/bk-1", &v.id, 100_001)).await.unwrap(), d);
-        // The per-use cap (20,000 yuan) bounds the share of a large fee.
-        let big = e.try_debit(try_("hefei/bk-2", &v.id, 10_000_000)).await.unwrap();
-        assert_eq!(big.amount_fen, DEFAULT_PER_USE_CAP_FEN);
-        let v = e.voucher(&admin(), &v.id).unwrap();
-        assert_eq!((v.held_fen, v.balance_fen()), (50_001 + 2_000_000, 3_000_000 - 2_050_001));
-        // More than the balance is refused, naming both amounts.
-        let err = e.try_debit(try_("hefei/bk-3", &v.id, 2_000_000)).await.unwrap_err();
-        assert!(err.to_string().contains("has 9499.99 yuan left; this booking needs 10000.00 yuan"), "{err}");
-        assert_eq!(rule(err), "voucher_balance");
+        for (e, _dir) in engines() {
+            let v = e.issue_voucher(&admin(), terms(3_000_000, 50, "a")).await.unwrap();
+            assert_eq!((v.id.as_str(), v.terms.cities.len()), ("wuhu/v-1", 9));
+            // Half of 1,000.01 yuan, rounded half up.
+            let d = e.try_debit(try_("hefei/bk-1", &v.id, 100_001)).await.unwrap();
+            assert_eq!((d.state, d.amount_fen), (DebitState::Pending, 50_001));
+            // A retry is the same operation, and holds nothing more.
+            assert_eq!(e.try_debit(try_("hefei/bk-1", &v.id, 100_001)).await.unwrap(), d);
+            // The per-use cap (20,000 yuan) bounds the share of a large fee.
+            let big = e.try_debit(try_("hefei/bk-2", &v.id, 10_000_000)).await.unwrap();
+            assert_eq!(big.amount_fen, DEFAULT_PER_USE_CAP_FEN);
+            let v = e.voucher(&admin(), &v.id).unwrap();
+            assert_eq!((v.held_fen, v.balance_fen()), (50_001 + 2_000_000, 3_000_000 - 2_050_001));
+            // More than the balance is refused, naming both amounts.
+            let err = e.try_debit(try_("hefei/bk-3", &v.id, 2_000_000)).await.unwrap_err();
+            assert!(err.to_string().contains("has 9499.99 yuan left; this booking needs 10000.00 yuan"), "{err}");
+            assert_eq!(rule(err), "voucher_balance");
+        }
     }
 
     #[tokio::test]
     async fn the_holder_the_cities_and_the_dates_are_checked() {
-        let e = engine();
-        let mut t = terms(1_000_000, 50, "a");
-        t.terms.cities = vec!["hangzhou".into()];
-        let v = e.issue_voucher(&admin(), t).await.unwrap();
-        let mut other = try_("hefei/bk-1", &v.id, 1_000);
-        other.requester = "spiffe://corridor/org/other".into();
-        assert_eq!(rule(e.try_debit(other).await.unwrap_err()), "voucher_holder");
-        assert_eq!(rule(e.try_debit(try_("hefei/bk-2", &v.id, 1_000)).await.unwrap_err()), "voucher_cities");
-        let mut later = terms(1_000_000, 50, "b");
-        later.terms.valid_from = "2027-01-01".into();
-        later.terms.valid_until = "2027-12-31".into();
-        let later = e.issue_voucher(&admin(), later).await.unwrap();
-        assert_eq!(rule(e.try_debit(try_("hefei/bk-3", &later.id, 1_000)).await.unwrap_err()), "voucher_validity");
-        let missing = e.try_debit(try_("hefei/bk-4", "wuhu/v-99", 1_000)).await.unwrap_err();
-        assert_eq!(rule(missing), "voucher");
-        // Bad terms are refused at issue, field by field.
-        let mut bad = terms(1_000_000, 0, "c");
-        assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("share_percent"));
-        bad.terms.share_percent = 50;
-        bad.terms.valid_until = "2026-10-01".into();
-        assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("valid_until"));
-        bad.terms.valid_until = "31/12/2026".into();
-        assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("YYYY-MM-DD"));
-        bad.terms.valid_until = "2026-12-31".into();
-        bad.terms.holder = "spiffe://corridor/city/wuhu/admin".into();
-        assert!(e.issue_voucher(&admin(), bad).await.unwrap_err().to_string().contains("organisation"));
-        let org = Actor { uri: HOLDER.into(), admin: false, may_book: true, reader: false };
-        assert!(matches!(e.issue_voucher(&org, terms(1, 50, "d")).await.unwrap_err(), BookingError::Denied(_)));
+        for (e, _dir) in engines() {
+            let mut t = terms(1_000_000, 50, "a");
+            t.terms.cities = vec!["hangzhou".into()];
+            let v = e.issue_voucher(&admin(), t).await.unwrap();
+            let mut other = try_("hefei/bk-1", &v.id, 1_000);
+            other.requester = "spiffe://corridor/org/other".into();
+            assert_eq!(rule(e.try_debit(other).await.unwrap_err()), "voucher_holder");
+            assert_eq!(rule(e.try_debit(try_("hefei/bk-2", &v.id, 1_000)).await.unwrap_err()), "voucher_cities");
+            let mut later = terms(1_000_000, 50, "b");
+            later.terms.valid_from = "2027-01-01".into();
+            later.terms.valid_until = "2027-12-31".into();
+            let later = e.issue_voucher(&admin(), later).await.unwrap();
+            assert_eq!(rule(e.try_debit(try_("hefei/bk-3", &later.id, 1_000)).await.unwrap_err()), "voucher_validity");
+            let missing = e.try_debit(try_("hefei/bk-4", "wuhu/v-99", 1_000)).await.unwrap_err();
+            assert_eq!(rule(missing), "voucher");
+            // Bad terms are refused at issue, field by field.
+            let mut bad = terms(1_000_000, 0, "c");
+            assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("share_percent"));
+            bad.terms.share_percent = 50;
+            bad.terms.valid_until = "2026-10-01".into();
+            assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("valid_until"));
+            bad.terms.valid_until = "31/12/2026".into();
+            assert!(e.issue_voucher(&admin(), bad.clone()).await.unwrap_err().to_string().contains("YYYY-MM-DD"));
+            bad.terms.valid_until = "2026-12-31".into();
+            bad.terms.holder = "spiffe://corridor/city/wuhu/admin".into();
+            assert!(e.issue_voucher(&admin(), bad).await.unwrap_err().to_string().contains("organisation"));
+            let org = Actor { uri: HOLDER.into(), admin: false, may_book: true, reader: false };
+            assert!(matches!(e.issue_voucher(&org, terms(1, 50, "d")).await.unwrap_err(), Error::Denied(_)));
+        }
     }
 
     #[tokio::test]
     async fn the_yearly_cap_counts_every_voucher_of_the_enterprise() {
-        let e = engine();
-        let mut t = terms(9_000_000, 100, "a");
-        t.terms.annual_cap_fen = 3_000_000;
-        let a = e.issue_voucher(&admin(), t.clone()).await.unwrap();
-        t.idempotency_key = "b".into();
-        let b = e.issue_voucher(&admin(), t).await.unwrap();
-        e.try_debit(try_("hefei/bk-1", &a.id, 2_000_000)).await.unwrap();
-        let err = e.try_debit(try_("hefei/bk-2", &b.id, 1_500_000)).await.unwrap_err();
-        assert_eq!(rule(err), "voucher_annual_cap");
-        // Releasing the first hold frees the year's room.
-        e.cancel_debit("hefei", "hefei/bk-1", &a.id, "cancelled").await.unwrap();
-        e.try_debit(try_("hefei/bk-2", &b.id, 1_500_000)).await.unwrap();
+        for (e, _dir) in engines() {
+            let mut t = terms(9_000_000, 100, "a");
+            t.terms.annual_cap_fen = 3_000_000;
+            let a = e.issue_voucher(&admin(), t.clone()).await.unwrap();
+            t.idempotency_key = "b".into();
+            let b = e.issue_voucher(&admin(), t).await.unwrap();
+            e.try_debit(try_("hefei/bk-1", &a.id, 2_000_000)).await.unwrap();
+            let err = e.try_debit(try_("hefei/bk-2", &b.id, 1_500_000)).await.unwrap_err();
+            assert_eq!(rule(err), "voucher_annual_cap");
+            // Releasing the first hold frees the year's room.
+            e.cancel_debit("hefei", "hefei/bk-1", &a.id, "cancelled").await.unwrap();
+            e.try_debit(try_("hefei/bk-2", &b.id, 1_500_000)).await.unwrap();
+        }
     }
 
     #[tokio::test]
     async fn post_debits_the_real_share_and_releases_the_rest() {
-        let e = engine();
-        let v = e.issue_voucher(&admin(), terms(1_000_000, 50, "a")).await.unwrap();
-        e.try_debit(try_("hefei/bk-1", &v.id, 100_000)).await.unwrap();
-        let post = |amount_fen| PostDebit {
-            op: "hefei/bk-1".into(),
-            amount_fen,
-            provider_institution: "USTC".into(),
-            provider_uscc: "P".into(),
-            service_at: NOW + 7_200,
-        };
-        // Not before it is confirmed.
-        assert_eq!(rule(e.post_debit("hefei", post(40_000)).await.unwrap_err()), "voucher_operation");
-        e.confirm_debit("hefei", "hefei/bk-1").await.unwrap();
-        // Another provider city cannot touch it.
-        assert!(matches!(e.confirm_debit("hangzhou", "hefei/bk-1").await.unwrap_err(), BookingError::NotFound(_)));
-        assert!(matches!(e.post_debit("hefei", post(50_001)).await.unwrap_err(), BookingError::Invalid(_)));
-        let d = e.post_debit("hefei", post(40_000)).await.unwrap();
-        assert_eq!((d.state, d.amount_fen), (DebitState::Posted, 40_000));
-        assert_eq!(e.post_debit("hefei", post(40_000)).await.unwrap(), d, "a retry is the same post");
-        assert_eq!(rule(e.post_debit("hefei", post(30_000)).await.unwrap_err()), "voucher_operation");
-        let v = e.voucher(&admin(), &v.id).unwrap();
-        assert_eq!((v.held_fen, v.spent_fen, v.balance_fen()), (0, 40_000, 960_000));
-        assert_eq!(rule(e.cancel_debit("hefei", "hefei/bk-1", &v.id, "x").await.unwrap_err()), "voucher_operation");
+        for (e, _dir) in engines() {
+            let v = e.issue_voucher(&admin(), terms(1_000_000, 50, "a")).await.unwrap();
+            e.try_debit(try_("hefei/bk-1", &v.id, 100_000)).await.unwrap();
+            let post = |amount_fen| PostDebit {
+                op: "hefei/bk-1".into(),
+                amount_fen,
+                provider_institution: "USTC".into(),
+                provider_uscc: "P".into(),
+                service_at: NOW + 7_200,
+            };
+            // Not before it is confirmed.
+            assert_eq!(rule(e.post_debit("hefei", post(40_000)).await.unwrap_err()), "voucher_operation");
+            e.confirm_debit("hefei", "hefei/bk-1").await.unwrap();
+            // Another provider city cannot touch it.
+            assert!(matches!(e.confirm_debit("hangzhou", "hefei/bk-1").await.unwrap_err(), Error::NotFound(_)));
+            assert!(matches!(e.post_debit("hefei", post(50_001)).await.unwrap_err(), Error::Invalid(_)));
+            let d = e.post_debit("hefei", post(40_000)).await.unwrap();
+            assert_eq!((d.state, d.amount_fen), (DebitState::Posted, 40_000));
+            assert_eq!(e.post_debit("hefei", post(40_000)).await.unwrap(), d, "a retry is the same post");
+            assert_eq!(rule(e.post_debit("hefei", post(30_000)).await.unwrap_err()), "voucher_operation");
+            let v = e.voucher(&admin(), &v.id).unwrap();
+            assert_eq!((v.held_fen, v.spent_fen, v.balance_fen()), (0, 40_000, 960_000));
+            assert_eq!(rule(e.cancel_debit("hefei", "hefei/bk-1", &v.id, "x").await.unwrap_err()), "voucher_operation");
+        }
     }
 
     #[tokio::test]
     async fn a_cancel_before_the_try_arrives_blocks_the_late_try() {
-        let e = engine();
-        let v = e.issue_voucher(&admin(), terms(1_000_000, 50, "a")).await.unwrap();
-        let d = e.cancel_debit("hefei", "hefei/bk-1", &v.id, "gave up").await.unwrap();
-        assert_eq!((d.state, d.amount_fen), (DebitState::Voided, 0));
-        assert_eq!(rule(e.try_debit(try_("hefei/bk-1", &v.id, 1_000)).await.unwrap_err()), "voucher_operation");
-        assert_eq!(e.voucher(&admin(), &v.id).unwrap().held_fen, 0);
+        for (e, _dir) in engines() {
+            let v = e.issue_voucher(&admin(), terms(1_000_000, 50, "a")).await.unwrap();
+            let d = e.cancel_debit("hefei", "hefei/bk-1", &v.id, "gave up").await.unwrap();
+            assert_eq!((d.state, d.amount_fen), (DebitState::Voided, 0));
+            assert_eq!(rule(e.try_debit(try_("hefei/bk-1", &v.id, 1_000)).await.unwrap_err()), "voucher_operation");
+            assert_eq!(e.voucher(&admin(), &v.id).unwrap().held_fen, 0);
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unconfirmed_try_expires_and_a_late_confirm_is_refused() {
-        let e = engine();
-        let v = e.issue_voucher(&admin(), terms(1_000_000, 50, "a")).await.unwrap();
-        e.try_debit(try_("hefei/bk-1", &v.id, 10_000)).await.unwrap();
-        e.try_debit(try_("hefei/bk-2", &v.id, 10_000)).await.unwrap();
-        e.confirm_debit("hefei", "hefei/bk-2").await.unwrap();
-        assert_eq!(e.expire_debits().await.unwrap(), 0, "nothing has expired yet");
-        // Past the provider's hold and the grace.
-        tokio::time::advance(std::time::Duration::from_secs(600 + TRY_GRACE_SECONDS as u64 + 1)).await;
-        assert_eq!(e.expire_debits().await.unwrap(), 1, "only the unconfirmed try");
-        assert_eq!(rule(e.confirm_debit("hefei", "hefei/bk-1").await.unwrap_err()), "voucher_operation");
-        let v = e.voucher(&admin(), &v.id).unwrap();
-        assert_eq!(v.held_fen, 5_000, "the confirmed hold stays");
-        // The ledger holds every step, chained.
-        let (raw, head) = e.ledger_page(0, 100).unwrap();
-        let kinds: Vec<String> = crate::ledger::verify(&raw, &head)
-            .unwrap()
-            .iter()
-            .map(|x| serde_json::to_value(&x.body).unwrap()["kind"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(kinds, ["voucher_issued", "debit_pending", "debit_pending", "debit_confirmed", "debit_voided"]);
+        for (e, _dir) in engines() {
+            let v = e.issue_voucher(&admin(), terms(1_000_000, 50, "a")).await.unwrap();
+            e.try_debit(try_("hefei/bk-1", &v.id, 10_000)).await.unwrap();
+            e.try_debit(try_("hefei/bk-2", &v.id, 10_000)).await.unwrap();
+            e.confirm_debit("hefei", "hefei/bk-2").await.unwrap();
+            assert_eq!(e.expire_debits().await.unwrap(), 0, "nothing has expired yet");
+            // Past the provider's hold and the grace.
+            tokio::time::advance(std::time::Duration::from_secs(600 + TRY_GRACE_SECONDS as u64 + 1)).await;
+            assert_eq!(e.expire_debits().await.unwrap(), 1, "only the unconfirmed try");
+            assert_eq!(rule(e.confirm_debit("hefei", "hefei/bk-1").await.unwrap_err()), "voucher_operation");
+            let v = e.voucher(&admin(), &v.id).unwrap();
+            assert_eq!(v.held_fen, 5_000, "the confirmed hold stays");
+            // The ledger holds every step, chained.
+            let (raw, head) = ledger::page(&e.kv, 0, 100).unwrap();
+            let kinds: Vec<String> = ledger::verify(&raw, &head)
+                .unwrap()
+                .iter()
+                .map(|x| serde_json::to_value(&x.body).unwrap()["kind"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(kinds, ["voucher_issued", "debit_pending", "debit_pending", "debit_confirmed", "debit_voided"]);
+        }
     }
 }

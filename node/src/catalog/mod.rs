@@ -1,6 +1,8 @@
 //! The node's in-memory read model of its inventory, derived from the store
 //! at start and kept in step on every write: the records by local id, and the
-//! full-text index over them.
+//! full-text index over them. `model` is the record and its validation,
+//! `import` reads files into records, `summary` encodes what a search hit
+//! carries, and `search` is the index and one page of a search.
 
 use std::{
     collections::BTreeMap,
@@ -10,33 +12,22 @@ use std::{
 use corridor_proto::cities::City;
 use prost::{Message, bytes::Bytes};
 
-use crate::{
-    convert::to_summary,
+pub mod entry;
+pub mod import;
+pub mod model;
+pub mod search;
+pub mod summary;
+
+pub use self::entry::Entry;
+use self::{
     model::InstrumentRecord,
     search::{
-        self, Hits, Labels, Query,
+        Hits, Labels, Query,
         index::{CorpusStats, SearchIndex},
     },
-    store::StoredInstrument,
+    summary::to_summary,
 };
-
-/// One searchable instrument.
-#[derive(Debug)]
-pub struct Entry {
-    pub stored: StoredInstrument,
-    /// "<city>/<local-id>" as UTF-8, kept ready for cursors and as a hit
-    /// carries it.
-    pub id: Bytes,
-    /// The encoded summary a search hit carries, built once per version:
-    /// a popular record is a hit many times over.
-    pub summary: Bytes,
-    /// The record's category and institution as numbers from the catalog's
-    /// [`Labels`], for facet counts.
-    pub category: u32,
-    pub institution: u32,
-    /// The ordinal the index stores for this version.
-    pub ord: u64,
-}
+use crate::kv::inventory::StoredInstrument;
 
 #[derive(Default)]
 struct State {
@@ -116,7 +107,7 @@ impl Catalog {
 
     /// Re-indexes every instrument with thesaurus `t`, and analyses queries
     /// with it from now on.
-    pub fn use_thesaurus(&self, t: Arc<crate::search::thesaurus::Thesaurus>) {
+    pub fn use_thesaurus(&self, t: Arc<crate::catalog::search::thesaurus::Thesaurus>) {
         self.index.set_thesaurus(t);
         let state = self.state.read().expect("poisoned");
         let current: Vec<(u64, &InstrumentRecord)> = state.by_id.values().map(|e| (e.ord, &e.stored.record)).collect();
@@ -179,8 +170,8 @@ impl Catalog {
 mod tests {
     use super::*;
     use crate::{
-        demo::{Scale, corridor_inventory},
-        model::tests::sample,
+        catalog::model::tests::sample,
+        ops::demo::{Scale, corridor_inventory},
     };
     use corridor_proto::cities::city_by_slug;
 

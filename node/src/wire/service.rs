@@ -1,5 +1,5 @@
-//! The gRPC face of a node: who may call what, and errors as gRPC statuses.
-//! The only place in this crate that builds a `tonic::Status`.
+//! The gRPC face of a node: who may call what, on whose behalf, and the
+//! calls themselves. Errors become statuses in `wire::error`.
 
 use std::sync::Arc;
 
@@ -8,19 +8,24 @@ use corridor_proto::{self as pb, node_server};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::{
-    booking::{Actor, BookingError, Reserve, parse_window},
-    catalog::Entry,
+use super::{
     convert::{
         booking_to_proto, debit_to_proto, facets_to_proto, from_proto, issue_from_proto, rules_from_proto,
-        rules_to_proto, service_mode_from_proto, stats_from_proto, stats_to_proto, status_from_proto, to_proto,
-        voucher_to_proto,
+        rules_to_proto, service_mode_from_proto, stats_from_proto, stats_to_proto, status_from_proto, voucher_to_proto,
     },
-    import::RowError,
+    error as refuse,
+};
+use crate::{
+    booking::{Actor, Reserve, parse_window},
+    catalog::{
+        Entry,
+        import::RowError,
+        search::{FreeWindow, Query},
+        summary::to_proto,
+    },
+    error::Error,
+    money::{coordinator::Driven, ledger, payment::PayState},
     node::{Node, NodeError},
-    payment::{Driven, PayState},
-    search::{FreeWindow, Query},
-    store::StoreError,
 };
 
 /// Bytes per streamed backup message: well under every message limit.
@@ -52,7 +57,7 @@ impl NodeService {
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
-        caller_identity(req).map_err(|e| Status::unauthenticated(e.to_string()))
+        caller_identity(req).map_err(|e| refuse::unauthenticated(e.to_string()))
     }
 
     /// One search of this node's catalog, as `Search` and each item of
@@ -70,7 +75,7 @@ impl NodeService {
         let stats = req.stats.as_ref().map(stats_from_proto);
         let found = self.node.search(&q, stats.as_ref(), free);
         if found.stopped {
-            return Err(Status::deadline_exceeded(format!(
+            return Err(refuse::deadline_exceeded(format!(
                 "the search was stopped after {} ms, its deadline; narrow it (fewer words, a city or a category)",
                 budget.as_millis()
             )));
@@ -96,7 +101,7 @@ impl NodeService {
         match &id {
             Identity::Gateway | Identity::Reconciler => Ok(id),
             Identity::Admin(c) | Identity::Node(c) if c == city => Ok(id),
-            _ => Err(Status::permission_denied(format!(
+            _ => Err(refuse::permission_denied(format!(
                 "{id} may not read the {city} node directly; search through the gateway"
             ))),
         }
@@ -110,21 +115,21 @@ impl NodeService {
         let named = req.metadata().get(corridor_proto::ON_BEHALF_OF);
         let acting = match (&peer, named) {
             (Identity::Gateway, Some(v)) => {
-                let uri = v.to_str().map_err(|_| Status::invalid_argument("on-behalf-of is not text"))?;
-                Identity::from_uri(uri).map_err(|e| Status::invalid_argument(e.to_string()))?
+                let uri = v.to_str().map_err(|_| refuse::invalid_argument("on-behalf-of is not text"))?;
+                Identity::from_uri(uri).map_err(|e| refuse::invalid_argument(e.to_string()))?
             }
             (Identity::Gateway, None) => {
-                return Err(Status::permission_denied("the gateway must name the identity it acts for"));
+                return Err(refuse::permission_denied("the gateway must name the identity it acts for"));
             }
             (_, Some(_)) => {
-                return Err(Status::permission_denied(format!("{peer} may not act on behalf of another identity")));
+                return Err(refuse::permission_denied(format!("{peer} may not act on behalf of another identity")));
             }
             (p, None) => p.clone(),
         };
         let city = self.node.city().slug;
         let admin = matches!(&acting, Identity::Admin(c) if c == city);
         if !admin && !matches!(acting, Identity::Org(_)) {
-            return Err(Status::permission_denied(format!(
+            return Err(refuse::permission_denied(format!(
                 "{acting} has no bookings at {city}; organisations and {city}'s admin do"
             )));
         }
@@ -148,17 +153,17 @@ impl NodeService {
         let c = match self.caller(req)? {
             Identity::Node(c) if named.is_empty() || *named == c => c,
             Identity::Node(c) => {
-                return Err(Status::permission_denied(format!("node-{c} may not act for provider city {named:?}")));
+                return Err(refuse::permission_denied(format!("node-{c} may not act for provider city {named:?}")));
             }
             other => {
-                return Err(Status::permission_denied(format!(
+                return Err(refuse::permission_denied(format!(
                     "{other} may not call the issuer side of voucher payments; only city nodes do"
                 )));
             }
         };
         let op = &req.get_ref().op_id;
         if !op.starts_with(&format!("{c}/")) {
-            return Err(Status::invalid_argument(format!("op_id {op:?} is not a booking id of {c}")));
+            return Err(refuse::invalid_argument(format!("op_id {op:?} is not a booking id of {c}")));
         }
         Ok(c)
     }
@@ -184,12 +189,11 @@ impl NodeService {
         // In the request's span, so that the calls to the issuer join its trace.
         let driven = tokio::spawn(async move { node.drive(&id).await }.in_current_span())
             .await
-            .map_err(|e| Status::internal(format!("payment task failed: {e}")))?
-            .map_err(booking_status)?;
+            .map_err(|e| refuse::internal(format!("payment task failed: {e}")))??;
         match driven {
             Driven::Settled(b) => Ok(b),
             Driven::Waiting(b, why) => match b.payment.as_ref().map(|p| p.state) {
-                Some(PayState::Trying) => Err(Status::unavailable(format!(
+                Some(PayState::Trying) => Err(refuse::unavailable(format!(
                     "{why}; booking {} is held until {} and settles by itself; retry with the same idempotency key to see the outcome",
                     b.id,
                     b.hold_expires.map(crate::booking::time::format).unwrap_or_default()
@@ -203,25 +207,25 @@ impl NodeService {
     fn instrument(&self, id: &str) -> Result<Arc<Entry>, Status> {
         let city = self.node.city();
         let local = id.strip_prefix(city.slug).and_then(|r| r.strip_prefix('/')).ok_or_else(|| {
-            Status::invalid_argument(format!("{id:?} is not an instrument id of {0} (\"{0}/<local-id>\")", city.slug))
+            refuse::invalid_argument(format!("{id:?} is not an instrument id of {0} (\"{0}/<local-id>\")", city.slug))
         })?;
-        self.node.get(local).ok_or_else(|| Status::not_found(format!("no instrument {id:?}")))
+        self.node.get(local).ok_or_else(|| refuse::not_found(format!("no instrument {id:?}")))
     }
 
     fn debit_reply(
         &self,
-        d: Result<crate::voucher::Debit, BookingError>,
+        d: Result<crate::money::voucher::Debit, Error>,
         point: &str,
     ) -> Result<Response<pb::Debit>, Status> {
-        let d = d.map_err(booking_status)?;
-        crate::payment::failpoint(point);
+        let d = d?;
+        crate::money::coordinator::failpoint(point);
         Ok(Response::new(debit_to_proto(&d)))
     }
 
     /// The answer to a booking change: its voucher payment run as far as it
     /// goes, then the booking as it stands.
-    async fn changed(&self, b: Result<crate::booking::Booking, BookingError>) -> Result<Response<pb::Booking>, Status> {
-        let b = self.settle(b.map_err(booking_status)?).await?;
+    async fn changed(&self, b: Result<crate::booking::Booking, Error>) -> Result<Response<pb::Booking>, Status> {
+        let b = self.settle(b?).await?;
         Ok(self.booking_reply(&b))
     }
 
@@ -235,39 +239,17 @@ impl NodeService {
         let city = self.node.city().slug;
         match &id {
             Identity::Admin(c) if c == city => Ok(id),
-            _ => Err(Status::permission_denied(format!(
+            _ => Err(refuse::permission_denied(format!(
                 "{id} may not write {city}'s inventory; only spiffe://corridor/city/{city}/admin may"
             ))),
         }
     }
 }
 
-fn booking_status(e: BookingError) -> Status {
-    match e {
-        BookingError::Invalid(m) => Status::invalid_argument(m),
-        BookingError::Rule(v) => Status::failed_precondition(v.to_string()),
-        BookingError::NotFound(m) => Status::not_found(m),
-        BookingError::Denied(m) => Status::permission_denied(m),
-        BookingError::State(m) => Status::failed_precondition(m),
-        e @ BookingError::KeyReused(_) => Status::already_exists(e.to_string()),
-        BookingError::Store(e @ StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
-        BookingError::Store(e) => Status::unavailable(e.to_string()),
-    }
-}
-
-fn status(e: NodeError) -> Status {
-    match e {
-        NodeError::Rejected(e) => Status::invalid_argument(format!("import rejected, nothing stored: {e}")),
-        NodeError::Store(e @ StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
-        NodeError::Store(e) => Status::unavailable(e.to_string()),
-        e @ (NodeError::Tls(_) | NodeError::Serve(_)) => Status::internal(e.to_string()),
-    }
-}
-
 /// Turns a wire search into a node query, bounding the limit, and reads the
 /// free-window filter.
 pub fn query_from(req: &pb::SearchRequest) -> Result<(Query, Option<FreeWindow>), Status> {
-    corridor_proto::limits::check_query(&req.query).map_err(Status::invalid_argument)?;
+    corridor_proto::limits::check_query(&req.query).map_err(refuse::invalid_argument)?;
     let filter = req.filter.clone().unwrap_or_default();
     let limit = match req.limit {
         0 => DEFAULT_LIMIT,
@@ -277,7 +259,7 @@ pub fn query_from(req: &pb::SearchRequest) -> Result<(Query, Option<FreeWindow>)
         None
     } else {
         Some(corridor_proto::cursor::decode(&req.cursor).ok_or_else(|| {
-            Status::invalid_argument("cursor is not one this service issued; pass next_cursor back unchanged")
+            refuse::invalid_argument("cursor is not one this service issued; pass next_cursor back unchanged")
         })?)
     };
     let service_modes = filter
@@ -285,19 +267,19 @@ pub fn query_from(req: &pb::SearchRequest) -> Result<(Query, Option<FreeWindow>)
         .iter()
         .map(|m| service_mode_from_proto(*m))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(Status::invalid_argument)?;
+        .map_err(refuse::invalid_argument)?;
     let statuses = filter
         .statuses
         .iter()
         .map(|s| status_from_proto(*s))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(Status::invalid_argument)?;
+        .map_err(refuse::invalid_argument)?;
     let free = match &filter.free_window {
         None => None,
         Some(w) => {
-            let (from, to) = parse_window(&w.from, &w.to).map_err(booking_status)?;
+            let (from, to) = parse_window(&w.from, &w.to)?;
             if w.min_minutes == 0 {
-                return Err(Status::invalid_argument("free_window.min_minutes must be at least 1"));
+                return Err(refuse::invalid_argument("free_window.min_minutes must be at least 1"));
             }
             Some(FreeWindow { from, to, minutes: w.min_minutes })
         }
@@ -351,7 +333,7 @@ impl node_server::Node for NodeService {
         let received = tokio::time::Instant::now();
         let items = req.into_inner().items;
         if items.len() > pb::MAX_SEARCH_BATCH {
-            return Err(Status::invalid_argument(format!(
+            return Err(refuse::invalid_argument(format!(
                 "a search batch holds at most {} searches, not {}",
                 pb::MAX_SEARCH_BATCH,
                 items.len()
@@ -362,7 +344,7 @@ impl node_server::Node for NodeService {
         for item in &items {
             let budget = std::time::Duration::from_micros(item.budget_micros);
             let outcome = if item.budget_micros > 0 && received.elapsed() >= budget {
-                Err(Status::deadline_exceeded(format!(
+                Err(refuse::deadline_exceeded(format!(
                     "this search's {} ms ran out while earlier searches of its batch ran",
                     budget.as_millis()
                 )))
@@ -375,7 +357,7 @@ impl node_server::Node for NodeService {
                     Some(r) => {
                         span.in_scope(|| self.search_one(r, received, (item.budget_micros > 0).then_some(budget)))
                     }
-                    None => Err(Status::invalid_argument("a batch item carries no search request")),
+                    None => Err(refuse::invalid_argument("a batch item carries no search request")),
                 };
                 corridor_telemetry::record_server_status(&span, outcome.as_ref().map(|_| ()));
                 outcome
@@ -403,7 +385,7 @@ impl node_server::Node for NodeService {
 
     async fn search_stats(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::CorpusStats>, Status> {
         self.authorize_read(&req)?;
-        corridor_proto::limits::check_query(&req.get_ref().query).map_err(Status::invalid_argument)?;
+        corridor_proto::limits::check_query(&req.get_ref().query).map_err(refuse::invalid_argument)?;
         Ok(Response::new(stats_to_proto(&self.node.search_stats(&req.get_ref().query))))
     }
 
@@ -412,9 +394,9 @@ impl node_server::Node for NodeService {
         let city = self.node.city();
         let id = &req.get_ref().id;
         let local = id.strip_prefix(city.slug).and_then(|r| r.strip_prefix('/')).ok_or_else(|| {
-            Status::invalid_argument(format!("{id:?} is not an id of {} (\"{}/<local-id>\")", city.slug, city.slug))
+            refuse::invalid_argument(format!("{id:?} is not an id of {} (\"{}/<local-id>\")", city.slug, city.slug))
         })?;
-        let entry = self.node.get(local).ok_or_else(|| Status::not_found(format!("no instrument {id:?}")))?;
+        let entry = self.node.get(local).ok_or_else(|| refuse::not_found(format!("no instrument {id:?}")))?;
         Ok(Response::new(to_proto(&entry.stored, city)))
     }
 
@@ -430,21 +412,21 @@ impl node_server::Node for NodeService {
         while let Some(chunk) = stream.message().await? {
             for row in chunk.rows {
                 if rows.len() >= MAX_IMPORT_ROWS {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(refuse::invalid_argument(format!(
                         "an import holds at most {MAX_IMPORT_ROWS} rows; split the file"
                     )));
                 }
                 let line = row.line;
                 let inst = row.instrument.ok_or_else(|| {
-                    status(NodeError::Rejected(RowError { line, reason: "row carries no instrument".into() }))
+                    Status::from(NodeError::Rejected(RowError { line, reason: "row carries no instrument".into() }))
                 })?;
                 let record =
-                    from_proto(inst).map_err(|reason| status(NodeError::Rejected(RowError { line, reason })))?;
+                    from_proto(inst).map_err(|reason| Status::from(NodeError::Rejected(RowError { line, reason })))?;
                 rows.push((line, record));
             }
         }
         let received = rows.len() as u64;
-        let s = self.node.import(rows).await.map_err(status)?;
+        let s = self.node.import(rows).await?;
         tracing::info!(%who, received, inserted = s.inserted, updated = s.updated, "import applied");
         Ok(Response::new(pb::ImportSummary {
             received,
@@ -461,7 +443,7 @@ impl node_server::Node for NodeService {
         let entry = self.instrument(&r.instrument_id)?;
         let voucher = (!r.voucher_id.is_empty()).then_some(r.voucher_id);
         if voucher.is_some() && self.node.payments().is_none() {
-            return Err(Status::failed_precondition(format!(
+            return Err(refuse::failed_precondition(format!(
                 "{} takes no voucher payments: its node has no peers configured",
                 self.node.city().slug
             )));
@@ -474,11 +456,11 @@ impl node_server::Node for NodeService {
             idempotency_key: r.idempotency_key,
             voucher,
         };
-        let b = self.node.bookings().reserve(&actor, &entry.stored.record, cmd).await.map_err(booking_status)?;
-        crate::payment::failpoint("provider.after_hold");
+        let b = self.node.bookings().reserve(&actor, &entry.stored.record, cmd).await?;
+        crate::money::coordinator::failpoint("provider.after_hold");
         let b = self.settle(b).await?;
-        if let Some(e) = crate::payment::refusal(&b) {
-            return Err(booking_status(e));
+        if let Some(e) = crate::money::coordinator::refusal(&b) {
+            return Err(e.into());
         }
         Ok(self.booking_reply(&b))
     }
@@ -525,7 +507,7 @@ impl node_server::Node for NodeService {
 
     async fn get_booking(&self, req: Request<pb::GetBookingRequest>) -> Result<Response<pb::Booking>, Status> {
         let actor = self.actor(&req)?;
-        let b = self.node.bookings().get(&actor, &req.get_ref().booking_id).map_err(booking_status)?;
+        let b = self.node.bookings().get(&actor, &req.get_ref().booking_id)?;
         Ok(self.booking_reply(&b))
     }
 
@@ -541,14 +523,13 @@ impl node_server::Node for NodeService {
             Some(self.instrument(&r.instrument_id)?.stored.record.local_id.clone())
         };
         let size = corridor_proto::page::size(r.page_size);
-        let after = match corridor_proto::page::decode(&r.page_token).map_err(Status::invalid_argument)? {
+        let after = match corridor_proto::page::decode(&r.page_token).map_err(refuse::invalid_argument)? {
             None => None,
             Some((start, id)) => {
-                Some((crate::booking::time::parse_any("page_token", &start).map_err(Status::invalid_argument)?, id))
+                Some((crate::booking::time::parse_any("page_token", &start).map_err(refuse::invalid_argument)?, id))
             }
         };
-        let mut list =
-            self.node.bookings().list(&actor, instrument.as_deref(), r.include_closed).map_err(booking_status)?;
+        let mut list = self.node.bookings().list(&actor, instrument.as_deref(), r.include_closed)?;
         if let Some((start, id)) = &after {
             list.retain(|b| (b.start, b.id.as_str()) > (*start, id.as_str()));
         }
@@ -578,7 +559,7 @@ impl node_server::Node for NodeService {
         let r = req.into_inner();
         let entry = self.instrument(&r.instrument_id)?;
         let crate::booking::Availability { free, busy, rules } =
-            self.node.bookings().availability(&entry.stored.record, &r.from, &r.to).map_err(booking_status)?;
+            self.node.bookings().availability(&entry.stored.record, &r.from, &r.to)?;
         use crate::booking::time::format;
         Ok(Response::new(pb::AvailabilityResponse {
             instrument_id: r.instrument_id,
@@ -598,13 +579,8 @@ impl node_server::Node for NodeService {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
         let entry = self.instrument(&r.instrument_id)?;
-        let rules = rules_from_proto(r.rules.unwrap_or_default()).map_err(Status::invalid_argument)?;
-        let rules = self
-            .node
-            .bookings()
-            .set_rules_durably(&actor, &entry.stored.record, rules)
-            .await
-            .map_err(booking_status)?;
+        let rules = rules_from_proto(r.rules.unwrap_or_default()).map_err(refuse::invalid_argument)?;
+        let rules = self.node.bookings().set_rules_durably(&actor, &entry.stored.record, rules).await?;
         Ok(Response::new(rules_to_proto(&rules)))
     }
 
@@ -614,13 +590,9 @@ impl node_server::Node for NodeService {
     ) -> Result<Response<pb::GrantQualificationResponse>, Status> {
         let actor = self.actor(&req)?;
         let r = req.into_inner();
-        let holder = Identity::from_uri(&r.holder).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let holder = Identity::from_uri(&r.holder).map_err(|e| refuse::invalid_argument(e.to_string()))?;
         let entry = self.instrument(&r.instrument_id)?;
-        self.node
-            .bookings()
-            .grant(&actor, &entry.stored.record, &holder.uri(), r.revoke)
-            .await
-            .map_err(booking_status)?;
+        self.node.bookings().grant(&actor, &entry.stored.record, &holder.uri(), r.revoke).await?;
         Ok(Response::new(pb::GrantQualificationResponse {}))
     }
 
@@ -629,19 +601,19 @@ impl node_server::Node for NodeService {
         let r = req.into_inner();
         let city = self.node.city();
         if !r.city.is_empty() && r.city != city.slug {
-            return Err(Status::invalid_argument(format!(
+            return Err(refuse::invalid_argument(format!(
                 "this is {}'s node; vouchers of {:?} are issued by that city's node",
                 city.slug, r.city
             )));
         }
-        let cmd = issue_from_proto(r).map_err(Status::invalid_argument)?;
-        let v = self.node.bookings().issue_voucher(&actor, cmd).await.map_err(booking_status)?;
+        let cmd = issue_from_proto(r).map_err(refuse::invalid_argument)?;
+        let v = self.node.vouchers().issue_voucher(&actor, cmd).await?;
         Ok(Response::new(voucher_to_proto(&v)))
     }
 
     async fn get_voucher(&self, req: Request<pb::GetVoucherRequest>) -> Result<Response<pb::Voucher>, Status> {
         let actor = self.voucher_reader(&req)?;
-        let v = self.node.bookings().voucher(&actor, &req.get_ref().voucher_id).map_err(booking_status)?;
+        let v = self.node.vouchers().voucher(&actor, &req.get_ref().voucher_id)?;
         Ok(Response::new(voucher_to_proto(&v)))
     }
 
@@ -649,8 +621,8 @@ impl node_server::Node for NodeService {
         let provider_city = self.provider_node(&req)?;
         let r = req.into_inner();
         let hold_expires =
-            crate::booking::time::parse_any("expires_at", &r.expires_at).map_err(Status::invalid_argument)?;
-        let t = crate::voucher::TryDebit {
+            crate::booking::time::parse_any("expires_at", &r.expires_at).map_err(refuse::invalid_argument)?;
+        let t = crate::money::voucher::TryDebit {
             op: r.op_id,
             voucher: r.voucher_id,
             requester: r.requester,
@@ -659,19 +631,19 @@ impl node_server::Node for NodeService {
             fee_fen: r.fee_fen,
             hold_expires,
         };
-        self.debit_reply(self.node.bookings().try_debit(t).await, "issuer.after_try")
+        self.debit_reply(self.node.vouchers().try_debit(t).await, "issuer.after_try")
     }
 
     async fn confirm_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
         let provider_city = self.provider_node(&req)?;
-        let d = self.node.bookings().confirm_debit(&provider_city, &req.get_ref().op_id).await;
+        let d = self.node.vouchers().confirm_debit(&provider_city, &req.get_ref().op_id).await;
         self.debit_reply(d, "issuer.after_confirm")
     }
 
     async fn cancel_debit(&self, req: Request<pb::DebitRequest>) -> Result<Response<pb::Debit>, Status> {
         let provider_city = self.provider_node(&req)?;
         let r = req.into_inner();
-        let d = self.node.bookings().cancel_debit(&provider_city, &r.op_id, &r.voucher_id, &r.reason).await;
+        let d = self.node.vouchers().cancel_debit(&provider_city, &r.op_id, &r.voucher_id, &r.reason).await;
         self.debit_reply(d, "issuer.after_cancel")
     }
 
@@ -679,22 +651,22 @@ impl node_server::Node for NodeService {
         let provider_city = self.provider_node(&req)?;
         let r = req.into_inner();
         let service_at =
-            crate::booking::time::parse_any("service_at", &r.service_at).map_err(Status::invalid_argument)?;
-        let p = crate::voucher::PostDebit {
+            crate::booking::time::parse_any("service_at", &r.service_at).map_err(refuse::invalid_argument)?;
+        let p = crate::money::voucher::PostDebit {
             op: r.op_id,
             amount_fen: r.amount_fen,
             provider_institution: r.provider_institution,
             provider_uscc: r.provider_uscc,
             service_at,
         };
-        self.debit_reply(self.node.bookings().post_debit(&provider_city, p).await, "issuer.after_post")
+        self.debit_reply(self.node.vouchers().post_debit(&provider_city, p).await, "issuer.after_post")
     }
 
     async fn read_ledger(&self, req: Request<pb::ReadLedgerRequest>) -> Result<Response<pb::LedgerPage>, Status> {
         let who = self.caller(&req)?;
         let city = self.node.city().slug;
         if !matches!(&who, Identity::Reconciler) && !matches!(&who, Identity::Admin(c) if c == city) {
-            return Err(Status::permission_denied(format!(
+            return Err(refuse::permission_denied(format!(
                 "{who} may not read {city}'s ledger; the reconciler and {city}'s admin may"
             )));
         }
@@ -703,7 +675,7 @@ impl node_server::Node for NodeService {
             0 => LEDGER_PAGE,
             n => (n as usize).min(LEDGER_PAGE),
         };
-        let (entries, head) = self.node.bookings().ledger_page(r.after_seq, limit).map_err(booking_status)?;
+        let (entries, head) = ledger::page(self.node.bookings().kv(), r.after_seq, limit)?;
         Ok(Response::new(pb::LedgerPage { entries, head_seq: head.seq, head_hash: head.hash }))
     }
 
@@ -711,7 +683,7 @@ impl node_server::Node for NodeService {
 
     async fn backup(&self, req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let who = self.authorize_write(&req)?;
-        let bytes = self.node.backup().await.map_err(status)?;
+        let bytes = self.node.backup().await?;
         tracing::info!(%who, bytes = bytes.len(), "backup taken");
         let chunks: Vec<Result<pb::BackupChunk, Status>> =
             bytes.chunks(BACKUP_CHUNK).map(|c| Ok(pb::BackupChunk { data: c.to_vec() })).collect();
@@ -723,11 +695,11 @@ impl node_server::Node for NodeService {
         req: Request<pb::UpsertInstrumentRequest>,
     ) -> Result<Response<pb::UpsertInstrumentResponse>, Status> {
         self.authorize_write(&req)?;
-        let inst = req.into_inner().instrument.ok_or_else(|| Status::invalid_argument("instrument is required"))?;
-        let record = from_proto(inst).map_err(Status::invalid_argument)?;
+        let inst = req.into_inner().instrument.ok_or_else(|| refuse::invalid_argument("instrument is required"))?;
+        let record = from_proto(inst).map_err(refuse::invalid_argument)?;
         let local_id = record.local_id.clone();
-        let s = self.node.import(vec![(0, record)]).await.map_err(status)?;
-        let entry = self.node.get(&local_id).ok_or_else(|| Status::internal("the record just written is missing"))?;
+        let s = self.node.import(vec![(0, record)]).await?;
+        let entry = self.node.get(&local_id).ok_or_else(|| refuse::internal("the record just written is missing"))?;
         Ok(Response::new(pb::UpsertInstrumentResponse {
             instrument: Some(to_proto(&entry.stored, self.node.city())),
             changed: s.unchanged == 0,

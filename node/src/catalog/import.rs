@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, fmt, path::Path};
 
-use crate::model::InstrumentRecord;
+use crate::catalog::model::InstrumentRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -119,7 +119,7 @@ pub fn check_rows(city: &str, rows: &[Row]) -> Result<(), RowError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::sample;
+    use crate::catalog::model::tests::sample;
 
     fn jsonl(records: &[InstrumentRecord]) -> String {
         records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect()

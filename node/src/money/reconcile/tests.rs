@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::{
-    booking::store::{BookingStore, MemBookings},
-    ledger::{self, Redemption},
+    kv::txn::{MemKv, TxnStore},
+    money::ledger::{self, Redemption},
 };
 
 /// 2026-11-10 12:00 in Shanghai.
@@ -13,12 +13,12 @@ const NOW: Instant = 1_796_000_000;
 
 struct Book {
     city: &'static str,
-    store: MemBookings,
+    store: MemKv,
 }
 
 impl Book {
     fn new(city: &'static str) -> Self {
-        Book { city, store: MemBookings::default() }
+        Book { city, store: MemKv::default() }
     }
     fn add(&self, at: Instant, body: Body) {
         self.store.atomically(&mut |tx| ledger::append(tx, at, body.clone()).map(|_| ())).unwrap();
