@@ -6,12 +6,12 @@ use std::{path::Path, process::ExitCode, time::Duration};
 use anyhow::{Context, Result, bail};
 use corridor_certs::{Credentials, HandshakeFailure, Identity, client_channel};
 use corridor_node::{
+    catalog::model::StoredInstrument,
     catalog::{
         import::{Format, check_rows, parse},
         model::yuan,
         summary::to_proto,
     },
-    kv::inventory::StoredInstrument,
 };
 use corridor_proto::{self as pb, NodeState, cities::City, gateway_client::GatewayClient, node_client::NodeClient};
 use serde_json::json;

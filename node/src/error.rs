@@ -43,6 +43,52 @@ impl fmt::Display for Violation {
     }
 }
 
+/// A value that does not read as what it should be: a field of a request,
+/// a line of a file, a flag. The message names the value and what was
+/// expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    pub fn code(&self) -> Code {
+        Code::InvalidArgument
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(m: &str) -> Self {
+        Invalid(m.into())
+    }
+}
+
+impl From<String> for Invalid {
+    fn from(m: String) -> Self {
+        Invalid(m)
+    }
+}
+
+impl std::ops::Deref for Invalid {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The message alone, for callers that put it in a larger one (a record's
+/// field, a row of a file).
+impl From<Invalid> for String {
+    fn from(e: Invalid) -> Self {
+        e.0
+    }
+}
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        Error::Invalid(e.0)
+    }
+}
+
 /// A failure of the stores.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

@@ -8,12 +8,7 @@ pub mod limits;
 pub mod page;
 
 #[allow(clippy::all, clippy::pedantic)]
-pub mod v1 {
-    tonic::include_proto!("corridor.v1");
-
-    /// Encoded `FileDescriptorSet` of corridor.v1, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/corridor_descriptor.bin"));
-}
+pub mod v1;
 
 /// The standard services every corridor server serves beside its own:
 /// health and reflection.

@@ -11,6 +11,7 @@ use super::{
     rules::Rules,
     time::{self as t, DAY, Instant, MINUTE},
 };
+use crate::error::Invalid;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -78,11 +79,11 @@ impl Calendar {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Calendar, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Calendar, Invalid> {
         match bytes.first() {
             Some(&BINARY_V1) => {}
-            Some(b'{') => return serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Some(v) => return Err(format!("unknown calendar encoding {v}")),
+            Some(b'{') => return serde_json::from_slice(bytes).map_err(|e| Invalid(e.to_string())),
+            Some(v) => return Err(Invalid(format!("unknown calendar encoding {v}"))),
             None => return Err("empty calendar value".into()),
         }
         let mut r = Reader(&bytes[1..]);
@@ -90,7 +91,7 @@ impl Calendar {
         // Each entry takes at least 35 bytes: a count larger than that
         // allows is corruption, not a reason to allocate.
         if n > r.0.len() / 35 {
-            return Err(format!("calendar claims {n} entries in {} bytes", bytes.len()));
+            return Err(Invalid(format!("calendar claims {n} entries in {} bytes", bytes.len())));
         }
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
@@ -100,12 +101,12 @@ impl Calendar {
             let hold_expires = match r.take::<1>()?[0] {
                 HOLD_NONE => None,
                 HOLD_SOME => Some(r.i64()?),
-                v => return Err(format!("hold flag {v}")),
+                v => return Err(Invalid(format!("hold flag {v}"))),
             };
             entries.push(Entry { booking, start, end, setup, cooldown, hold_expires });
         }
         if !r.0.is_empty() {
-            return Err(format!("{} bytes after the last entry", r.0.len()));
+            return Err(Invalid(format!("{} bytes after the last entry", r.0.len())));
         }
         Ok(Calendar { entries })
     }
@@ -299,7 +300,7 @@ pub fn availability(
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Invalid> {
         if self.0.len() < n {
             return Err("calendar value ends inside an entry".into());
         }
@@ -312,7 +313,7 @@ impl<'a> Reader<'a> {
         Ok(self.bytes(N)?.try_into().expect("N bytes"))
     }
 
-    fn i64(&mut self) -> Result<i64, String> {
+    fn i64(&mut self) -> Result<i64, Invalid> {
         Ok(i64::from_le_bytes(self.take()?))
     }
 }

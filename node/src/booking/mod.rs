@@ -174,8 +174,8 @@ pub struct Actor {
 
 /// Parses an availability window: explicit zones, at most 31 days.
 pub fn parse_window(from: &str, to: &str) -> Result<(Instant, Instant), Error> {
-    let from = time::parse("from", from).map_err(Error::Invalid)?;
-    let to = time::parse("to", to).map_err(Error::Invalid)?;
+    let from = time::parse("from", from).map_err(Error::from)?;
+    let to = time::parse("to", to).map_err(Error::from)?;
     if to <= from || to - from > 31 * time::DAY {
         return Err(Error::Invalid("the window must end after it starts, at most 31 days later".into()));
     }
@@ -202,7 +202,7 @@ pub struct Reserve {
 }
 
 fn decode_calendar(key: &[u8], bytes: &[u8]) -> Result<Calendar, Error> {
-    Calendar::decode(bytes).map_err(|reason| corrupt(key, reason))
+    Calendar::decode(bytes).map_err(|reason| corrupt(key, reason.0))
 }
 
 /// Whether the actor may see (and act on) a booking. Someone else's booking
@@ -295,8 +295,8 @@ impl Bookings {
         if !actor.may_book {
             return Err(Error::Denied(format!("{} may not book instruments", actor.uri)));
         }
-        let start = time::parse("start", &req.start).map_err(Error::Invalid)?;
-        let end = time::parse("end", &req.end).map_err(Error::Invalid)?;
+        let start = time::parse("start", &req.start).map_err(Error::from)?;
+        let end = time::parse("end", &req.end).map_err(Error::from)?;
         if req.purpose.len() > 1_000 {
             return Err(Error::Invalid("purpose is at most 1,000 bytes".into()));
         }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::time::{self as t, DAY, HOUR, Instant, MINUTE};
-use crate::error::Violation;
+use crate::error::{Invalid, Violation};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Opening {
@@ -70,29 +70,29 @@ impl Rules {
     }
 
     /// Checks that the rules make sense before they are stored.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.setup_minutes > 24 * 60 || self.cooldown_minutes > 24 * 60 {
             return Err("setup_minutes and cooldown_minutes are at most 1440".into());
         }
         if self.max_minutes != 0 && self.min_minutes > self.max_minutes {
-            return Err(format!("min_minutes {} exceeds max_minutes {}", self.min_minutes, self.max_minutes));
+            return Err(Invalid(format!("min_minutes {} exceeds max_minutes {}", self.min_minutes, self.max_minutes)));
         }
         for o in &self.opening {
             if !(1..=7).contains(&o.weekday) {
-                return Err(format!("opening_hours weekday {} is not 1 (Monday) to 7 (Sunday)", o.weekday));
+                return Err(Invalid(format!("opening_hours weekday {} is not 1 (Monday) to 7 (Sunday)", o.weekday)));
             }
             if o.open >= o.close || o.close > 24 * 60 {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "opening_hours on weekday {}: {} to {} is not a span within a day",
                     o.weekday,
                     t::format_clock(o.open),
                     t::format_clock(o.close)
-                ));
+                )));
             }
         }
         for b in &self.blackouts {
             if b.start >= b.end {
-                return Err(format!("blackout {:?} ends before it starts", b.reason));
+                return Err(Invalid(format!("blackout {:?} ends before it starts", b.reason)));
             }
         }
         if self.late_cancel_fee_percent > 100 {

@@ -1,6 +1,7 @@
 //! Instants as unix seconds, read from and written as RFC 3339. Everything the
 //! corridor shows is in Asia/Shanghai (UTC+8, no daylight saving).
 
+use crate::error::Invalid;
 use time::{OffsetDateTime, UtcOffset, format_description::well_known::Rfc3339, macros::offset};
 
 /// Asia/Shanghai.
@@ -16,16 +17,16 @@ pub const DAY: i64 = 86_400;
 /// Parses an RFC 3339 time with an explicit offset, on a whole minute. A
 /// time without an offset is refused: it would mean different instants in
 /// different places.
-pub fn parse(field: &str, s: &str) -> Result<Instant, String> {
+pub fn parse(field: &str, s: &str) -> Result<Instant, Invalid> {
     let t = parse_any(field, s)?;
     if t % 60 != 0 {
-        return Err(format!("{field} {s:?}: bookings are in whole minutes"));
+        return Err(Invalid(format!("{field} {s:?}: bookings are in whole minutes")));
     }
     Ok(t)
 }
 
 /// Parses an RFC 3339 time with an explicit offset, to the second.
-pub fn parse_any(field: &str, s: &str) -> Result<Instant, String> {
+pub fn parse_any(field: &str, s: &str) -> Result<Instant, Invalid> {
     let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
         let naive = time::PrimitiveDateTime::parse(
             s,
@@ -44,7 +45,7 @@ pub fn parse_any(field: &str, s: &str) -> Result<Instant, String> {
         }
     })?;
     if t.nanosecond() != 0 {
-        return Err(format!("{field} {s:?}: times are in whole seconds"));
+        return Err(Invalid(format!("{field} {s:?}: times are in whole seconds")));
     }
     Ok(t.unix_timestamp())
 }
@@ -80,8 +81,8 @@ pub fn local_midnight(t: Instant) -> Instant {
 }
 
 /// Parses "HH:MM" into minutes after midnight; "24:00" is the end of the day.
-pub fn parse_clock(s: &str) -> Result<u32, String> {
-    let bad = || format!("{s:?} is not a time of day HH:MM");
+pub fn parse_clock(s: &str) -> Result<u32, Invalid> {
+    let bad = || Invalid(format!("{s:?} is not a time of day HH:MM"));
     let (h, m) = s.split_once(':').ok_or_else(bad)?;
     if h.len() != 2 || m.len() != 2 {
         return Err(bad());

@@ -3,7 +3,7 @@
 
 use prost::bytes::Bytes;
 
-use crate::kv::inventory::StoredInstrument;
+use crate::catalog::model::StoredInstrument;
 
 /// One searchable instrument.
 #[derive(Debug)]

@@ -27,7 +27,7 @@ use self::{
     },
     summary::to_summary,
 };
-use crate::kv::inventory::StoredInstrument;
+use crate::catalog::model::StoredInstrument;
 
 #[derive(Default)]
 struct State {

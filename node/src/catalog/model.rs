@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::error;
 use serde::{Deserialize, Deserializer, Serialize, de};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -158,6 +159,14 @@ where
     d.deserialize_any(ListVisitor(std::marker::PhantomData))
 }
 
+/// A record as stored: what the owner sent, and when it last changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredInstrument {
+    pub record: InstrumentRecord,
+    /// RFC 3339, Asia/Shanghai offset.
+    pub updated_at: String,
+}
+
 /// Why a record was refused: the field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -201,40 +210,43 @@ pub fn uscc_with_check(first17: &str) -> Option<String> {
 }
 
 /// Checks an 18-character Unified Social Credit Code, including its check character.
-pub fn check_uscc(code: &str) -> Result<(), String> {
+pub fn check_uscc(code: &str) -> Result<(), error::Invalid> {
     if code.chars().count() != 18 {
-        return Err(format!("{code:?} has {} characters; a code has 18", code.chars().count()));
+        return Err(error::Invalid(format!("{code:?} has {} characters; a code has 18", code.chars().count())));
     }
     if let Some(bad) = code.chars().find(|c| !USCC_CHARS.contains(*c)) {
-        return Err(format!("{code:?} contains {bad:?}; codes use 0-9 and A-Y without I, O, S, V, Z"));
+        return Err(error::Invalid(format!("{code:?} contains {bad:?}; codes use 0-9 and A-Y without I, O, S, V, Z")));
     }
     let expected = uscc_check_char(&code[..17]).expect("charset checked above");
     let got = code.chars().nth(17).expect("length checked above");
     if got != expected {
-        return Err(format!("{code:?} fails its check character: ends in {got}, expected {expected}"));
+        return Err(error::Invalid(format!("{code:?} fails its check character: ends in {got}, expected {expected}")));
     }
     Ok(())
 }
 
 /// A taxonomy code: one to three levels of two digits, joined by '.'.
-pub fn check_category(code: &str) -> Result<(), String> {
+pub fn check_category(code: &str) -> Result<(), error::Invalid> {
     let parts: Vec<&str> = code.split('.').collect();
     let ok =
         (1..=3).contains(&parts.len()) && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit()));
-    if ok { Ok(()) } else { Err(format!("{code:?} is not a taxonomy code like \"01.02.03\"")) }
+    if ok { Ok(()) } else { Err(error::Invalid(format!("{code:?} is not a taxonomy code like \"01.02.03\""))) }
 }
 
-fn check_local_id(id: &str) -> Result<(), String> {
+fn check_local_id(id: &str) -> Result<(), error::Invalid> {
     if id.len() > 64 {
-        return Err(format!("is {} bytes long; use 1 to 64 of A-Z, a-z, 0-9, '-', '_' and '.'", id.len()));
+        return Err(error::Invalid(format!(
+            "is {} bytes long; use 1 to 64 of A-Z, a-z, 0-9, '-', '_' and '.'",
+            id.len()
+        )));
     }
     let ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok { Ok(()) } else { Err(format!("{id:?}: use 1 to 64 of A-Z, a-z, 0-9, '-', '_' and '.'")) }
+    if ok { Ok(()) } else { Err(error::Invalid(format!("{id:?}: use 1 to 64 of A-Z, a-z, 0-9, '-', '_' and '.'"))) }
 }
 
-fn check_date(s: &str) -> Result<(), String> {
+fn check_date(s: &str) -> Result<(), error::Invalid> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    time::Date::parse(s, &fmt).map(|_| ()).map_err(|_| format!("{s:?} is not a date YYYY-MM-DD"))
+    time::Date::parse(s, &fmt).map(|_| ()).map_err(|_| error::Invalid(format!("{s:?} is not a date YYYY-MM-DD")))
 }
 
 impl InstrumentRecord {

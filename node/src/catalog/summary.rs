@@ -5,8 +5,8 @@
 use corridor_proto::{self as pb, cities::City};
 
 use crate::{
+    catalog::model::StoredInstrument,
     catalog::model::{AccessLevel, PriceUnit, ServiceMode, Status},
-    kv::inventory::StoredInstrument,
 };
 
 pub fn to_proto(s: &StoredInstrument, city: &City) -> pb::Instrument {

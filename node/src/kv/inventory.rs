@@ -4,17 +4,10 @@
 
 use std::{collections::BTreeMap, path::Path, sync::Mutex};
 
-use serde::{Deserialize, Serialize};
-
-use crate::{catalog::model::InstrumentRecord, error::StoreError};
-
-/// A record as stored: what the owner sent, and when it last changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredInstrument {
-    pub record: InstrumentRecord,
-    /// RFC 3339, Asia/Shanghai offset.
-    pub updated_at: String,
-}
+use crate::{
+    catalog::model::{InstrumentRecord, StoredInstrument},
+    error::StoreError,
+};
 
 /// What an upsert did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

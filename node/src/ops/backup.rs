@@ -99,54 +99,80 @@ impl Verified {
     }
 }
 
+/// Why a backup cannot be read or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The file is not a whole corridor backup: damaged, truncated, or
+    /// something else.
+    #[error("{0}")]
+    Damaged(String),
+    /// A format this build does not read.
+    #[error("backup format {0} is not supported (this build reads 1)")]
+    Unsupported(u32),
+    /// The target directory already holds data.
+    #[error("{0} is not empty; restore into a new directory")]
+    NotEmpty(String),
+    /// The target directory could not be written.
+    #[error("writing the restored store failed: {0}")]
+    Io(String),
+}
+
 /// Checks a backup's format, checksum and entry count.
-pub fn verify(bytes: &[u8]) -> Result<Verified, String> {
+pub fn verify(bytes: &[u8]) -> Result<Verified, BackupError> {
+    let damaged = |m: String| BackupError::Damaged(m);
     let body_end = bytes[..bytes.len().saturating_sub(1)]
         .iter()
         .rposition(|b| *b == b'\n')
         .map(|i| i + 1)
-        .ok_or("not a corridor backup: no trailer")?;
+        .ok_or_else(|| damaged("not a corridor backup: no trailer".into()))?;
     let (body, trailer) = bytes.split_at(body_end);
     let trailer: Trailer = serde_json::from_slice(trailer.trim_ascii_end())
-        .map_err(|e| format!("not a corridor backup: unreadable trailer ({e}); the file may be truncated"))?;
+        .map_err(|e| damaged(format!("not a corridor backup: unreadable trailer ({e}); the file may be truncated")))?;
     let mut ctx = Context::new(&SHA256);
     ctx.update(body);
     let actual = hex(ctx.finish().as_ref());
     if actual != trailer.sha256 {
-        return Err(format!(
+        return Err(damaged(format!(
             "checksum mismatch: the file says {}, its content hashes to {actual}; the backup is damaged",
             trailer.sha256
-        ));
+        )));
     }
     let mut lines = body.split(|b| *b == b'\n').filter(|l| !l.is_empty());
-    let header: Header =
-        lines.next().and_then(|l| serde_json::from_slice(l).ok()).ok_or("not a corridor backup: no header")?;
+    let header: Header = lines
+        .next()
+        .and_then(|l| serde_json::from_slice(l).ok())
+        .ok_or_else(|| damaged("not a corridor backup: no header".into()))?;
     if header.corridor_backup != 1 {
-        return Err(format!("backup format {} is not supported (this build reads 1)", header.corridor_backup));
+        return Err(BackupError::Unsupported(header.corridor_backup));
     }
     let mut entries = Vec::new();
     for (i, line) in lines.enumerate() {
-        let bad = || format!("entry {} is malformed", i + 1);
+        let bad = || damaged(format!("entry {} is malformed", i + 1));
         let r: Record = serde_json::from_slice(line).map_err(|_| bad())?;
         entries.push((unhex(&r.tree).ok_or_else(bad)?, unhex(&r.k).ok_or_else(bad)?, unhex(&r.v).ok_or_else(bad)?));
     }
     if entries.len() as u64 != trailer.entries {
-        return Err(format!("the trailer counts {} entries but the file holds {}", trailer.entries, entries.len()));
+        return Err(damaged(format!(
+            "the trailer counts {} entries but the file holds {}",
+            trailer.entries,
+            entries.len()
+        )));
     }
     Ok(Verified { city: header.city, taken_at: header.taken_at, entries })
 }
 
 /// Writes a verified backup into a new data directory. Refuses a directory
 /// that already holds data: a restore never mixes with or overwrites a store.
-pub fn restore(backup: &Verified, dir: &Path) -> Result<(), String> {
-    if dir.exists() && dir.read_dir().map_err(|e| e.to_string())?.next().is_some() {
-        return Err(format!("{} is not empty; restore into a new directory", dir.display()));
+pub fn restore(backup: &Verified, dir: &Path) -> Result<(), BackupError> {
+    let io = |e: &dyn std::fmt::Display| BackupError::Io(e.to_string());
+    if dir.exists() && dir.read_dir().map_err(|e| io(&e))?.next().is_some() {
+        return Err(BackupError::NotEmpty(dir.display().to_string()));
     }
-    let db = sled::Config::new().path(dir).open().map_err(|e| e.to_string())?;
+    let db = sled::Config::new().path(dir).open().map_err(|e| io(&e))?;
     for (tree, k, v) in &backup.entries {
-        db.open_tree(tree).and_then(|t| t.insert(k.as_slice(), v.as_slice())).map_err(|e| e.to_string())?;
+        db.open_tree(tree).and_then(|t| t.insert(k.as_slice(), v.as_slice())).map_err(|e| io(&e))?;
     }
-    db.flush().map_err(|e| e.to_string())?;
+    db.flush().map_err(|e| io(&e))?;
     Ok(())
 }
 
@@ -178,12 +204,12 @@ mod tests {
         restore(&v, &dir.path().join("b")).unwrap();
         let restored = sled::Config::new().path(dir.path().join("b")).open().unwrap();
         assert_eq!(dump(&restored), dump(&db));
-        assert!(restore(&v, &dir.path().join("b")).unwrap_err().contains("not empty"));
+        assert!(restore(&v, &dir.path().join("b")).unwrap_err().to_string().contains("not empty"));
 
         let mut damaged = bytes.clone();
         let i = damaged.len() / 2;
         damaged[i] ^= 1;
-        assert!(verify(&damaged).unwrap_err().contains("checksum mismatch"));
+        assert!(verify(&damaged).unwrap_err().to_string().contains("checksum mismatch"));
         assert!(verify(&bytes[..bytes.len() - 10]).is_err(), "a truncated file is refused");
     }
 }

@@ -7,6 +7,7 @@
 use corridor_proto::cities::{CITIES, City};
 
 use crate::catalog::model::{AccessLevel, InstrumentRecord, PriceUnit, ServiceMode, Status, uscc_with_check};
+use crate::error::Invalid;
 
 /// How much demo data to seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +67,11 @@ fn kinds() -> &'static [Kind] {
     KINDS.get_or_init(|| parse_kinds(KINDS_CSV).expect("node/data/demo_kinds.csv is valid"))
 }
 
-fn parse_kinds(csv_text: &str) -> Result<Vec<Kind>, String> {
+fn parse_kinds(csv_text: &str) -> Result<Vec<Kind>, Invalid> {
     let list = |s: &str| -> Vec<String> {
         s.split(';').map(str::trim).filter(|x| !x.is_empty()).map(str::to_string).collect()
     };
-    let range = |s: &str, scale: i64| -> Result<(i64, i64), String> {
+    let range = |s: &str, scale: i64| -> Result<(i64, i64), Invalid> {
         let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not a range min-max"))?;
         let parse = |x: &str| x.trim().parse::<i64>().map_err(|e| format!("{x:?}: {e}"));
         Ok((parse(a)? * scale, parse(b)? * scale))
@@ -79,7 +80,7 @@ fn parse_kinds(csv_text: &str) -> Result<Vec<Kind>, String> {
     let mut out = Vec::new();
     for row in reader.records() {
         let row = row.map_err(|e| e.to_string())?;
-        let at = |what: &str, e: String| format!("demo kind {}: {what}: {e}", &row[0]);
+        let at = |what: &str, e: String| Invalid(format!("demo kind {}: {what}: {e}", &row[0]));
         let makers = list(&row[4])
             .iter()
             .map(|m| m.split_once('|').map(|(a, b)| (a.to_string(), b.to_string())))
@@ -92,8 +93,8 @@ fn parse_kinds(csv_text: &str) -> Result<Vec<Kind>, String> {
             names_en: list(&row[3]),
             makers,
             techniques: list(&row[5]),
-            value: range(&row[6], 10_000).map_err(|e| at("value_wan", e))?,
-            price: range(&row[7], 1).map_err(|e| at("price_yuan", e))?,
+            value: range(&row[6], 10_000).map_err(|e| at("value_wan", e.0))?,
+            price: range(&row[7], 1).map_err(|e| at("price_yuan", e.0))?,
             unit: if &row[8] == "sample" { PriceUnit::Sample } else { PriceUnit::Hour },
             notes: row[9].to_string(),
         };

@@ -3,6 +3,7 @@
 
 use corridor_proto::{self as pb, cities::City};
 
+use crate::error::Invalid;
 use crate::{
     booking::{
         Booking, State,
@@ -19,16 +20,16 @@ use crate::{
     },
 };
 
-fn enum_err(field: &str, v: i32) -> String {
-    format!("{field}: unknown value {v}")
+fn enum_err(field: &str, v: i32) -> Invalid {
+    Invalid(format!("{field}: unknown value {v}"))
 }
 
 /// Reads a record from the wire. `UNSPECIFIED` enums take the record's
 /// defaults (open access, available, priced per hour). The `id`, when given,
 /// must agree with `city` and `local_id`.
-pub fn from_proto(p: pb::Instrument) -> Result<InstrumentRecord, String> {
+pub fn from_proto(p: pb::Instrument) -> Result<InstrumentRecord, Invalid> {
     if !p.id.is_empty() && p.id != format!("{}/{}", p.city, p.local_id) {
-        return Err(format!("id: {:?} does not match city {:?} and local_id {:?}", p.id, p.city, p.local_id));
+        return Err(Invalid(format!("id: {:?} does not match city {:?} and local_id {:?}", p.id, p.city, p.local_id)));
     }
     let access_level = match pb::AccessLevel::try_from(p.access_level) {
         Ok(pb::AccessLevel::Unspecified | pb::AccessLevel::Open) => AccessLevel::Open,
@@ -174,7 +175,7 @@ pub fn voucher_to_proto(v: &Voucher) -> pb::Voucher {
     }
 }
 
-pub fn issue_from_proto(r: pb::IssueVoucherRequest) -> Result<IssueVoucher, String> {
+pub fn issue_from_proto(r: pb::IssueVoucherRequest) -> Result<IssueVoucher, Invalid> {
     let mode = match pb::VoucherMode::try_from(r.mode).map_err(|_| enum_err("mode", r.mode))? {
         pb::VoucherMode::Unspecified | pb::VoucherMode::ProviderRedeemed => Mode::ProviderRedeemed,
         pb::VoucherMode::EnterpriseReimbursed => Mode::EnterpriseReimbursed,
@@ -243,11 +244,11 @@ pub fn rules_to_proto(r: &Rules) -> pb::BookingRules {
     }
 }
 
-pub fn rules_from_proto(p: pb::BookingRules) -> Result<Rules, String> {
+pub fn rules_from_proto(p: pb::BookingRules) -> Result<Rules, Invalid> {
     let mut opening = Vec::with_capacity(p.opening_hours.len());
     for o in p.opening_hours {
         if !(1..=7).contains(&o.weekday) {
-            return Err(format!("opening_hours weekday {} is not 1 (Monday) to 7 (Sunday)", o.weekday));
+            return Err(Invalid(format!("opening_hours weekday {} is not 1 (Monday) to 7 (Sunday)", o.weekday)));
         }
         opening.push(Opening {
             weekday: o.weekday as u8,
@@ -308,7 +309,7 @@ pub fn facets_to_proto(f: Facets) -> pb::Facets {
     }
 }
 
-pub fn service_mode_from_proto(m: i32) -> Result<ServiceMode, String> {
+pub fn service_mode_from_proto(m: i32) -> Result<ServiceMode, Invalid> {
     match pb::ServiceMode::try_from(m) {
         Ok(pb::ServiceMode::SelfOperated) => Ok(ServiceMode::SelfOperated),
         Ok(pb::ServiceMode::StaffOperated) => Ok(ServiceMode::StaffOperated),
@@ -317,7 +318,7 @@ pub fn service_mode_from_proto(m: i32) -> Result<ServiceMode, String> {
     }
 }
 
-pub fn status_from_proto(s: i32) -> Result<Status, String> {
+pub fn status_from_proto(s: i32) -> Result<Status, Invalid> {
     match pb::InstrumentStatus::try_from(s) {
         Ok(pb::InstrumentStatus::Available) => Ok(Status::Available),
         Ok(pb::InstrumentStatus::Maintenance) => Ok(Status::Maintenance),
@@ -330,11 +331,11 @@ pub fn status_from_proto(s: i32) -> Result<Status, String> {
 mod tests {
     use super::*;
     use crate::{
+        catalog::model::StoredInstrument,
         catalog::{
             model::tests::sample,
             summary::{to_proto, to_summary},
         },
-        kv::inventory::StoredInstrument,
     };
     use corridor_proto::cities::city_by_slug;
 

@@ -6,8 +6,8 @@
 use tonic::Status;
 
 use crate::{
-    NodeError,
     error::{Code, Error, StoreError},
+    node::NodeError,
 };
 
 /// The gRPC code for a domain code.

@@ -9,6 +9,7 @@ use corridor_telemetry::ClientService;
 use tonic::{Code, Status, transport::Channel};
 use tracing::Instrument;
 
+use crate::error::Invalid;
 use crate::{
     booking::time,
     money::coordinator::{CallError, CallFuture, IssuerCall, IssuerReply, Issuers},
@@ -127,15 +128,15 @@ impl Issuers for GrpcIssuers {
 }
 
 /// Parses `--peer city=https://host:port` values.
-pub fn parse_peers(values: &[String]) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_peers(values: &[String]) -> Result<BTreeMap<String, String>, Invalid> {
     let mut out = BTreeMap::new();
     for v in values {
         let (city, url) = v.split_once('=').ok_or_else(|| format!("--peer {v:?}: expected CITY=https://host:port"))?;
         if corridor_proto::cities::city_by_slug(city).is_none() {
-            return Err(format!("--peer {v:?}: {city:?} is not a corridor city"));
+            return Err(Invalid(format!("--peer {v:?}: {city:?} is not a corridor city")));
         }
         if !url.starts_with("https://") {
-            return Err(format!("--peer {v:?}: the endpoint must be https://host:port"));
+            return Err(Invalid(format!("--peer {v:?}: the endpoint must be https://host:port")));
         }
         out.insert(city.to_string(), url.to_string());
     }

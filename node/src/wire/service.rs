@@ -420,8 +420,8 @@ impl node_server::Node for NodeService {
                 let inst = row.instrument.ok_or_else(|| {
                     Status::from(NodeError::Rejected(RowError { line, reason: "row carries no instrument".into() }))
                 })?;
-                let record =
-                    from_proto(inst).map_err(|reason| Status::from(NodeError::Rejected(RowError { line, reason })))?;
+                let record = from_proto(inst)
+                    .map_err(|reason| Status::from(NodeError::Rejected(RowError { line, reason: reason.0 })))?;
                 rows.push((line, record));
             }
         }

@@ -13,7 +13,7 @@ use tonic::Request;
 async fn import_one(mesh: &Mesh, city: &str, who: &str, local_id: &str) -> Result<pb::ImportSummary, tonic::Status> {
     let mut r = city_inventory(Scale::G60, city).remove(0);
     r.local_id = local_id.into();
-    let stored = corridor_node::kv::inventory::StoredInstrument { record: r, updated_at: String::new() };
+    let stored = corridor_node::catalog::model::StoredInstrument { record: r, updated_at: String::new() };
     let row = pb::ImportRow {
         line: 1,
         instrument: Some(corridor_node::catalog::summary::to_proto(&stored, Mesh::city(city))),

@@ -174,7 +174,7 @@ async fn cursor_pages_neither_repeat_nor_skip_across_a_reshuffle() {
     r.local_id = "aaa-new-microscope".into();
     r.city = String::new();
     r.name_zh = "显微镜 显微镜".into();
-    let stored = corridor_node::kv::inventory::StoredInstrument { record: r, updated_at: String::new() };
+    let stored = corridor_node::catalog::model::StoredInstrument { record: r, updated_at: String::new() };
     let row = pb::ImportRow {
         line: 1,
         instrument: Some(corridor_node::catalog::summary::to_proto(&stored, Mesh::city("hefei"))),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use corridor_certs::{Ca, Credentials, Identity, IssueOptions, client_channel};
 use corridor_node::{
+    catalog::model::StoredInstrument,
     catalog::{model::InstrumentRecord, summary::to_proto},
-    kv::inventory::StoredInstrument,
 };
 use corridor_tests::{Mesh, pb};
 use time::OffsetDateTime;

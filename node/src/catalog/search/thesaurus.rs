@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 
 use super::text::{fold, is_cjk};
+use crate::error::Invalid;
 
 /// The thesaurus the node ships with: instrument kinds, and the makers of
 /// instruments under the names people use for them (赛默飞 for Thermo
@@ -230,15 +231,19 @@ impl Thesaurus {
                 }
             }
         }
-        t.closure =
-            (0..t.concepts.len() as u32).map(|i| t.ancestors(i, &by_id)).collect::<Result<_, String>>().map_err(
-                |reason| ThesaurusError { source_name: files.last().map_or("", |f| f.0).to_string(), line: 0, reason },
-            )?;
+        t.closure = (0..t.concepts.len() as u32)
+            .map(|i| t.ancestors(i, &by_id))
+            .collect::<Result<_, Invalid>>()
+            .map_err(|reason| ThesaurusError {
+                source_name: files.last().map_or("", |f| f.0).to_string(),
+                line: 0,
+                reason: reason.0,
+            })?;
         Ok(t)
     }
 
     /// `i` and every concept above it, or the cycle that makes that endless.
-    fn ancestors(&self, i: u32, by_id: &HashMap<String, u32>) -> Result<Vec<u32>, String> {
+    fn ancestors(&self, i: u32, by_id: &HashMap<String, u32>) -> Result<Vec<u32>, Invalid> {
         let mut out = vec![i];
         let mut next = 0;
         while next < out.len() {
@@ -246,7 +251,7 @@ impl Thesaurus {
             for p in &c.parents {
                 let p = by_id[p];
                 if p == i {
-                    return Err(format!("concept {:?} is its own ancestor", self.concepts[i as usize].id));
+                    return Err(Invalid(format!("concept {:?} is its own ancestor", self.concepts[i as usize].id)));
                 }
                 if !out.contains(&p) {
                     out.push(p);

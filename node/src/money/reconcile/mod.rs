@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use corridor_proto::cities::{CITIES, PROVINCES, city_by_slug};
 use serde::Serialize;
 
+use crate::error::Invalid;
 use crate::{
     booking::time::{Instant, SHANGHAI},
     catalog::model::yuan,
@@ -28,8 +29,8 @@ pub struct Period {
 }
 
 impl Period {
-    pub fn parse(s: &str) -> Result<Period, String> {
-        let bad = || format!("--period {s:?}: expected a month YYYY-MM, e.g. 2026-11");
+    pub fn parse(s: &str) -> Result<Period, Invalid> {
+        let bad = || Invalid(format!("--period {s:?}: expected a month YYYY-MM, e.g. 2026-11"));
         let (y, m) = s.split_once('-').ok_or_else(bad)?;
         if y.len() != 4 || m.len() != 2 {
             return Err(bad());
