@@ -147,3 +147,71 @@ impl Payment {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(state: PayState) -> Payment {
+        Payment {
+            state,
+            held_fen: 50_000,
+            share_percent: 50,
+            per_use_cap_fen: 30_000,
+            ..Payment::trying("wuhu/v-1".into(), "wuhu".into(), "hefei/bk-1", false)
+        }
+    }
+
+    #[test]
+    fn confirm_waits_for_the_issuers_hold() {
+        let mut p = held(PayState::Trying);
+        assert!(p.on_confirm("hefei/bk-1").unwrap_err().to_string().contains("still being arranged with wuhu"));
+        assert_eq!(p.state, PayState::Trying, "a refused confirm changes nothing");
+        let mut p = held(PayState::Held);
+        p.on_confirm("hefei/bk-1").unwrap();
+        assert_eq!(p.state, PayState::Confirming, "the decision is recorded before the issuer hears it");
+        let mut p = held(PayState::Voided);
+        assert!(matches!(p.on_confirm("hefei/bk-1"), Err(Error::State(_))));
+    }
+
+    #[test]
+    fn release_cancels_only_what_the_issuer_may_still_hold() {
+        for s in [PayState::Trying, PayState::Held, PayState::Confirming, PayState::Confirmed] {
+            let mut p = held(s);
+            p.release();
+            assert_eq!(p.state, PayState::Cancelling, "from {s:?}");
+        }
+        for s in [PayState::Posting, PayState::Posted, PayState::Voided, PayState::Disputed, PayState::Cancelling] {
+            let mut p = held(s);
+            p.release();
+            assert_eq!(p.state, s, "a settled or settling payment is left alone");
+        }
+    }
+
+    #[test]
+    fn completion_posts_the_share_within_the_cap_and_the_hold() {
+        let mut p = held(PayState::Held);
+        assert!(p.on_complete("hefei/bk-1", 40_000, 9).is_err(), "not before the issuer confirmed");
+        let mut p = held(PayState::Confirmed);
+        // Half of 40,001 fen, rounded half up.
+        let r = p.on_complete("hefei/bk-1", 40_001, 9).unwrap();
+        assert_eq!((r.amount_fen, p.posted_fen, p.state, p.service_at), (20_001, 20_001, PayState::Posting, Some(9)));
+        assert_eq!((r.op.as_str(), r.voucher.as_str(), r.issuer_city.as_str()), ("hefei/bk-1", "wuhu/v-1", "wuhu"));
+        // The per-use cap (300 yuan) bounds a large fee's share.
+        let mut p = held(PayState::Confirmed);
+        assert_eq!(p.on_complete("hefei/bk-1", 1_000_000, 9).unwrap().amount_fen, 30_000);
+        // Never more than the issuer holds.
+        let mut p = Payment { held_fen: 10_000, ..held(PayState::Confirmed) };
+        assert_eq!(p.on_complete("hefei/bk-1", 1_000_000, 9).unwrap().amount_fen, 10_000);
+    }
+
+    #[test]
+    fn voucher_ids_name_their_issuing_city() {
+        assert_eq!(issuer_of("wuhu/v-12").unwrap(), ("wuhu/v-12".to_string(), "wuhu".to_string()));
+        for bad in ["v-12", "paris/v-1", "wuhu/bk-1", ""] {
+            assert!(matches!(issuer_of(bad), Err(Error::Invalid(_))), "{bad:?}");
+        }
+        assert_eq!(share_of(101, 50, i64::MAX), 51, "half a fen rounds up");
+        assert_eq!(share_of(1_000_000, 100, 2_000), 2_000);
+    }
+}
