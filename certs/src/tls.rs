@@ -25,19 +25,18 @@ use rustls::{
 use tokio::{io::AsyncReadExt, net::TcpStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{CertError, Identity, coalesce::Coalesce};
+use crate::{
+    coalesce::Coalesce,
+    error::CertError,
+    files::{certs_from_pem, crl_path},
+    identity::Identity,
+};
 
 /// The one crypto provider in the process. Passing it explicitly everywhere
 /// means no process-wide default is needed, so a second provider in the
 /// dependency graph cannot make rustls panic at start.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-pub(crate) fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, io::Error> {
-    CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
 /// One process's TLS material: the CA it trusts and its own identity.
@@ -110,7 +109,7 @@ impl Credentials {
                 creds.identity.name()
             )));
         }
-        let crl = crate::revoke::crl_path(dir);
+        let crl = crl_path(dir);
         if crl.exists() {
             creds.crls = CertificateRevocationListDer::pem_slice_iter(&read_bytes(&crl)?)
                 .collect::<Result<Vec<_>, _>>()
@@ -459,7 +458,7 @@ impl CredentialSource {
             dir.join(format!("{name}.pem")),
             dir.join(format!("{name}.key")),
             dir.join("ca.pem"),
-            crate::revoke::crl_path(dir),
+            crl_path(dir),
             // cert-manager's names (see `identity_files`).
             dir.join("tls.crt"),
             dir.join("tls.key"),
@@ -527,72 +526,6 @@ impl CredentialSource {
                 }
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::str::FromStr;
-
-    use tokio::io::AsyncWriteExt;
-    use tokio_stream::StreamExt;
-    use tower::Service;
-
-    use super::*;
-    use crate::{HandshakeFailure, TlsAcceptOptions, handshake_failure, tls_incoming};
-
-    #[tokio::test]
-    async fn a_refused_client_learns_why_when_it_connects_not_in_its_first_call() {
-        let dir = tempfile::tempdir().unwrap();
-        crate::init_dir(dir.path(), &["hefei"], false).unwrap();
-        crate::revoke(dir.path(), "org-demo").unwrap();
-        let server = CredentialSource::load(dir.path(), "node-hefei").unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server_addr = listener.local_addr().unwrap();
-        let mut incoming = tls_incoming(listener, server, TlsAcceptOptions::default());
-        // A network with some latency, so that the verdict arrives well after
-        // the client has sent its last flight.
-        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri = Uri::from_str(&format!("http://127.0.0.1:{}", proxy.local_addr().unwrap().port())).unwrap();
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            while let Ok((client, _)) = proxy.accept().await {
-                let server = TcpStream::connect(server_addr).await.unwrap();
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
-                        // Simulated latency, not a wait for a condition.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        let expect = Some(Identity::Node("hefei".into()));
-
-        // Under TLS 1.3 the client's half of the handshake ends before the
-        // server has judged its certificate: the connect awaits the verdict.
-        let revoked = CredentialSource::load(dir.path(), "org-demo").unwrap();
-        let err = TlsConnector::new(revoked, expect.clone()).call(uri.clone()).await.expect_err("refused at connect");
-        assert_eq!(handshake_failure(&err), Some(HandshakeFailure::Revoked), "{err:?}");
-
-        // An accepted client gets the server's first bytes, as hyper will read them.
-        let good = CredentialSource::load(dir.path(), "admin-hefei").unwrap();
-        let serve = async {
-            let mut conn = incoming.next().await.unwrap().unwrap();
-            conn.write_all(b"settings").await.unwrap();
-            conn.flush().await.unwrap();
-            conn
-        };
-        let (client, _conn) = tokio::join!(TlsConnector::new(good, expect).call(uri), serve);
-        let mut first = [0u8; 8];
-        tokio::io::AsyncReadExt::read_exact(&mut client.unwrap().into_inner(), &mut first).await.unwrap();
-        assert_eq!(&first, b"settings");
     }
 }
 
