@@ -18,11 +18,13 @@ pub enum RunError {
     Tls(#[from] CertError),
     #[error("serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("health port: {0}")]
-    Health(String),
+    #[error("binding the health port on {addr}: {cause}")]
+    Health { addr: std::net::SocketAddr, cause: std::io::Error },
 }
 
 /// Serves the gateway until `shutdown` resolves, then drains in-flight calls.
+/// With `health_addr`, the plaintext health port is bound there (here, the
+/// server layer the binary hands its addresses to) and stops with the rest.
 pub async fn run(
     config: GatewayConfig,
     creds: Arc<CredentialSource>,
@@ -38,9 +40,15 @@ pub async fn run(
     let _watch = creds.watch(std::time::Duration::from_secs(2));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
-    let probes = corridor_telemetry::serve_health(health_addr, &health_service)
-        .await
-        .map_err(|e| RunError::Health(e.to_string()))?;
+    // The health port stops when `stop_probes` is dropped: after the drain,
+    // or on any early return.
+    let (stop_probes, probes_stop) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = health_addr {
+        let listener = TcpListener::bind(addr).await.map_err(|cause| RunError::Health { addr, cause })?;
+        tokio::spawn(corridor_telemetry::serve_health(listener, health_service.clone(), async move {
+            let _ = probes_stop.await;
+        }));
+    }
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services("corridor.v1.Gateway");
     corridor_telemetry::cert_expiry_gauge(&metrics, creds.clone());
     let service = GatewayServer::new(GatewayService::new(cities, &config, metrics.clone()))
@@ -62,9 +70,7 @@ pub async fn run(
         Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
     })
     .await?;
-    if let Some(p) = probes {
-        p.abort();
-    }
+    drop(stop_probes);
     tracing::info!(drain_ms = drained.millis(), cut_off = drained.cut_off, "gateway stopped");
     Ok(())
 }

@@ -161,9 +161,12 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServer<NodeService>>().await;
-    let probes = corridor_telemetry::serve_health(config.health_addr, &health_service)
-        .await
-        .map_err(|e| NodeError::Serve(format!("health port: {e}")))?;
+    // The health port stops when `probes` is dropped, after the drain.
+    let (probes, probes_stop) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = config.health_addr {
+        let l = TcpListener::bind(addr).await.map_err(|e| NodeError::Serve(format!("health port {addr}: {e}")))?;
+        tokio::spawn(corridor_telemetry::serve_health(l, health_service.clone(), async move { _ = probes_stop.await }));
+    }
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services("corridor.v1.Node");
 
     let service = NodeServer::new(NodeService::new(node))
@@ -185,9 +188,7 @@ pub async fn run(
         Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
     })
     .await;
-    if let Some(p) = probes {
-        p.abort();
-    }
+    drop(probes);
     recovery.abort();
     if let Some(w) = thesaurus_watch {
         w.abort();

@@ -167,13 +167,13 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl 
     }
 }
 
-/// When `addr` is given, serves `health` (the standard grpc.health.v1
-/// service) alone, in plaintext, there: orchestrators probe with it, and it
-/// says nothing but SERVING or NOT_SERVING. Abort the returned task to stop it.
-pub async fn serve_health<S>(
-    addr: Option<std::net::SocketAddr>,
-    health: &S,
-) -> std::io::Result<Option<tokio::task::JoinHandle<()>>>
+/// Serves `health` (the standard grpc.health.v1 service) alone, in
+/// plaintext, on `listener` until `shutdown` resolves: orchestrators probe
+/// with it, and it says nothing but SERVING or NOT_SERVING. Like every
+/// server here it takes a listener its caller bound, so that the address and
+/// the error for it belong to the binary, and a shutdown future instead of
+/// being aborted, so that it ends with a call it has taken answered.
+pub async fn serve_health<S>(listener: TcpListener, health: S, shutdown: impl Future<Output = ()> + Send)
 where
     S: tower::Service<
             http::Request<tonic::body::Body>,
@@ -186,15 +186,12 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let Some(addr) = addr else { return Ok(None) };
-    let listener = TcpListener::bind(addr).await?;
-    let health = health.clone();
-    Ok(Some(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming).await {
-            tracing::error!(error = %e, "health port failed");
-        }
-    })))
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    if let Err(e) =
+        tonic::transport::Server::builder().add_service(health).serve_with_incoming_shutdown(incoming, shutdown).await
+    {
+        tracing::error!(error = %e, "health port failed");
+    }
 }
 
 /// Exports the expiry of the process's current certificate, following
@@ -258,6 +255,34 @@ mod tests {
     }
 
     use super::*;
+
+    #[tokio::test]
+    async fn health_is_served_on_the_given_listener_until_shutdown() {
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter.set_service_status("corridor.v1.Node", tonic_health::ServingStatus::Serving).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_health(listener, service, async move {
+            let _ = stopped.await;
+        }));
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut client = HealthClient::new(channel);
+        let answer = client.check(HealthCheckRequest { service: "corridor.v1.Node".into() }).await.unwrap();
+        assert_eq!(answer.into_inner().status(), ServingStatus::Serving);
+        reporter.set_service_status("corridor.v1.Node", tonic_health::ServingStatus::NotServing).await;
+        let answer = client.check(HealthCheckRequest { service: "corridor.v1.Node".into() }).await.unwrap();
+        assert_eq!(answer.into_inner().status(), ServingStatus::NotServing);
+        drop(client);
+        // The shutdown future ends it: it returns, and its port stops
+        // taking connections.
+        stop.send(()).unwrap();
+        server.await.unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the port is closed after shutdown");
+    }
 
     #[tokio::test]
     async fn serves_metrics_over_http() {
