@@ -360,7 +360,7 @@ impl gateway_server::Gateway for GatewayService {
         let deadline = Instant::now() + self.budget(&req);
         let mut msg = req.into_inner();
         // Refused here, as every node would refuse it, before any fan-out.
-        corridor_proto::limits::check_query(&msg.query).map_err(Status::invalid_argument)?;
+        corridor_proto::limits::check_query(&msg.query).map_err(|e| Status::invalid_argument(e.to_string()))?;
         msg.limit = match msg.limit {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
@@ -545,7 +545,7 @@ impl gateway_server::Gateway for GatewayService {
         let caller = self.caller(&req)?;
         let budget = self.budget(&req);
         let msg = req.into_inner();
-        corridor_proto::page::decode(&msg.page_token).map_err(Status::invalid_argument)?;
+        corridor_proto::page::decode(&msg.page_token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let size = corridor_proto::page::size(msg.page_size);
         let city = if !msg.instrument_id.is_empty() {
             let (c, _) = split_instrument_id(&msg.instrument_id)
