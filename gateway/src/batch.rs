@@ -30,17 +30,56 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, oneshot},
     time::Instant,
 };
-use tonic::{Code, Status};
+use tonic::{Code, Request};
 use tracing::Instrument;
 
-use crate::fanout::{NodeChannel as Channel, no_answer, node_request};
+use crate::{
+    call::{NodeChannel, node_request, within},
+    error::CallError,
+};
 
 /// Most hits one batch may ask for, so that its answer stays well inside the
 /// message limit (16 MiB) whatever the summaries weigh.
 const MAX_BATCH_HITS: u32 = 4_000;
 
-/// The search calls to one city.
-pub struct Batcher {
+/// The two calls batching makes to a node, each failure already classified
+/// (see [`CallError::from_status`]). A trait so that batching can be tested
+/// against a node made up for the test.
+pub trait SearchNode: Clone + Send + Sync + 'static {
+    fn search(
+        &self,
+        req: Request<pb::SearchRequest>,
+    ) -> impl Future<Output = Result<pb::NodeSearchResponse, CallError>> + Send;
+
+    fn search_batch(
+        &self,
+        req: Request<pb::NodeSearchBatchRequest>,
+    ) -> impl Future<Output = Result<pb::NodeSearchBatchResponse, CallError>> + Send;
+}
+
+impl SearchNode for NodeClient<NodeChannel> {
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<pb::NodeSearchResponse, CallError> {
+        // The client's own method (it takes `&mut self`), not this trait's.
+        NodeClient::search(&mut self.clone(), req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(CallError::from_status)
+    }
+
+    async fn search_batch(
+        &self,
+        req: Request<pb::NodeSearchBatchRequest>,
+    ) -> Result<pb::NodeSearchBatchResponse, CallError> {
+        NodeClient::search_batch(&mut self.clone(), req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(CallError::from_status)
+    }
+}
+
+/// The search calls to one city's node.
+pub struct Batcher<N> {
+    node: N,
     queue: Mutex<VecDeque<Pending>>,
     calls: Arc<Semaphore>,
     /// Set when the node answers `SearchBatch` with UNIMPLEMENTED (a node of
@@ -49,106 +88,120 @@ pub struct Batcher {
     unbatched: AtomicBool,
 }
 
+type Answer = Result<pb::NodeSearchResponse, CallError>;
+
 struct Pending {
     request: pb::SearchRequest,
     deadline: Instant,
     span: tracing::Span,
-    reply: oneshot::Sender<Result<pb::NodeSearchResponse, Status>>,
+    reply: oneshot::Sender<Answer>,
 }
 
 /// A free call, handed back on drop; whoever hands it back looks for
 /// searches that queued meanwhile.
-struct Slot {
-    batcher: Arc<Batcher>,
-    client: NodeClient<Channel>,
+struct Slot<N: SearchNode> {
+    batcher: Arc<Batcher<N>>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Drop for Slot {
+impl<N: SearchNode> Drop for Slot<N> {
     fn drop(&mut self) {
         drop(self.permit.take());
-        self.batcher.kick(&self.client);
+        self.batcher.kick();
     }
 }
 
-impl Batcher {
-    /// At most `calls` search calls in flight at once.
-    pub fn new(calls: usize) -> Self {
-        Batcher { queue: Mutex::default(), calls: Arc::new(Semaphore::new(calls)), unbatched: AtomicBool::new(false) }
+impl<N: SearchNode> Batcher<N> {
+    /// At most `calls` search calls to `node` in flight at once.
+    pub fn new(node: N, calls: usize) -> Self {
+        Batcher {
+            node,
+            queue: Mutex::default(),
+            calls: Arc::new(Semaphore::new(calls)),
+            unbatched: AtomicBool::new(false),
+        }
     }
 
     /// Runs `request` on the city's node by `deadline`, alone or in a batch.
     /// `span` is this search's call span; the node's span joins it.
     pub async fn search(
         self: &Arc<Self>,
-        client: &NodeClient<Channel>,
         request: pb::SearchRequest,
         deadline: Instant,
         span: tracing::Span,
-    ) -> Result<pb::NodeSearchResponse, Status> {
+    ) -> Answer {
         if self.unbatched.load(Ordering::Relaxed) {
-            return search_alone(client.clone(), request, deadline, &span).await;
+            return search_alone(&self.node, request, deadline, &span).await;
         }
         let queue_empty = self.queue.lock().expect("poisoned").is_empty();
         if queue_empty && let Ok(permit) = self.calls.clone().try_acquire_owned() {
-            let _slot = Slot { batcher: self.clone(), client: client.clone(), permit: Some(permit) };
-            return search_alone(client.clone(), request, deadline, &span).await;
+            let _slot = Slot { batcher: self.clone(), permit: Some(permit) };
+            return search_alone(&self.node, request, deadline, &span).await;
         }
         let (reply, answer) = oneshot::channel();
         self.queue.lock().expect("poisoned").push_back(Pending { request, deadline, span, reply });
-        self.kick(client);
-        answer.await.unwrap_or_else(|_| Err(Status::internal("the batch carrying this search was dropped")))
+        self.kick();
+        // Each search waits under its own deadline, whatever its batch does.
+        let budget = deadline.saturating_duration_since(Instant::now());
+        within(budget, async { answer.await.unwrap_or(Err(CallError::Dropped)) }).await
     }
 
     /// Starts a call for the queue if one is free. Every search that queues
     /// kicks, and every call that ends kicks, so nothing is left waiting.
-    fn kick(self: &Arc<Self>, client: &NodeClient<Channel>) {
+    fn kick(self: &Arc<Self>) {
         if self.queue.lock().expect("poisoned").is_empty() {
             return;
         }
         let Ok(permit) = self.calls.clone().try_acquire_owned() else { return };
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        let slot = Slot { batcher: self.clone(), client: client.clone(), permit: Some(permit) };
-        rt.spawn(async move { slot.batcher.clone().drain(&slot.client).await });
+        let slot = Slot { batcher: self.clone(), permit: Some(permit) };
+        rt.spawn(async move { slot.batcher.clone().drain().await });
     }
 
     /// Sends what is queued, batch after batch, until the queue is empty.
-    async fn drain(self: Arc<Self>, client: &NodeClient<Channel>) {
+    async fn drain(self: Arc<Self>) {
         loop {
             let batch = self.take();
             if batch.is_empty() {
                 return;
             }
-            self.send(client, batch).await;
+            self.send(batch).await;
         }
     }
 
-    /// Up to [`pb::MAX_SEARCH_BATCH`] queued searches that someone still waits for.
+    /// Up to [`pb::MAX_SEARCH_BATCH`] queued searches that someone still
+    /// waits for. One whose time is up is answered so and not sent.
     fn take(&self) -> Vec<Pending> {
         let mut queue = self.queue.lock().expect("poisoned");
         let mut batch = Vec::with_capacity(queue.len().min(pb::MAX_SEARCH_BATCH));
         let mut hits = 0;
+        let now = Instant::now();
         while batch.len() < pb::MAX_SEARCH_BATCH
             && let Some(p) = queue.pop_front()
         {
+            if p.reply.is_closed() {
+                // Its client gave up.
+                continue;
+            }
+            if p.deadline <= now {
+                let _ = p.reply.send(Err(CallError::NoAnswer { budget: Duration::ZERO }));
+                continue;
+            }
             if !batch.is_empty() && hits + p.request.limit > MAX_BATCH_HITS {
                 queue.push_front(p);
                 break;
             }
-            // A search whose client gave up, or whose time is up, is not sent.
-            if !p.reply.is_closed() && p.deadline > Instant::now() {
-                hits += p.request.limit;
-                batch.push(p);
-            }
+            hits += p.request.limit;
+            batch.push(p);
         }
         batch
     }
 
-    async fn send(&self, client: &NodeClient<Channel>, batch: Vec<Pending>) {
+    async fn send(&self, batch: Vec<Pending>) {
         // One search, or a node known to predate batches (another call may
         // have learnt it while these queued): each goes as its own call.
         if batch.len() == 1 || self.unbatched.load(Ordering::Relaxed) {
-            return each_alone(client, batch).await;
+            return each_alone(&self.node, batch).await;
         }
         let now = Instant::now();
         let last = batch.iter().map(|p| p.deadline).max().expect("not empty");
@@ -179,33 +232,31 @@ impl Batcher {
             .collect();
         let budget = last.saturating_duration_since(now);
         let req = node_request(pb::NodeSearchBatchRequest { items }, budget, &span);
-        let answer = tokio::time::timeout(budget, client.clone().search_batch(req)).instrument(span).await;
-        match answer {
-            Ok(Ok(resp)) => {
-                let mut results = resp.into_inner().results.into_iter();
+        match within(budget, self.node.search_batch(req)).instrument(span).await {
+            Ok(resp) => {
+                let mut results = resp.results.into_iter();
                 for p in batch {
+                    // Each item is answered as `Search` would have answered it,
+                    // its code and message included.
                     let result = match results.next().and_then(|r| r.outcome) {
                         Some(Outcome::Found(found)) => Ok(found),
-                        Some(Outcome::Error(e)) => Err(Status::new(Code::from(e.code), e.message)),
-                        None => Err(Status::internal("the node's batch answer left this search out")),
+                        Some(Outcome::Error(e)) => {
+                            Err(CallError::Node { code: Code::from(e.code), message: e.message })
+                        }
+                        None => Err(CallError::LeftOut),
                     };
                     let _ = p.reply.send(result);
                 }
             }
-            Ok(Err(status)) if status.code() == Code::Unimplemented => {
+            Err(CallError::Node { code: Code::Unimplemented, .. }) => {
                 // A node from before batching: ask it one search at a time,
                 // now and from now on.
                 self.unbatched.store(true, Ordering::Relaxed);
-                each_alone(client, batch).await;
+                each_alone(&self.node, batch).await;
             }
-            Ok(Err(status)) => {
+            Err(e) => {
                 for p in batch {
-                    let _ = p.reply.send(Err(status.clone()));
-                }
-            }
-            Err(_) => {
-                for p in batch {
-                    let _ = p.reply.send(Err(Status::deadline_exceeded(no_answer(budget))));
+                    let _ = p.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -213,26 +264,23 @@ impl Batcher {
 }
 
 /// Sends each search as its own call, all at once.
-async fn each_alone(client: &NodeClient<Channel>, batch: Vec<Pending>) {
+async fn each_alone<N: SearchNode>(node: &N, batch: Vec<Pending>) {
     futures_util::future::join_all(batch.into_iter().map(|p| async move {
-        let result = search_alone(client.clone(), p.request, p.deadline, &p.span).await;
+        let result = search_alone(node, p.request, p.deadline, &p.span).await;
         let _ = p.reply.send(result);
     }))
     .await;
 }
 
 /// One search sent as its own call, its budget sent on as `grpc-timeout`.
-async fn search_alone(
-    mut client: NodeClient<Channel>,
+async fn search_alone<N: SearchNode>(
+    node: &N,
     request: pb::SearchRequest,
     deadline: Instant,
     span: &tracing::Span,
-) -> Result<pb::NodeSearchResponse, Status> {
+) -> Answer {
     let budget = deadline.saturating_duration_since(Instant::now());
-    match tokio::time::timeout(budget, client.search(node_request(request, budget, span))).await {
-        Ok(answer) => answer.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::deadline_exceeded(no_answer(budget))),
-    }
+    within(budget, node.search(node_request(request, budget, span))).await
 }
 
 fn micros(d: Duration) -> u64 {

@@ -7,10 +7,7 @@ use corridor_proto::gateway_server::GatewayServer;
 use corridor_telemetry::{Metrics, RpcLayer};
 use tokio::net::TcpListener;
 
-use crate::{Cities, GatewayConfig, GatewayService};
-
-/// Largest gRPC message the gateway accepts or sends, in both directions.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+use crate::{call::MAX_MESSAGE_BYTES, config::GatewayConfig, fanout::Cities, service::GatewayService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
