@@ -2,7 +2,10 @@ use std::fmt;
 
 use x509_parser::{extensions::GeneralName, prelude::*};
 
-use crate::{CertError, TRUST_DOMAIN};
+use crate::error::CertError;
+
+/// The trust domain every corridor identity lives in.
+pub const TRUST_DOMAIN: &str = "corridor";
 
 /// Who a peer is, as its certificate's single URI SAN says.
 ///

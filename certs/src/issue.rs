@@ -381,46 +381,6 @@ mod tests {
         (now - Duration::minutes(1), now + Duration::days(365))
     }
 
-    #[tokio::test]
-    async fn a_requested_identity_is_signed_and_a_server_accepts_it() {
-        use tokio::io::AsyncWriteExt;
-        use tokio_stream::StreamExt;
-        use tower::Service;
-
-        let dir = tempfile::tempdir().unwrap();
-        init_dir(dir.path(), &["hefei"], false).unwrap();
-        let ca = Ca::load(dir.path()).unwrap();
-        let id = Identity::Org("acme".into());
-        let req = request(&id, &IssueOptions::for_identity(&id)).unwrap();
-        assert!(req.csr_pem.contains("BEGIN CERTIFICATE REQUEST"));
-        let (from, to) = year();
-        let signed = ca.sign_request(&req.csr_pem, from, to).unwrap();
-        assert_eq!(signed.identity, id);
-        assert!(!signed.cert_pem.contains("PRIVATE KEY"));
-
-        // The certificate goes with the key that never left, and a node takes it.
-        let creds =
-            crate::Credentials::from_pem(ca.cert_pem().as_bytes(), signed.cert_pem.as_bytes(), req.key_pem.as_bytes())
-                .unwrap();
-        assert_eq!(creds.identity(), &id);
-        let server = crate::CredentialSource::load(dir.path(), "node-hefei").unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri: tonic::transport::Uri = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
-        let mut incoming = crate::tls_incoming(listener, server, Default::default());
-        let serve = async {
-            let mut conn = incoming.next().await.unwrap().expect("the server accepts the signed identity");
-            conn.write_all(b"ok").await.unwrap();
-            conn.flush().await.unwrap();
-            conn
-        };
-        let mut connector = crate::TlsConnector::new(
-            crate::CredentialSource::fixed(creds).unwrap(),
-            Some(Identity::Node("hefei".into())),
-        );
-        let (client, _conn) = tokio::join!(connector.call(uri), serve);
-        client.expect("the client is accepted");
-    }
-
     /// A request the corridor CA must refuse, made with rcgen directly.
     fn forged(edit: impl FnOnce(&mut CertificateParams)) -> String {
         let id = Identity::Node("hefei".into());
@@ -510,6 +470,6 @@ mod tests {
     }
 
     fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
-        crate::tls::certs_from_pem(pem.as_bytes()).unwrap().remove(0).to_vec()
+        crate::files::certs_from_pem(pem.as_bytes()).unwrap().remove(0).to_vec()
     }
 }

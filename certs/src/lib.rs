@@ -6,6 +6,7 @@ mod accept;
 mod coalesce;
 mod diagnose;
 mod error;
+mod files;
 mod identity;
 mod issue;
 mod revoke;
@@ -18,12 +19,10 @@ pub use accept::{
 pub use coalesce::Coalesce;
 pub use diagnose::{HandshakeFailure, handshake_failure};
 pub use error::CertError;
-pub use identity::Identity;
+pub use files::crl_path;
+pub use identity::{Identity, TRUST_DOMAIN};
 pub use issue::{
     Ca, CertRequest, IssueOptions, IssuedCert, SignedRequest, init_dir, request, write_identity, write_request,
 };
-pub use revoke::{crl_path, revoke};
+pub use revoke::revoke;
 pub use tls::{CredentialSource, Credentials, TlsConnector, caller_identity, client_channel, reloading_channel};
-
-/// The trust domain every corridor identity lives in.
-pub const TRUST_DOMAIN: &str = "corridor";

@@ -10,20 +10,19 @@ use ::time::{Duration, OffsetDateTime};
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::{Ca, CertError, issue::write_file};
+use crate::{
+    error::CertError,
+    files::{certs_from_pem, crl_path},
+    issue::{Ca, write_file},
+};
 
 /// `DIR/revoked.txt`: one revoked certificate a line, "<serial hex> <unix time> <name>".
 fn revoked_path(dir: &Path) -> PathBuf {
     dir.join("revoked.txt")
 }
 
-/// The CRL every process loads when it exists.
-pub fn crl_path(dir: &Path) -> PathBuf {
-    dir.join("ca.crl")
-}
-
 fn serial_of(pem: &str, path: &Path) -> Result<Vec<u8>, CertError> {
-    let der = crate::tls::certs_from_pem(pem.as_bytes())
+    let der = certs_from_pem(pem.as_bytes())
         .ok()
         .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
         .ok_or_else(|| CertError::NoPem { path: path.into(), what: "certificate" })?;

@@ -25,19 +25,18 @@ use rustls::{
 use tokio::{io::AsyncReadExt, net::TcpStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{CertError, Identity, coalesce::Coalesce};
+use crate::{
+    coalesce::Coalesce,
+    error::CertError,
+    files::{certs_from_pem, crl_path},
+    identity::Identity,
+};
 
 /// The one crypto provider in the process. Passing it explicitly everywhere
 /// means no process-wide default is needed, so a second provider in the
 /// dependency graph cannot make rustls panic at start.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-pub(crate) fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, io::Error> {
-    CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
 /// One process's TLS material: the CA it trusts and its own identity.
@@ -110,7 +109,7 @@ impl Credentials {
                 creds.identity.name()
             )));
         }
-        let crl = crate::revoke::crl_path(dir);
+        let crl = crl_path(dir);
         if crl.exists() {
             creds.crls = CertificateRevocationListDer::pem_slice_iter(&read_bytes(&crl)?)
                 .collect::<Result<Vec<_>, _>>()
@@ -153,15 +152,9 @@ impl Credentials {
     /// A server config that demands a client certificate from the corridor CA
     /// whose leaf names exactly one corridor identity, and speaks HTTP/2.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, CertError> {
-        let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider());
-        if !self.crls.is_empty() {
-            // Our CA issues leaves directly; its CRL covers them.
-            builder = builder.with_crls(self.crls.clone()).only_check_end_entity_revocation();
-        }
-        let inner = builder.build()?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(Arc::new(IdentityClientVerifier { inner }))
+            .with_client_cert_verifier(self.client_verifier()?)
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
@@ -171,18 +164,35 @@ impl Credentials {
     /// must also prove that it is that identity: the gateway talking to
     /// `hefei`'s address will only accept `node-hefei`.
     pub fn client_config(&self, expect: Option<Identity>) -> Result<Arc<ClientConfig>, CertError> {
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(self.server_verifier(expect)?)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// How a server judges its clients: the CA's chain, validity and CRL,
+    /// then one corridor identity in a leaf that is not a CA.
+    fn client_verifier(&self) -> Result<Arc<IdentityClientVerifier>, CertError> {
+        let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider());
+        if !self.crls.is_empty() {
+            // Our CA issues leaves directly; its CRL covers them.
+            builder = builder.with_crls(self.crls.clone()).only_check_end_entity_revocation();
+        }
+        Ok(Arc::new(IdentityClientVerifier { inner: builder.build()? }))
+    }
+
+    /// How a client judges its server: the CA's chain, validity, name and
+    /// CRL, then, with `expect`, that it is that identity.
+    fn server_verifier(&self, expect: Option<Identity>) -> Result<Arc<IdentityServerVerifier>, CertError> {
         let mut builder = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider());
         if !self.crls.is_empty() {
             builder = builder.with_crls(self.crls.clone()).only_check_end_entity_revocation();
         }
         let inner = builder.build().map_err(|e| CertError::BadCertificate(e.to_string()))?;
-        let mut config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(IdentityServerVerifier { inner, expect }))
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(config))
+        Ok(Arc::new(IdentityServerVerifier { inner, expect }))
     }
 }
 
@@ -459,7 +469,7 @@ impl CredentialSource {
             dir.join(format!("{name}.pem")),
             dir.join(format!("{name}.key")),
             dir.join("ca.pem"),
-            crate::revoke::crl_path(dir),
+            crl_path(dir),
             // cert-manager's names (see `identity_files`).
             dir.join("tls.crt"),
             dir.join("tls.key"),
@@ -532,73 +542,178 @@ impl CredentialSource {
 
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
-
-    use tokio::io::AsyncWriteExt;
-    use tokio_stream::StreamExt;
-    use tower::Service;
+    use rcgen::{CertificateParams, KeyPair};
+    use rustls::CertificateError;
 
     use super::*;
-    use crate::{HandshakeFailure, TlsAcceptOptions, handshake_failure, tls_incoming};
+    use crate::{
+        issue::{Ca, IssueOptions, init_dir, write_identity},
+        revoke::revoke,
+    };
 
-    #[tokio::test]
-    async fn a_refused_client_learns_why_when_it_connects_not_in_its_first_call() {
-        let dir = tempfile::tempdir().unwrap();
-        crate::init_dir(dir.path(), &["hefei"], false).unwrap();
-        crate::revoke(dir.path(), "org-demo").unwrap();
-        let server = CredentialSource::load(dir.path(), "node-hefei").unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server_addr = listener.local_addr().unwrap();
-        let mut incoming = tls_incoming(listener, server, TlsAcceptOptions::default());
-        // A network with some latency, so that the verdict arrives well after
-        // the client has sent its last flight.
-        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri = Uri::from_str(&format!("http://127.0.0.1:{}", proxy.local_addr().unwrap().port())).unwrap();
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            while let Ok((client, _)) = proxy.accept().await {
-                let server = TcpStream::connect(server_addr).await.unwrap();
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
-                        // Simulated latency, not a wait for a condition.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        let expect = Some(Identity::Node("hefei".into()));
-
-        // Under TLS 1.3 the client's half of the handshake ends before the
-        // server has judged its certificate: the connect awaits the verdict.
-        let revoked = CredentialSource::load(dir.path(), "org-demo").unwrap();
-        let err = TlsConnector::new(revoked, expect.clone()).call(uri.clone()).await.expect_err("refused at connect");
-        assert_eq!(handshake_failure(&err), Some(HandshakeFailure::Revoked), "{err:?}");
-
-        // An accepted client gets the server's first bytes, as hyper will read them.
-        let good = CredentialSource::load(dir.path(), "admin-hefei").unwrap();
-        let serve = async {
-            let mut conn = incoming.next().await.unwrap().unwrap();
-            conn.write_all(b"settings").await.unwrap();
-            conn.flush().await.unwrap();
-            conn
-        };
-        let (client, _conn) = tokio::join!(TlsConnector::new(good, expect).call(uri), serve);
-        let mut first = [0u8; 8];
-        tokio::io::AsyncReadExt::read_exact(&mut client.unwrap().into_inner(), &mut first).await.unwrap();
-        assert_eq!(&first, b"settings");
+    fn leaf(pem: &str) -> CertificateDer<'static> {
+        certs_from_pem(pem.as_bytes()).unwrap().remove(0)
     }
-}
 
-#[cfg(test)]
-mod layout_tests {
-    use super::*;
+    fn file_leaf(dir: &Path, name: &str) -> CertificateDer<'static> {
+        leaf(&fs::read_to_string(dir.join(format!("{name}.pem"))).unwrap())
+    }
+
+    /// What a server says of a client presenting `cert`.
+    fn client_verdict(server: &Credentials, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        server.client_verifier().unwrap().verify_client_cert(cert, &[], UnixTime::now()).map(|_| ())
+    }
+
+    /// What a client expecting `expect` says of a server presenting `cert` as `name`.
+    fn server_verdict(
+        client: &Credentials,
+        expect: Option<Identity>,
+        cert: &CertificateDer<'_>,
+        name: &str,
+    ) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        client.server_verifier(expect).unwrap().verify_server_cert(cert, &[], &name, &[], UnixTime::now()).map(|_| ())
+    }
+
+    fn issued(ca: &Ca, id: &Identity, edit: impl FnOnce(&mut IssueOptions)) -> CertificateDer<'static> {
+        let mut opts = IssueOptions::for_identity(id);
+        edit(&mut opts);
+        leaf(&ca.issue(id, &opts).unwrap().cert_pem)
+    }
+
+    #[test]
+    fn a_server_takes_one_corridor_identity_from_its_ca_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        init_dir(dir.path(), &["hefei"], false).unwrap();
+        let server = Credentials::load(dir.path(), "node-hefei").unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let org = Identity::Org("demo".into());
+        assert_eq!(client_verdict(&server, &file_leaf(dir.path(), "org-demo")), Ok(()));
+        assert_eq!(client_verdict(&server, &issued(&ca, &org, |_| ())), Ok(()));
+
+        // Two identities in one certificate: which would it act as?
+        let two = issued(&ca, &org, |o| o.extra_uris.push("spiffe://corridor/gateway".into()));
+        let err = client_verdict(&server, &two).unwrap_err();
+        assert!(matches!(err, rustls::Error::InvalidCertificate(CertificateError::Other(_))), "{err:?}");
+        assert!(err.to_string().contains("2 URI SANs"), "{err}");
+
+        // A leaf that names no identity at all, from the right CA.
+        let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let bare = params.signed_by(&KeyPair::generate().unwrap(), ca.issuer()).unwrap();
+        let err = client_verdict(&server, bare.der()).unwrap_err();
+        assert!(err.to_string().contains("no URI SAN"), "{err}");
+
+        // A CA certificate is never a peer, whatever it names.
+        let ca_leaf = issued(&ca, &org, |o| o.is_ca = true);
+        assert!(client_verdict(&server, &ca_leaf).is_err());
+
+        // The right identity from another CA.
+        let elsewhere = Ca::generate("elsewhere").unwrap();
+        let err = client_verdict(&server, &issued(&elsewhere, &org, |_| ())).unwrap_err();
+        assert_eq!(err, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+
+        // Expired.
+        let old = issued(&ca, &org, |o| {
+            o.not_before -= ::time::Duration::days(30);
+            o.not_after = o.not_before + ::time::Duration::days(1);
+        });
+        let err = client_verdict(&server, &old).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. })
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_revoked_client_is_refused_once_the_crl_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        init_dir(dir.path(), &["hefei"], false).unwrap();
+        let before = Credentials::load(dir.path(), "node-hefei").unwrap();
+        let org = file_leaf(dir.path(), "org-demo");
+        revoke(dir.path(), "org-demo").unwrap();
+        // The CRL decides: credentials loaded before it existed still accept.
+        assert_eq!(client_verdict(&before, &org), Ok(()));
+        let after = Credentials::load(dir.path(), "node-hefei").unwrap();
+        assert_eq!(client_verdict(&after, &org), Err(rustls::Error::InvalidCertificate(CertificateError::Revoked)));
+        assert_eq!(client_verdict(&after, &file_leaf(dir.path(), "admin-hefei")), Ok(()));
+        // Clients check servers against it too.
+        let client = Credentials::load(dir.path(), "admin-hefei").unwrap();
+        assert_eq!(server_verdict(&client, None, &file_leaf(dir.path(), "node-hefei"), "localhost"), Ok(()));
+    }
+
+    #[test]
+    fn a_client_accepts_only_the_server_it_expects() {
+        let dir = tempfile::tempdir().unwrap();
+        init_dir(dir.path(), &["hefei", "wuhu"], false).unwrap();
+        let client = Credentials::load(dir.path(), "gateway").unwrap();
+        let hefei = file_leaf(dir.path(), "node-hefei");
+        let wuhu = file_leaf(dir.path(), "node-wuhu");
+        let expect = || Some(Identity::Node("hefei".into()));
+        assert_eq!(server_verdict(&client, expect(), &hefei, "localhost"), Ok(()));
+        // Wuhu's node at Hefei's address: a valid certificate, the wrong identity.
+        let err = server_verdict(&client, expect(), &wuhu, "localhost").unwrap_err();
+        assert_eq!(
+            err,
+            rustls::Error::General(
+                "server is spiffe://corridor/city/wuhu/node, expected spiffe://corridor/city/hefei/node".into()
+            )
+        );
+        // Without an expectation any corridor server will do.
+        assert_eq!(server_verdict(&client, None, &wuhu, "localhost"), Ok(()));
+        // The name dialled must still be one the certificate carries.
+        assert!(server_verdict(&client, expect(), &hefei, "example.org").is_err());
+        // And the CA must be ours.
+        let elsewhere = Ca::generate("elsewhere").unwrap();
+        let node = Identity::Node("hefei".into());
+        let forged = leaf(&elsewhere.issue(&node, &IssueOptions::for_identity(&node)).unwrap().cert_pem);
+        let err = server_verdict(&client, expect(), &forged, "localhost").unwrap_err();
+        assert_eq!(err, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+    }
+
+    #[test]
+    fn a_file_set_that_does_not_load_leaves_the_current_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        init_dir(dir.path(), &["hefei"], false).unwrap();
+        let source = CredentialSource::load(dir.path(), "node-hefei").unwrap();
+        let first = source.credentials();
+        assert!(!source.reload_if_changed().unwrap(), "nothing changed");
+
+        // A half-written key: the reload fails and nothing is replaced.
+        fs::write(dir.path().join("node-hefei.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        let err = source.reload_if_changed().unwrap_err();
+        assert!(matches!(err, CertError::NoPem { what: "private key", .. }), "{err}");
+        assert!(Arc::ptr_eq(&source.credentials(), &first));
+        assert_eq!(source.generation(), 0);
+
+        // A renewal that loads replaces them.
+        let ca = Ca::load(dir.path()).unwrap();
+        let node = Identity::Node("hefei".into());
+        write_identity(dir.path(), "node-hefei", &ca.issue(&node, &IssueOptions::for_identity(&node)).unwrap())
+            .unwrap();
+        assert!(source.reload_if_changed().unwrap(), "the renewal is taken");
+        assert_eq!(source.generation(), 1);
+        let renewed = source.credentials();
+        assert_eq!(renewed.identity(), &node);
+        assert_ne!(renewed.chain, first.chain, "the new certificate is in use");
+    }
+
+    #[test]
+    fn credentials_name_the_file_that_holds_no_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        init_dir(dir.path(), &["hefei"], false).unwrap();
+        fs::write(dir.path().join("org-demo.key"), "not a key").unwrap();
+        let err = Credentials::load(dir.path(), "org-demo").unwrap_err();
+        assert!(
+            matches!(&err, CertError::NoPem { path, what: "private key" } if path.ends_with("org-demo.key")),
+            "{err}"
+        );
+        fs::write(dir.path().join("ca.pem"), "").unwrap();
+        let err = Credentials::load(dir.path(), "org-demo").unwrap_err();
+        assert!(matches!(&err, CertError::NoPem { path, what: "CA certificate" } if path.ends_with("ca.pem")), "{err}");
+    }
 
     #[test]
     fn a_cert_manager_secret_loads_as_its_identity_and_only_as_it() {

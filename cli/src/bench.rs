@@ -105,10 +105,22 @@ pub struct SearchArgs {
     client: ClientOpts,
 }
 
-fn positive_rate(s: &str) -> Result<f64, String> {
+/// A `--rate` that is not a positive, finite number of calls per second.
+#[derive(Debug)]
+struct NotARate(String);
+
+impl std::fmt::Display for NotARate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} is not a positive number of calls per second", self.0)
+    }
+}
+
+impl std::error::Error for NotARate {}
+
+fn positive_rate(s: &str) -> Result<f64, NotARate> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
-        _ => Err(format!("{s:?} is not a positive number of calls per second")),
+        _ => Err(NotARate(s.to_string())),
     }
 }
 

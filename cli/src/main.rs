@@ -549,6 +549,17 @@ async fn serve_metrics(addr: Option<SocketAddr>) -> Result<std::sync::Arc<corrid
     Ok(metrics)
 }
 
+/// Binds the plaintext health port, when asked for: the binary binds every
+/// socket, and the servers take what it bound.
+async fn bind_health(addr: Option<SocketAddr>) -> Result<Option<tokio::net::TcpListener>> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => Ok(Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the health port on {addr}"))?,
+        )),
+    }
+}
+
 /// Issues NAME from the CA in `dir`, valid for `days`, and writes it.
 fn issue_identity(dir: &std::path::Path, name: &str, days: u32, dns: Vec<String>) -> Result<()> {
     let id = corridor_certs::Identity::from_name(name)?;
@@ -646,14 +657,14 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 city,
                 data_dir: data,
                 seed,
-                health_addr: health,
                 peers,
                 clock_skew: None,
                 thesaurus: corridor_node::ThesaurusFiles { replace: thesaurus, add: synonyms },
                 accept: age.accept(),
             };
             let registry = serve_metrics(metrics).await?;
-            corridor_node::run(config, creds, listener, registry, shutdown_signal()).await?;
+            let health = bind_health(health).await?;
+            corridor_node::run(config, creds, listener, registry, health, shutdown_signal()).await?;
         }
         Command::Node { command: NodeCommand::Backup { city: slug, out, node, client } } => {
             let city = city(&slug)?;
@@ -684,6 +695,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let registry = serve_metrics(metrics).await?;
+            let health = bind_health(health).await?;
             corridor_gateway::run(config, creds, listener, registry, health, shutdown_signal()).await?;
         }
         Command::Demo { command: DemoCommand::Export { scale, city: only, out } } => {

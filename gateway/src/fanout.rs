@@ -1,4 +1,5 @@
-//! One client per city, and the deadline arithmetic of a fan-out.
+//! One client per city, and the guard in front of each: a concurrency limit
+//! and a circuit breaker.
 
 use std::{
     collections::BTreeMap,
@@ -8,7 +9,6 @@ use std::{
 
 use corridor_certs::{CertError, CredentialSource, Identity, reloading_channel};
 use corridor_proto::{
-    NodeState,
     cities::{City, city_by_slug},
     node_client::NodeClient,
 };
@@ -16,12 +16,13 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
-use tonic::{Code, Request, Status, transport::Channel};
 
-use crate::{GatewayConfig, batch::Batcher, server::MAX_MESSAGE_BYTES};
-
-/// A channel to a node whose calls record their status on their call span.
-pub type NodeChannel = corridor_telemetry::ClientService<Channel>;
+use crate::{
+    batch::Batcher,
+    call::{MAX_MESSAGE_BYTES, NodeChannel},
+    config::GatewayConfig,
+    error::Refusal,
+};
 
 /// A city's node as the gateway sees it.
 #[derive(Clone)]
@@ -30,7 +31,7 @@ pub struct CityClient {
     pub endpoint: String,
     pub client: NodeClient<NodeChannel>,
     pub guard: Arc<Guard>,
-    pub searches: Arc<Batcher>,
+    pub searches: Arc<Batcher<NodeClient<NodeChannel>>>,
 }
 
 /// Calls to one city in flight at once; more are shed at once.
@@ -62,27 +63,20 @@ impl Default for Guard {
 
 impl Guard {
     /// A permit to call the city, or why not.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, String> {
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
         {
             let mut b = self.breaker.lock().expect("poisoned");
             if let Some(until) = b.open_until {
                 let now = Instant::now();
                 if now < until {
-                    return Err(format!(
-                        "circuit open after {} failures in a row; next try in {} ms",
-                        b.failures,
-                        (until - now).as_millis()
-                    ));
+                    return Err(Refusal::CircuitOpen { failures: b.failures, retry_in: until - now });
                 }
                 // Half-open: let this call probe; a failure reopens at once.
                 b.open_until = None;
                 b.failures = TRIP_AFTER - 1;
             }
         }
-        self.in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| format!("load shed: {MAX_IN_FLIGHT} calls already in flight"))
+        self.in_flight.clone().try_acquire_owned().map_err(|_| Refusal::Shed { in_flight: MAX_IN_FLIGHT })
     }
 
     pub fn record(&self, ok: bool) {
@@ -124,9 +118,9 @@ impl Cities {
                 CityClient {
                     city,
                     endpoint: n.endpoint.clone(),
-                    client,
+                    client: client.clone(),
                     guard: Arc::default(),
-                    searches: Arc::new(Batcher::new(config.search_calls_in_flight)),
+                    searches: Arc::new(Batcher::new(client.clone(), config.search_calls_in_flight)),
                 },
             );
         }
@@ -151,75 +145,9 @@ impl CityClient {
     }
 }
 
-/// A call to a node: `msg`, with `budget` sent on as `grpc-timeout` and
-/// `span`'s trace context, which the node's span joins; the call's status
-/// is recorded on `span`.
-pub fn node_request<T>(msg: T, budget: Duration, span: &tracing::Span) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.set_timeout(budget);
-    corridor_telemetry::client_request(&mut req, span);
-    req
-}
-
-/// Why a node call that ran out of `budget` failed.
-pub fn no_answer(budget: Duration) -> String {
-    format!("no answer within {} ms", budget.as_millis())
-}
-
-/// The budget a client gave us in `grpc-timeout`, if any.
-pub use corridor_proto::limits::grpc_timeout as client_deadline;
-
-/// The budget for node calls: the client's deadline (bounded), minus a margin
-/// so that the merged answer still reaches the client in time.
-pub fn node_budget(client: Option<Duration>, default: Duration, max: Duration) -> Duration {
-    let total = client.unwrap_or(default).min(max);
-    let margin = (total / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
-    total.saturating_sub(margin)
-}
-
-/// How a failed node call is reported.
-pub fn classify(status: &Status) -> NodeState {
-    match status.code() {
-        Code::Unavailable => NodeState::Unavailable,
-        // A connection that breaks under a call (the node was killed) comes
-        // back as Unknown, or as Cancelled ("operation was canceled"), with
-        // the transport's error inside: the node is gone, not slow.
-        Code::Unknown | Code::Cancelled if broken_connection(status) => NodeState::Unavailable,
-        // tonic answers Cancelled when a server-side deadline expires.
-        Code::DeadlineExceeded | Code::Cancelled => NodeState::Timeout,
-        _ => NodeState::Error,
-    }
-}
-
-fn broken_connection(status: &Status) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = cause {
-        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    let m = status.message();
-    ["transport error", "h2 protocol error", "connection", "broken pipe", "operation was canceled"]
-        .iter()
-        .any(|p| m.contains(p))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_broken_connection_is_unavailable_not_an_error() {
-        assert_eq!(classify(&Status::unknown("transport error")), NodeState::Unavailable);
-        assert_eq!(classify(&Status::unknown("h2 protocol error: stream reset")), NodeState::Unavailable);
-        assert_eq!(classify(&Status::unknown("the handler panicked")), NodeState::Error);
-        assert_eq!(classify(&Status::internal("transport error")), NodeState::Error);
-        // A node killed under a call: hyper's cancellation, not a deadline.
-        assert_eq!(classify(&Status::cancelled("operation was canceled: connection closed")), NodeState::Unavailable);
-        // The node's own deadline ran out.
-        assert_eq!(classify(&Status::cancelled("Timeout expired")), NodeState::Timeout);
-    }
 
     #[tokio::test(start_paused = true)]
     async fn breaker_opens_after_failures_and_probes_after_a_pause() {
@@ -229,7 +157,7 @@ mod tests {
             g.record(false);
         }
         let err = g.admit().unwrap_err();
-        assert!(err.contains("circuit open"), "{err}");
+        assert_eq!(err, Refusal::CircuitOpen { failures: TRIP_AFTER, retry_in: OPEN_FOR });
         tokio::time::advance(OPEN_FOR).await;
         let _probe = g.admit().expect("half-open lets one call probe");
         g.record(false);
@@ -238,13 +166,5 @@ mod tests {
         let _probe = g.admit().unwrap();
         g.record(true);
         assert!(g.admit().is_ok());
-    }
-
-    #[test]
-    fn budget_leaves_a_margin_and_respects_the_cap() {
-        let d = Duration::from_millis;
-        assert_eq!(node_budget(Some(d(1000)), d(1500), d(30_000)), d(950));
-        assert_eq!(node_budget(None, d(1500), d(30_000)), d(1450));
-        assert_eq!(node_budget(Some(d(60_000)), d(1500), d(30_000)), d(29_950));
     }
 }

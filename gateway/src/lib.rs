@@ -3,7 +3,9 @@
 //! per-instrument calls to the owning city. It keeps no state of its own.
 
 mod batch;
+mod call;
 mod config;
+mod error;
 mod fanout;
 mod server;
 mod service;

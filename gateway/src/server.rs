@@ -7,10 +7,7 @@ use corridor_proto::gateway_server::GatewayServer;
 use corridor_telemetry::{Metrics, RpcLayer};
 use tokio::net::TcpListener;
 
-use crate::{Cities, GatewayConfig, GatewayService};
-
-/// Largest gRPC message the gateway accepts or sends, in both directions.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+use crate::{call::MAX_MESSAGE_BYTES, config::GatewayConfig, fanout::Cities, service::GatewayService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -18,17 +15,17 @@ pub enum RunError {
     Tls(#[from] CertError),
     #[error("serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("health port: {0}")]
-    Health(String),
 }
 
 /// Serves the gateway until `shutdown` resolves, then drains in-flight calls.
+/// With a `health` listener, the gRPC health service alone is served there in
+/// plaintext, for probes, and stops with the rest.
 pub async fn run(
     config: GatewayConfig,
     creds: Arc<CredentialSource>,
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    health_addr: Option<std::net::SocketAddr>,
+    health: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.validate().map_err(|e| CertError::BadIdentity(e.to_string()))?;
@@ -36,11 +33,16 @@ pub async fn run(
     // Certificates, keys and the CRL are reloaded when they change on disk,
     // for the gateway's server side and its connections to the nodes alike.
     let _watch = creds.watch(std::time::Duration::from_secs(2));
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<GatewayServer<GatewayService>>().await;
-    let probes = corridor_telemetry::serve_health(health_addr, &health_service)
-        .await
-        .map_err(|e| RunError::Health(e.to_string()))?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter.set_serving::<GatewayServer<GatewayService>>().await;
+    // The health port stops when `stop_probes` is dropped: after the drain,
+    // or on any early return.
+    let (stop_probes, probes_stop) = tokio::sync::oneshot::channel::<()>();
+    if let Some(listener) = health {
+        tokio::spawn(corridor_telemetry::serve_health(listener, health_service.clone(), async move {
+            let _ = probes_stop.await;
+        }));
+    }
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services("corridor.v1.Gateway");
     corridor_telemetry::cert_expiry_gauge(&metrics, creds.clone());
     let service = GatewayServer::new(GatewayService::new(cities, &config, metrics.clone()))
@@ -62,9 +64,7 @@ pub async fn run(
         Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
     })
     .await?;
-    if let Some(p) = probes {
-        p.abort();
-    }
+    drop(stop_probes);
     tracing::info!(drain_ms = drained.millis(), cut_off = drained.cut_off, "gateway stopped");
     Ok(())
 }

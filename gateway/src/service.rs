@@ -1,5 +1,6 @@
 //! The public gRPC service. The only place in this crate that builds a
-//! `tonic::Status`.
+//! `tonic::Status`: its own refusals, and, in `relay` and `fail_fast`, what
+//! a client sees of a node call's [`CallError`].
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -14,11 +15,13 @@ use corridor_proto::{
     self as pb, NodeState, ON_BEHALF_OF, cities::split_instrument_id, gateway_server, node_client::NodeClient,
 };
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status, metadata::AsciiMetadataValue};
 
 use crate::{
-    Cities, GatewayConfig,
-    fanout::{CityClient, NodeChannel, classify, client_deadline, no_answer, node_budget, node_request},
+    call::{NodeChannel, client_deadline, node_budget, node_request, within},
+    config::GatewayConfig,
+    error::CallError,
+    fanout::{Cities, CityClient},
 };
 
 const MAX_LIMIT: u32 = 200;
@@ -59,7 +62,7 @@ impl GatewayService {
         targets: &[&'a CityClient],
         msg: &pb::SearchRequest,
         deadline: Instant,
-    ) -> (pb::CorpusStats, Vec<(&'a CityClient, NodeState, String)>) {
+    ) -> (pb::CorpusStats, Vec<(&'a CityClient, CallError)>) {
         let key: StatsKey = (msg.query.clone(), targets.iter().map(|c| c.city.slug).collect());
         // Later pages keep the statistics of the first, so that scores, and
         // with them the cursor's place in the ranking, do not move.
@@ -80,7 +83,7 @@ impl GatewayService {
         for (c, (result, _)) in futures_util::future::join_all(calls).await {
             match result {
                 Ok(s) => add_stats(&mut sum, &s),
-                Err((state, detail)) => failed.push((c, state, detail)),
+                Err(e) => failed.push((c, e)),
             }
         }
         if failed.is_empty() {
@@ -105,7 +108,7 @@ impl GatewayService {
 
     /// Sends a call to the city named by `id`'s prefix (an instrument or
     /// booking id), acting for the caller. The node decides; its answer,
-    /// refusals included, passes through unchanged.
+    /// refusals included, passes through unchanged (see `relay`).
     async fn forward<Req, Resp, F, Fut>(&self, req: Request<Req>, id: &str, f: F) -> Result<Response<Resp>, Status>
     where
         F: FnOnce(NodeClient<NodeChannel>, Request<Req>) -> Fut,
@@ -120,31 +123,8 @@ impl GatewayService {
             .cities
             .get(city.slug)
             .ok_or_else(|| Status::unavailable(format!("city {} is not configured on this gateway", city.slug)))?;
-        self.forward_to(c, caller, budget, req.into_inner(), f).await
-    }
-
-    /// A routed call, through the city's guard like every other call to
-    /// it; the node's answer reaches the caller with its code (see `relay`).
-    async fn forward_to<Req, Resp, F, Fut>(
-        &self,
-        c: &CityClient,
-        caller: Identity,
-        budget: Duration,
-        msg: Req,
-        f: F,
-    ) -> Result<Response<Resp>, Status>
-    where
-        F: FnOnce(NodeClient<NodeChannel>, Request<Req>) -> Fut,
-        Fut: Future<Output = Result<Response<Resp>, Status>>,
-    {
-        let uri = caller.uri().parse().map_err(|_| Status::internal("identity is not valid metadata"))?;
-        let (result, _) = guarded(c, budget, |span| {
-            let mut r = node_request(msg, budget, &span);
-            r.metadata_mut().insert(ON_BEHALF_OF, uri);
-            async move { f(c.client.clone(), r).instrument(span).await.map(Response::into_inner) }
-        })
-        .await;
-        result.map(Response::new).map_err(|s| relay(c, s))
+        let (result, _) = route(c, on_behalf_of(&caller)?, budget, req.into_inner(), f).await;
+        result.map(Response::new).map_err(|e| relay(c, e))
     }
 
     /// The cities a search must ask: those the filter allows.
@@ -177,6 +157,34 @@ impl GatewayService {
     }
 }
 
+/// The caller, as a node reads it from `x-corridor-on-behalf-of`.
+fn on_behalf_of(caller: &Identity) -> Result<AsciiMetadataValue, Status> {
+    caller.uri().parse().map_err(|_| Status::internal("identity is not valid metadata"))
+}
+
+/// A routed call, acting for the caller named by `on_behalf_of`, through the
+/// city's guard like every other call to it.
+async fn route<Req, Resp, F, Fut>(
+    c: &CityClient,
+    on_behalf_of: AsciiMetadataValue,
+    budget: Duration,
+    msg: Req,
+    f: F,
+) -> (Result<Resp, CallError>, Duration)
+where
+    F: FnOnce(NodeClient<NodeChannel>, Request<Req>) -> Fut,
+    Fut: Future<Output = Result<Response<Resp>, Status>>,
+{
+    guarded(c, budget, |span| {
+        let mut r = node_request(msg, budget, &span);
+        r.metadata_mut().insert(ON_BEHALF_OF, on_behalf_of);
+        async move {
+            f(c.client.clone(), r).instrument(span).await.map(Response::into_inner).map_err(CallError::from_status)
+        }
+    })
+    .await
+}
+
 fn node_status(c: &CityClient, state: NodeState, took: Duration, detail: String) -> pb::NodeStatus {
     pb::NodeStatus {
         city: c.city.slug.into(),
@@ -195,17 +203,18 @@ async fn call<Req, Resp, F, Fut>(
     budget: Duration,
     msg: Req,
     f: F,
-) -> (Result<Resp, (NodeState, String)>, Duration)
+) -> (Result<Resp, CallError>, Duration)
 where
     F: FnOnce(NodeClient<NodeChannel>, Request<Req>) -> Fut,
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
-    let (result, took) = guarded(c, budget, |span| {
+    guarded(c, budget, |span| {
         let req = node_request(msg, budget, &span);
-        async move { f(c.client.clone(), req).instrument(span).await.map(Response::into_inner) }
+        async move {
+            f(c.client.clone(), req).instrument(span).await.map(Response::into_inner).map_err(CallError::from_status)
+        }
     })
-    .await;
-    (result.map_err(|s| (classify(&s), s.message().to_string())), took)
+    .await
 }
 
 /// A search of one node, alone or batched with others to the same node
@@ -214,53 +223,49 @@ async fn search_call(
     c: &CityClient,
     budget: Duration,
     msg: pb::SearchRequest,
-) -> (Result<pb::NodeSearchResponse, (NodeState, String)>, Duration) {
+) -> (Result<pb::NodeSearchResponse, CallError>, Duration) {
     let deadline = Instant::now() + budget;
-    let (result, took) = guarded(c, budget, |span| {
+    guarded(c, budget, |span| {
         let wait = span.clone();
-        async move { c.searches.search(&c.client, msg, deadline, span).instrument(wait).await }
+        async move { c.searches.search(msg, deadline, span).instrument(wait).await }
     })
-    .await;
-    (result.map_err(|s| (classify(&s), s.message().to_string())), took)
+    .await
 }
 
 /// One call to a city through its guard: admitted or shed at once, bounded
 /// by `budget`, and its outcome counted by the circuit breaker. `start` gets
 /// the call's span, whose context the node's span joins. A failure is the
-/// node's own status, or one standing for the guard's refusal
-/// (UNAVAILABLE) or the budget running out (DEADLINE_EXCEEDED).
-async fn guarded<Resp, F, Fut>(c: &CityClient, budget: Duration, start: F) -> (Result<Resp, Status>, Duration)
+/// node's own answer, the guard's refusal, or the budget running out.
+async fn guarded<Resp, F, Fut>(c: &CityClient, budget: Duration, start: F) -> (Result<Resp, CallError>, Duration)
 where
     F: FnOnce(tracing::Span) -> Fut,
-    Fut: Future<Output = Result<Resp, Status>>,
+    Fut: Future<Output = Result<Resp, CallError>>,
 {
     let started = Instant::now();
     let permit = match c.guard.admit() {
         Ok(p) => p,
-        Err(why) => return (Err(Status::unavailable(why)), started.elapsed()),
+        Err(why) => return (Err(why.into()), started.elapsed()),
     };
-    let result = match tokio::time::timeout(budget, start(c.call_span())).await {
-        Ok(r) => r,
-        Err(_) => Err(Status::deadline_exceeded(no_answer(budget))),
-    };
-    // Refusals a node decides (not found, invalid) are answers, not sickness.
-    let sick = result.as_ref().is_err_and(|s| matches!(classify(s), NodeState::Timeout | NodeState::Unavailable));
-    c.guard.record(!sick);
+    let result = within(budget, start(c.call_span())).await;
+    c.guard.record(!result.as_ref().is_err_and(CallError::is_sickness));
     drop(permit);
     (result, started.elapsed())
 }
 
-/// A failed routed call as its caller sees it: the node's own code and
-/// message when the node answered; UNAVAILABLE when it could not be reached
-/// (the connection broke, or its guard refused); DEADLINE_EXCEEDED when it
-/// did not answer in time. The one place that says so.
-fn relay(c: &CityClient, s: Status) -> Status {
-    match classify(&s) {
-        NodeState::Unavailable => Status::unavailable(format!("city {} is unavailable: {}", c.city.slug, s.message())),
-        NodeState::Timeout => {
-            Status::deadline_exceeded(format!("city {} did not answer in time: {}", c.city.slug, s.message()))
+/// A failed call to city `c` as its caller sees it: the node's own code and
+/// message when the node answered, whatever the code; UNAVAILABLE when it
+/// could not be reached (the connection broke, or its guard refused);
+/// DEADLINE_EXCEEDED when it did not answer in time. The one place that says
+/// so.
+fn relay(c: &CityClient, e: CallError) -> Status {
+    let city = c.city.slug;
+    match e {
+        CallError::Node { code, message } => Status::new(code, message),
+        CallError::NoAnswer { .. } | CallError::Expired(_) => {
+            Status::deadline_exceeded(format!("city {city} did not answer in time: {e}"))
         }
-        _ => Status::new(s.code(), s.message()),
+        CallError::Broken(_) | CallError::Refused(_) => Status::unavailable(format!("city {city} is unavailable: {e}")),
+        CallError::Dropped | CallError::LeftOut => Status::internal(format!("city {city}: {e}")),
     }
 }
 
@@ -270,12 +275,19 @@ fn rank_hits(a: &pb::NodeSearchHit, b: &pb::NodeSearchHit) -> std::cmp::Ordering
     corridor_proto::cursor::rank_bytes((a.score as f32, &a.id), (b.score as f32, &b.id))
 }
 
-fn fail_fast(c: &CityClient, state: NodeState, detail: &str) -> Status {
-    Status::unavailable(format!(
-        "city {} did not answer ({}): {detail}; retry, or allow partial results",
-        c.city.slug,
-        state_label(state)
-    ))
+/// A search that does not allow partial results, failed by city `c`: a
+/// node's own answer keeps its code and message, with the city named; a
+/// city that gave no answer makes the search UNAVAILABLE, as a retry may
+/// well succeed.
+fn fail_fast(c: &CityClient, e: &CallError) -> Status {
+    let city = c.city.slug;
+    match e {
+        CallError::Node { code, message } if *code != Code::Ok => Status::new(*code, format!("city {city}: {message}")),
+        _ => Status::unavailable(format!(
+            "city {city} did not answer ({}): {e}; retry, or allow partial results",
+            state_label(e.state())
+        )),
+    }
 }
 
 fn state_label(s: NodeState) -> &'static str {
@@ -360,7 +372,7 @@ impl gateway_server::Gateway for GatewayService {
         let deadline = Instant::now() + self.budget(&req);
         let mut msg = req.into_inner();
         // Refused here, as every node would refuse it, before any fan-out.
-        corridor_proto::limits::check_query(&msg.query).map_err(Status::invalid_argument)?;
+        corridor_proto::limits::check_query(&msg.query).map_err(|e| Status::invalid_argument(e.to_string()))?;
         msg.limit = match msg.limit {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
@@ -383,14 +395,14 @@ impl gateway_server::Gateway for GatewayService {
             // the rest of the budget for everyone else.
             let half = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
             let (stats, failed) = self.global_stats(&targets, &msg, half).await;
-            if let Some((c, state, detail)) = failed.first()
+            if let Some((c, e)) = failed.first()
                 && !allow_partial
             {
-                return Err(fail_fast(c, *state, detail));
+                return Err(fail_fast(c, e));
             }
-            for (c, state, detail) in failed {
+            for (c, e) in failed {
                 targets.retain(|t| t.city.slug != c.city.slug);
-                nodes.push(node_status(c, state, Duration::ZERO, detail));
+                nodes.push(node_status(c, e.state(), Duration::ZERO, e.to_string()));
             }
             msg.stats = Some(stats);
         }
@@ -426,12 +438,13 @@ impl gateway_server::Gateway for GatewayService {
                     hits.truncate(msg.limit as usize);
                     nodes.push(node_status(c, NodeState::Ok, took, String::new()));
                 }
-                Err((state, detail)) => {
-                    tracing::warn!(city = c.city.slug, ?state, %detail, "city failed during search");
+                Err(e) => {
+                    let state = e.state();
+                    tracing::warn!(city = c.city.slug, ?state, detail = %e, "city failed during search");
                     if !allow_partial {
-                        return Err(fail_fast(c, state, &detail));
+                        return Err(fail_fast(c, &e));
                     }
-                    nodes.push(node_status(c, state, took, detail));
+                    nodes.push(node_status(c, state, took, e.to_string()));
                 }
             }
         }
@@ -474,7 +487,7 @@ impl gateway_server::Gateway for GatewayService {
                     s.instruments = info.instruments;
                     s
                 }
-                Err((state, detail)) => node_status(c, state, took, detail),
+                Err(e) => node_status(c, e.state(), took, e.to_string()),
             }
         });
         let nodes = futures_util::future::join_all(calls).await;
@@ -545,7 +558,7 @@ impl gateway_server::Gateway for GatewayService {
         let caller = self.caller(&req)?;
         let budget = self.budget(&req);
         let msg = req.into_inner();
-        corridor_proto::page::decode(&msg.page_token).map_err(Status::invalid_argument)?;
+        corridor_proto::page::decode(&msg.page_token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let size = corridor_proto::page::size(msg.page_size);
         let city = if !msg.instrument_id.is_empty() {
             let (c, _) = split_instrument_id(&msg.instrument_id)
@@ -558,13 +571,13 @@ impl gateway_server::Gateway for GatewayService {
         };
         let filter = pb::SearchFilter { cities: city.into_iter().collect(), ..Default::default() };
         let targets = self.targets(&filter)?;
+        let on_behalf = on_behalf_of(&caller)?;
         let calls = targets.iter().map(|c| {
-            let (msg, caller) = (msg.clone(), caller.clone());
+            let (msg, on_behalf) = (msg.clone(), on_behalf.clone());
             async move {
-                let started = Instant::now();
-                let r =
-                    self.forward_to(c, caller, budget, msg, |mut cl, r| async move { cl.list_bookings(r).await }).await;
-                (*c, r, started.elapsed())
+                let (r, took) =
+                    route(c, on_behalf, budget, msg, |mut cl, r| async move { cl.list_bookings(r).await }).await;
+                (*c, r, took)
             }
         });
         let mut out = pb::ListBookingsResponse::default();
@@ -572,14 +585,13 @@ impl gateway_server::Gateway for GatewayService {
         for (c, r, took) in futures_util::future::join_all(calls).await {
             match r {
                 Ok(resp) => {
-                    let resp = resp.into_inner();
                     more |= !resp.next_page_token.is_empty();
                     out.bookings.extend(resp.bookings);
                     out.nodes.push(node_status(c, NodeState::Ok, took, String::new()));
                 }
-                Err(s) => {
+                Err(e) => {
                     out.partial = true;
-                    out.nodes.push(node_status(c, classify(&s), took, s.message().to_string()));
+                    out.nodes.push(node_status(c, e.state(), took, e.to_string()));
                 }
             }
         }

@@ -35,9 +35,6 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Seed this demo inventory when the store is empty.
     pub seed: Option<Scale>,
-    /// Also serve the gRPC health service, and nothing else, in plaintext
-    /// here: for orchestrator probes, which cannot present a certificate.
-    pub health_addr: Option<std::net::SocketAddr>,
     /// Other cities' nodes (and this one's), by city slug: `https://host:port`.
     /// Without them the node takes no voucher payments.
     pub peers: BTreeMap<String, String>,
@@ -104,6 +101,7 @@ pub async fn run(
     creds: Arc<CredentialSource>,
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    health: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let store = Arc::new(SledStore::open(&config.data_dir)?);
@@ -159,11 +157,15 @@ pub async fn run(
         })
     };
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<NodeServer<NodeService>>().await;
-    let probes = corridor_telemetry::serve_health(config.health_addr, &health_service)
-        .await
-        .map_err(|e| NodeError::Serve(format!("health port: {e}")))?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter.set_serving::<NodeServer<NodeService>>().await;
+    // The health port stops when `probes` is dropped, after the drain.
+    let (probes, probes_stop) = tokio::sync::oneshot::channel::<()>();
+    // With a health listener, the gRPC health service alone is served there in
+    // plaintext, for orchestrator probes, which cannot present a certificate.
+    if let Some(l) = health {
+        tokio::spawn(corridor_telemetry::serve_health(l, health_service.clone(), async move { _ = probes_stop.await }));
+    }
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services("corridor.v1.Node");
 
     let service = NodeServer::new(NodeService::new(node))
@@ -185,9 +187,7 @@ pub async fn run(
         Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
     })
     .await;
-    if let Some(p) = probes {
-        p.abort();
-    }
+    drop(probes);
     recovery.abort();
     if let Some(w) = thesaurus_watch {
         w.abort();

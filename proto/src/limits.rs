@@ -16,22 +16,31 @@ pub fn is_cjk(c: char) -> bool {
     matches!(c, '\u{4E00}'..='\u{9FFF}' | '\u{3400}'..='\u{4DBF}' | '\u{F900}'..='\u{FAFF}' | '\u{20000}'..='\u{2A6DF}')
 }
 
+/// Why a search text is refused: which limit it is over, and by how much.
+/// The messages are what callers show, so they say what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// Longer than [`MAX_QUERY_CHARS`] characters; `bytes` is its length.
+    #[error("the query is {bytes} bytes long; at most {MAX_QUERY_CHARS} characters are searched: shorten it")]
+    TooLong { bytes: usize },
+    /// More than [`MAX_QUERY_TERMS`] terms.
+    #[error(
+        "the query has {terms} terms; at most {MAX_QUERY_TERMS} (a Latin word or number counts one, Chinese \
+         counts one per pair of characters): use fewer words"
+    )]
+    TooManyTerms { terms: usize },
+}
+
 /// Refuses a search text over the limits, saying which and by how much.
 /// Cheap on any input: a huge text is refused by its byte length first.
-pub fn check_query(text: &str) -> Result<(), String> {
+pub fn check_query(text: &str) -> Result<(), QueryError> {
     let chars = if text.len() > MAX_QUERY_CHARS * 4 { usize::MAX } else { text.chars().count() };
     if chars > MAX_QUERY_CHARS {
-        return Err(format!(
-            "the query is {} bytes long; at most {MAX_QUERY_CHARS} characters are searched: shorten it",
-            text.len()
-        ));
+        return Err(QueryError::TooLong { bytes: text.len() });
     }
     let terms = query_terms(text);
     if terms > MAX_QUERY_TERMS {
-        return Err(format!(
-            "the query has {terms} terms; at most {MAX_QUERY_TERMS} (a Latin word or number counts one, Chinese \
-             counts one per pair of characters): use fewer words"
-        ));
+        return Err(QueryError::TooManyTerms { terms });
     }
     Ok(())
 }
@@ -101,11 +110,20 @@ mod tests {
     fn long_or_wordy_queries_are_refused_before_any_work() {
         assert!(check_query("场发射透射电子显微镜 JEM-2100F 200 kV").is_ok());
         let long = "a".repeat(MAX_QUERY_CHARS + 1);
-        assert!(check_query(&long).unwrap_err().contains("at most 256 characters"));
+        assert_eq!(check_query(&long), Err(QueryError::TooLong { bytes: 257 }));
+        assert_eq!(
+            check_query(&long).unwrap_err().to_string(),
+            "the query is 257 bytes long; at most 256 characters are searched: shorten it"
+        );
         let huge = "核".repeat(1_000_000);
-        assert!(check_query(&huge).unwrap_err().contains("3000000 bytes"));
+        assert_eq!(check_query(&huge), Err(QueryError::TooLong { bytes: 3_000_000 }));
         let wordy = (0..40).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
-        assert!(check_query(&wordy).unwrap_err().contains("40 terms"));
+        assert_eq!(check_query(&wordy), Err(QueryError::TooManyTerms { terms: 40 }));
+        assert_eq!(
+            check_query(&wordy).unwrap_err().to_string(),
+            "the query has 40 terms; at most 32 (a Latin word or number counts one, Chinese counts one per pair of \
+             characters): use fewer words"
+        );
     }
 
     #[test]

@@ -19,14 +19,20 @@ pub fn encode(start: &str, id: &str) -> String {
     format!("{start}|{id}")
 }
 
+/// A page token that no list answer carried: the caller made it up or
+/// changed it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("page_token is not one this service issued; pass next_page_token back unchanged")]
+pub struct BadPageToken;
+
 /// `None` for the first page.
-pub fn decode(token: &str) -> Result<Option<(String, String)>, String> {
+pub fn decode(token: &str) -> Result<Option<(String, String)>, BadPageToken> {
     if token.is_empty() {
         return Ok(None);
     }
     match token.split_once('|') {
         Some((start, id)) if !start.is_empty() && !id.is_empty() => Ok(Some((start.into(), id.into()))),
-        _ => Err("page_token is not one this service issued; pass next_page_token back unchanged".into()),
+        _ => Err(BadPageToken),
     }
 }
 
@@ -39,7 +45,12 @@ mod tests {
         let t = encode("2026-12-07T09:00:00+08:00", "hefei/bk-12");
         assert_eq!(decode(&t).unwrap(), Some(("2026-12-07T09:00:00+08:00".into(), "hefei/bk-12".into())));
         assert_eq!(decode("").unwrap(), None);
-        assert!(decode("garbage").is_err());
+        assert_eq!(decode("garbage"), Err(BadPageToken));
+        assert_eq!(decode("|hefei/bk-1"), Err(BadPageToken));
+        assert_eq!(
+            BadPageToken.to_string(),
+            "page_token is not one this service issued; pass next_page_token back unchanged"
+        );
         assert_eq!((size(0), size(7), size(1_000_000)), (DEFAULT_SIZE, 7, MAX_SIZE));
     }
 }

@@ -14,7 +14,10 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::codegen::http::{self, HeaderMap};
 use tracing::field::Empty;
 
-use crate::{Metrics, extract, span_name};
+use crate::{
+    metrics::Metrics,
+    trace::{extract, span_name},
+};
 
 /// gRPC status code names as the protocol spells them, by number.
 const CODE_NAMES: [&str; 17] = [
@@ -440,7 +443,7 @@ pub fn client_span(name: &str, city: &'static str) -> tracing::Span {
 /// metadata, for the server's span to join, and the span in the
 /// extensions, for [`ClientService`] to record its status on.
 pub fn client_request<T>(req: &mut tonic::Request<T>, span: &tracing::Span) {
-    crate::inject(span, req.metadata_mut());
+    crate::trace::inject(span, req.metadata_mut());
     req.extensions_mut().insert(CallSpan(span.clone()));
 }
 

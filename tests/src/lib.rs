@@ -270,7 +270,6 @@ impl Mesh {
                 city,
                 data_dir: dir.path().join("nodes").join(city.slug),
                 seed,
-                health_addr: None,
                 peers: peers.clone(),
                 clock_skew: Some(clock_skew.clone()),
                 thesaurus: Default::default(),
@@ -280,7 +279,7 @@ impl Mesh {
             let metrics = corridor_telemetry::Metrics::new();
             node_metrics.insert(city.slug, metrics.clone());
             let task = tokio::spawn(async move {
-                corridor_node::run(config, creds, listener, metrics, wait).await.expect("node runs");
+                corridor_node::run(config, creds, listener, metrics, None, wait).await.expect("node runs");
             });
             nodes.insert(city.slug, Running { stop, task });
             node_addrs.insert(city.slug, addr);

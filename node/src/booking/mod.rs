@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use self::{
     calendar::{Busy, Calendar, Days, Entry, days_of},
-    rules::Rules,
+    rules::{CancelTerms, Rules},
     time::{Clock, Instant, MINUTE},
 };
 use crate::{
@@ -62,14 +62,6 @@ impl State {
     pub fn holds_time(self) -> bool {
         self.is_live() || self == State::Completed
     }
-}
-
-/// The cancellation terms in force when a booking was made: free until
-/// `free_until`, then `percent` of the expected fee.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CancelTerms {
-    pub free_until: Instant,
-    pub percent: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

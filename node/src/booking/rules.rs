@@ -200,12 +200,20 @@ impl Rules {
     }
 
     /// The cancellation terms of a booking starting at `start`.
-    pub fn cancel_terms(&self, start: Instant) -> super::CancelTerms {
-        super::CancelTerms {
+    pub fn cancel_terms(&self, start: Instant) -> CancelTerms {
+        CancelTerms {
             free_until: start - self.cancel_deadline_hours as i64 * HOUR,
             percent: self.late_cancel_fee_percent,
         }
     }
+}
+
+/// The cancellation terms in force when a booking was made: free until
+/// `free_until`, then `percent` of the expected fee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelTerms {
+    pub free_until: Instant,
+    pub percent: u32,
 }
 
 #[cfg(test)]

@@ -249,7 +249,7 @@ impl NodeService {
 /// Turns a wire search into a node query, bounding the limit, and reads the
 /// free-window filter.
 pub fn query_from(req: &pb::SearchRequest) -> Result<(Query, Option<FreeWindow>), Status> {
-    corridor_proto::limits::check_query(&req.query).map_err(refuse::invalid_argument)?;
+    corridor_proto::limits::check_query(&req.query).map_err(|e| refuse::invalid_argument(e.to_string()))?;
     let filter = req.filter.clone().unwrap_or_default();
     let limit = match req.limit {
         0 => DEFAULT_LIMIT,
@@ -385,7 +385,8 @@ impl node_server::Node for NodeService {
 
     async fn search_stats(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::CorpusStats>, Status> {
         self.authorize_read(&req)?;
-        corridor_proto::limits::check_query(&req.get_ref().query).map_err(refuse::invalid_argument)?;
+        corridor_proto::limits::check_query(&req.get_ref().query)
+            .map_err(|e| refuse::invalid_argument(e.to_string()))?;
         Ok(Response::new(stats_to_proto(&self.node.search_stats(&req.get_ref().query))))
     }
 
@@ -523,12 +524,13 @@ impl node_server::Node for NodeService {
             Some(self.instrument(&r.instrument_id)?.stored.record.local_id.clone())
         };
         let size = corridor_proto::page::size(r.page_size);
-        let after = match corridor_proto::page::decode(&r.page_token).map_err(refuse::invalid_argument)? {
-            None => None,
-            Some((start, id)) => {
-                Some((crate::booking::time::parse_any("page_token", &start).map_err(refuse::invalid_argument)?, id))
-            }
-        };
+        let after =
+            match corridor_proto::page::decode(&r.page_token).map_err(|e| refuse::invalid_argument(e.to_string()))? {
+                None => None,
+                Some((start, id)) => {
+                    Some((crate::booking::time::parse_any("page_token", &start).map_err(refuse::invalid_argument)?, id))
+                }
+            };
         let mut list = self.node.bookings().list(&actor, instrument.as_deref(), r.include_closed)?;
         if let Some((start, id)) = &after {
             list.retain(|b| (b.start, b.id.as_str()) > (*start, id.as_str()));

@@ -92,3 +92,63 @@ async fn routed_calls_go_through_the_citys_guard() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("circuit open"), "{err:?}");
 }
+
+/// Each city here has a node that answers every call itself with this code,
+/// for a reason of its own (see `Front::Answer`).
+const OWN_ANSWERS: [(&str, Code); 5] = [
+    ("hefei", Code::FailedPrecondition),
+    ("wuhu", Code::NotFound),
+    ("suzhou", Code::ResourceExhausted),
+    ("jinhua", Code::Unavailable),
+    ("huzhou", Code::DeadlineExceeded),
+];
+
+/// What `Front::Answer` says for a call of `method`.
+fn own_message(method: &str) -> String {
+    format!("/corridor.v1.Node/{method}: store is corrupt")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_own_answer_reaches_the_caller_with_its_code_and_message_whatever_the_code() {
+    let mesh = Mesh::start_with(None, |c| {
+        OWN_ANSWERS.iter().find(|(city, _)| *city == c).map(|(_, code)| Front::Answer(*code))
+    })
+    .await;
+    let mut gw = mesh.gateway("org-demo");
+    for (city, code) in OWN_ANSWERS {
+        // A routed call: the node's status, unchanged. UNAVAILABLE and
+        // DEADLINE_EXCEEDED included: the node answered, so it is neither
+        // unreachable nor slow.
+        let err = gw.get_instrument(pb::GetInstrumentRequest { id: format!("{city}/tem-1") }).await.unwrap_err();
+        assert_eq!((err.code(), err.message()), (code, own_message("GetInstrument").as_str()), "{city}: {err:?}");
+        let err = gw.reserve(with_deadline(reserve(&format!("{city}/tem-1"), "k1"), 10_000)).await.unwrap_err();
+        assert_eq!((err.code(), err.message()), (code, own_message("Reserve").as_str()), "{city}: {err:?}");
+
+        // A search that allows no partial answer fails with the node's code,
+        // naming the city, and with its message.
+        let only = pb::SearchFilter { cities: vec![city.into()], ..Default::default() };
+        let req = pb::SearchRequest { filter: Some(only.clone()), allow_partial: Some(false), ..Default::default() };
+        let err = gw.search(with_deadline(req, 10_000)).await.unwrap_err();
+        assert_eq!(err.code(), code, "{city}: {err:?}");
+        assert_eq!(err.message(), format!("city {city}: {}", own_message("Search")), "{city}");
+
+        // One that does reports the node's message as the city's detail.
+        let req = pb::SearchRequest { filter: Some(only), ..Default::default() };
+        let resp = gw.search(with_deadline(req, 10_000)).await.unwrap().into_inner();
+        assert!(resp.partial);
+        assert_eq!(resp.nodes.len(), 1);
+        assert_eq!(resp.nodes[0].detail, own_message("Search"), "{city}");
+    }
+    // A search of every city: each failed city keeps its node's message.
+    let resp = gw.search(with_deadline(pb::SearchRequest::default(), 10_000)).await.unwrap().into_inner();
+    for (city, code) in OWN_ANSWERS {
+        let node = resp.nodes.iter().find(|n| n.city == city).unwrap();
+        assert_eq!(node.detail, own_message("Search"), "{city}");
+        let state = match code {
+            Code::Unavailable => pb::NodeState::Unavailable,
+            Code::DeadlineExceeded => pb::NodeState::Timeout,
+            _ => pb::NodeState::Error,
+        };
+        assert_eq!(node.state, state as i32, "{city}");
+    }
+}
