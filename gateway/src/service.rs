@@ -76,7 +76,7 @@ impl GatewayService {
         let query = pb::SearchRequest { query: msg.query.clone(), ..Default::default() };
         let calls = targets.iter().map(|c| {
             let query = query.clone();
-            async move { (*c, call(c, budget, query, |mut cl, r| async move { cl.search_stats(r).await }).await) }
+            async move { (*c, call(c, budget, None, query, |mut cl, r| async move { cl.search_stats(r).await }).await) }
         });
         let mut sum = pb::CorpusStats::default();
         let mut failed = Vec::new();
@@ -123,7 +123,7 @@ impl GatewayService {
             .cities
             .get(city.slug)
             .ok_or_else(|| Status::unavailable(format!("city {} is not configured on this gateway", city.slug)))?;
-        let (result, _) = route(c, on_behalf_of(&caller)?, budget, req.into_inner(), f).await;
+        let (result, _) = call(c, budget, Some(on_behalf_of(&caller)?), req.into_inner(), f).await;
         result.map(Response::new).map_err(|e| relay(c, e))
     }
 
@@ -162,29 +162,6 @@ fn on_behalf_of(caller: &Identity) -> Result<AsciiMetadataValue, Status> {
     caller.uri().parse().map_err(|_| Status::internal("identity is not valid metadata"))
 }
 
-/// A routed call, acting for the caller named by `on_behalf_of`, through the
-/// city's guard like every other call to it.
-async fn route<Req, Resp, F, Fut>(
-    c: &CityClient,
-    on_behalf_of: AsciiMetadataValue,
-    budget: Duration,
-    msg: Req,
-    f: F,
-) -> (Result<Resp, CallError>, Duration)
-where
-    F: FnOnce(NodeClient<NodeChannel>, Request<Req>) -> Fut,
-    Fut: Future<Output = Result<Response<Resp>, Status>>,
-{
-    guarded(c, budget, |span| {
-        let mut r = node_request(msg, budget, &span);
-        r.metadata_mut().insert(ON_BEHALF_OF, on_behalf_of);
-        async move {
-            f(c.client.clone(), r).instrument(span).await.map(Response::into_inner).map_err(CallError::from_status)
-        }
-    })
-    .await
-}
-
 fn node_status(c: &CityClient, state: NodeState, took: Duration, detail: String) -> pb::NodeStatus {
     pb::NodeStatus {
         city: c.city.slug.into(),
@@ -197,10 +174,13 @@ fn node_status(c: &CityClient, state: NodeState, took: Duration, detail: String)
     }
 }
 
-/// Calls one node under `budget`, sending the budget on as `grpc-timeout`.
+/// Calls one node under `budget`, sending the budget on as `grpc-timeout`,
+/// through the city's guard like every other call to it; with
+/// `on_behalf_of`, acting for that caller.
 async fn call<Req, Resp, F, Fut>(
     c: &CityClient,
     budget: Duration,
+    on_behalf_of: Option<AsciiMetadataValue>,
     msg: Req,
     f: F,
 ) -> (Result<Resp, CallError>, Duration)
@@ -209,7 +189,10 @@ where
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
     guarded(c, budget, |span| {
-        let req = node_request(msg, budget, &span);
+        let mut req = node_request(msg, budget, &span);
+        if let Some(caller) = on_behalf_of {
+            req.metadata_mut().insert(ON_BEHALF_OF, caller);
+        }
         async move {
             f(c.client.clone(), req).instrument(span).await.map(Response::into_inner).map_err(CallError::from_status)
         }
@@ -480,7 +463,7 @@ impl gateway_server::Gateway for GatewayService {
         let budget = self.budget(&req);
         let calls = self.cities.all().map(|c| async move {
             let (result, took) =
-                call(c, budget, pb::NodeInfoRequest {}, |mut cl, r| async move { cl.info(r).await }).await;
+                call(c, budget, None, pb::NodeInfoRequest {}, |mut cl, r| async move { cl.info(r).await }).await;
             match result {
                 Ok(info) => {
                     let mut s = node_status(c, NodeState::Ok, took, String::new());
@@ -576,7 +559,7 @@ impl gateway_server::Gateway for GatewayService {
             let (msg, on_behalf) = (msg.clone(), on_behalf.clone());
             async move {
                 let (r, took) =
-                    route(c, on_behalf, budget, msg, |mut cl, r| async move { cl.list_bookings(r).await }).await;
+                    call(c, budget, Some(on_behalf), msg, |mut cl, r| async move { cl.list_bookings(r).await }).await;
                 (*c, r, took)
             }
         });

@@ -168,7 +168,10 @@ pub fn restore(backup: &Verified, dir: &Path) -> Result<(), BackupError> {
     if dir.exists() && dir.read_dir().map_err(|e| io(&e))?.next().is_some() {
         return Err(BackupError::NotEmpty(dir.display().to_string()));
     }
-    let db = sled::Config::new().path(dir).open().map_err(|e| io(&e))?;
+    // No background flusher: it would hold the store's lock for a moment
+    // after the handle is dropped, and a node started right after the
+    // restore would find the directory "in use". The flush below suffices.
+    let db = sled::Config::new().path(dir).flush_every_ms(None).open().map_err(|e| io(&e))?;
     for (tree, k, v) in &backup.entries {
         db.open_tree(tree).and_then(|t| t.insert(k.as_slice(), v.as_slice())).map_err(|e| io(&e))?;
     }
