@@ -146,6 +146,9 @@ mod tier {
     pub const CANDIDATE: f32 = 0.0;
 }
 
+/// A write of this many records or more is merged into one segment.
+const BULK_DOCS: usize = 1_000;
+
 /// Latin terms this long or longer may match with one typo; twice as long, two.
 const FUZZY_MIN: usize = 5;
 /// Most query words matched with typos allowed; the rest must match exactly.
@@ -224,7 +227,9 @@ impl SearchIndex {
     pub fn upsert<'a>(&self, docs: impl IntoIterator<Item = (u64, &'a InstrumentRecord)>) -> tantivy::Result<()> {
         let mut writer = self.writer.lock().expect("poisoned");
         let mut written = Vec::new();
+        let mut written_count = 0;
         for (ord, r) in docs {
+            written_count += 1;
             writer.delete_term(Term::from_field_text(self.fields.local_id, &r.local_id));
             writer.add_document(self.document(ord, r))?;
             written.push((ord as usize, LiteralNames::of(&[&r.name_zh, &r.name_en], &[&r.manufacturer, &r.model])));
@@ -239,7 +244,19 @@ impl SearchIndex {
             names[ord] = n;
         }
         drop(guard);
+        let bulk = written_count >= BULK_DOCS;
         writer.commit()?;
+        // A bulk load (the rebuild at start, a large import) leaves as many
+        // segments as the writer's memory budget cut it into. Every search
+        // pays per segment (its scorers are built again, its collector starts
+        // with no floor), so a bulk load is merged into one segment; small
+        // writes are left to the merge policy.
+        if bulk {
+            let ids = self.index.searchable_segment_ids()?;
+            if ids.len() > 1 {
+                writer.merge(&ids).wait()?;
+            }
+        }
         // Still under the writer's lock, so generations are swapped in order.
         self.reader.reload()?;
         let view = View::of(&self.reader)?;
@@ -274,7 +291,7 @@ impl SearchIndex {
         // character pairs are, which the words clauses already find; Latin
         // text may be written together or apart ("QExactive", "Q Exactive").
         let literal = if text.chars().any(|c| c.is_alphanumeric() && !text::is_cjk(c)) {
-            text::literal_grams(text)
+            text::literal_query_grams(text)
         } else {
             Vec::new()
         };
@@ -469,8 +486,11 @@ fn collect<C: Collector>(
 /// many match in all: one scoring pass where a top-k heap, a count and a
 /// second pass for the ties took three.
 /// It also adds the first tier's bonus to a match whose names contain the
-/// query's literal text: tested here, on the names in memory, only for the
-/// documents that match at all.
+/// query's literal text, tested on the names in memory. The test is made
+/// late and lazily: a match is kept with the bounds of its score (without
+/// and with the bonuses), and only those whose upper bound can still reach
+/// the page are tested, best first, until the page is settled. A broad
+/// query matches hundreds of names; a page needs a few dozen of them read.
 struct BestWithTies<'a> {
     limit: usize,
     /// Each segment's column of catalog places, by segment ordinal.
@@ -480,17 +500,22 @@ struct BestWithTies<'a> {
     phrase: Option<Arc<LiteralQuery>>,
 }
 
+/// A kept match: its place, and its score without and with the literal
+/// bonuses it may still earn (equal once its names were read).
+type Bounded = (u64, Score, Score);
+
 struct SegmentBest {
     ords: Column<u64>,
     names: Arc<Vec<LiteralNames>>,
     phrase: Option<Arc<LiteralQuery>>,
     limit: usize,
-    /// Scores below this cannot reach the page: `limit` kept ones beat it.
+    /// Upper bounds below this cannot reach the page: `limit` kept ones are
+    /// surely at least this good.
     floor: Score,
-    /// Kept candidates beyond which the worst are dropped. It doubles past
+    /// Kept candidates beyond which the hopeless are dropped. It doubles past
     /// what a drop leaves, so a long run of ties costs linear time.
     prune_at: usize,
-    kept: Vec<(u64, Score)>,
+    kept: Vec<Bounded>,
     matches: u64,
 }
 
@@ -516,37 +541,87 @@ impl Collector for BestWithTies<'_> {
         true
     }
 
-    fn merge_fruits(&self, fruits: Vec<(Vec<(u64, Score)>, u64)>) -> tantivy::Result<Self::Fruit> {
+    fn merge_fruits(&self, fruits: Vec<(Vec<Bounded>, u64)>) -> tantivy::Result<Self::Fruit> {
         let matches = fruits.iter().map(|(_, n)| n).sum();
-        let mut kept: Vec<(u64, Score)> = fruits.into_iter().flat_map(|(k, _)| k).collect();
-        keep_best(&mut kept, self.limit);
-        Ok((kept, matches))
+        let mut kept: Vec<Bounded> = fruits.into_iter().flat_map(|(k, _)| k).collect();
+        // Best upper bound first: once `limit` settled scores beat the next
+        // upper bound, nothing after it can make the page.
+        kept.sort_unstable_by(|a, b| b.2.total_cmp(&a.2));
+        let mut settled: Vec<(u64, Score)> = Vec::with_capacity(kept.len().min(self.limit.saturating_mul(4)));
+        let mut best: std::collections::BinaryHeap<std::cmp::Reverse<OrdScore>> = Default::default();
+        for (ord, low, high) in kept {
+            if best.len() >= self.limit && best.peek().is_some_and(|w| high < w.0.0) {
+                break;
+            }
+            let score = if low == high { low } else { low + bonus(self.phrase.as_deref(), self.names.get(ord as usize)) };
+            settled.push((ord, score));
+            best.push(std::cmp::Reverse(OrdScore(score)));
+            if best.len() > self.limit {
+                best.pop();
+            }
+        }
+        keep_best(&mut settled, self.limit);
+        Ok((settled, matches))
+    }
+}
+
+/// A score ordered totally, for the heap of the page's scores.
+#[derive(PartialEq)]
+struct OrdScore(Score);
+
+impl Eq for OrdScore {}
+
+impl PartialOrd for OrdScore {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdScore {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// The literal bonuses a record's names earn for the query's text.
+fn bonus(phrase: Option<&LiteralQuery>, names: Option<&LiteralNames>) -> Score {
+    match (phrase, names) {
+        (Some(q), Some(n)) => {
+            let (in_name, literal) = n.find(q);
+            (if in_name { tier::PHRASE_IN_NAME } else { 0.0 }) + if literal { tier::LITERAL } else { 0.0 }
+        }
+        _ => 0.0,
     }
 }
 
 impl SegmentCollector for SegmentBest {
-    type Fruit = (Vec<(u64, Score)>, u64);
+    type Fruit = (Vec<Bounded>, u64);
 
     fn collect(&mut self, doc: DocId, score: Score) {
         let Some(ord) = self.ords.first(doc) else { return };
-        let (in_name, literal) = match (&self.phrase, self.names.get(ord as usize)) {
-            (Some(q), Some(n)) => n.find(q),
-            _ => (false, false),
+        let kept = match &self.phrase {
+            // Below every tier's bonus, the record was only a literal
+            // candidate: it is a match only if it holds the text itself,
+            // which is read now, for the count.
+            Some(q) if score <= tier::CANDIDATE => match self.names.get(ord as usize).map(|n| n.find(q)) {
+                Some((in_name, true)) => {
+                    let s = score + tier::LITERAL + if in_name { tier::PHRASE_IN_NAME } else { 0.0 };
+                    (ord, s, s)
+                }
+                _ => return,
+            },
+            Some(_) => (ord, score, score + tier::PHRASE_IN_NAME + tier::LITERAL),
+            None => (ord, score, score),
         };
-        // Below every tier's bonus, the record was only a literal candidate:
-        // it is a match only if it holds the text itself.
-        if self.phrase.is_some() && score <= tier::CANDIDATE && !literal {
-            return;
-        }
         self.matches += 1;
-        let score =
-            score + if in_name { tier::PHRASE_IN_NAME } else { 0.0 } + if literal { tier::LITERAL } else { 0.0 };
-        if score < self.floor {
+        if kept.2 < self.floor {
             return;
         }
-        self.kept.push((ord, score));
+        self.kept.push(kept);
         if self.kept.len() >= self.prune_at {
-            self.floor = keep_best(&mut self.kept, self.limit);
+            self.floor = surely_beaten(&self.kept, self.limit);
+            let floor = self.floor;
+            self.kept.retain(|k| k.2 >= floor);
             self.prune_at = self.prune_at.max(self.kept.len().saturating_mul(2));
         }
     }
@@ -554,6 +629,19 @@ impl SegmentCollector for SegmentBest {
     fn harvest(self) -> Self::Fruit {
         (self.kept, self.matches)
     }
+}
+
+/// The `limit`-th best lower bound of `kept`: a match whose upper bound is
+/// below it cannot make the page.
+fn surely_beaten(kept: &[Bounded], limit: usize) -> Score {
+    if limit == 0 {
+        return Score::INFINITY;
+    }
+    if kept.len() < limit {
+        return Score::MIN;
+    }
+    let mut lows: Vec<Score> = kept.iter().map(|k| k.1).collect();
+    *lows.select_nth_unstable_by(limit - 1, |a, b| b.total_cmp(a)).1
 }
 
 /// Keeps the best `limit` of `hits` and every one tied with the last of

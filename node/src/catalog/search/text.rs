@@ -244,6 +244,47 @@ pub fn literal_grams(s: &str) -> Vec<String> {
     literal(s).windows(2).map(|w| w.iter().collect()).collect()
 }
 
+/// Marks a pair that begins a word (`^te`) and one that ends a word (`em$`).
+const WORD_START: char = '^';
+const WORD_END: char = '$';
+
+/// The pairs a record's literal form holds at the edges of its words: a
+/// literal match of a Latin text must begin at a word's start and end at a
+/// word's end (see `LiteralNames::find`), so a query asks for these, and
+/// "TEM" no longer makes a candidate of every "system" and "temperature".
+fn edge_grams(s: &str) -> Vec<String> {
+    let chars = literal_with_breaks(s);
+    let mut out = Vec::new();
+    for (i, w) in chars.windows(2).enumerate() {
+        if w[0].1 {
+            out.push([WORD_START, w[0].0, w[1].0].iter().collect());
+        }
+        // The pair ends a word where the next character starts one, or
+        // where the value ends.
+        if chars.get(i + 2).is_none_or(|next| next.1) {
+            out.push([w[0].0, w[1].0, WORD_END].iter().collect());
+        }
+    }
+    out
+}
+
+/// What a query's literal text asks the literal field for: all its pairs,
+/// and, where it begins or ends with a letter or digit, the pair marked as
+/// a word's start or end.
+pub fn literal_query_grams(s: &str) -> Vec<String> {
+    let chars = literal(s);
+    let mut out = literal_grams(s);
+    if let ([a, b, ..], [.., y, z]) = (chars.as_slice(), chars.as_slice()) {
+        if !is_cjk(*a) {
+            out.push([WORD_START, *a, *b].iter().collect());
+        }
+        if !is_cjk(*z) {
+            out.push([*y, *z, WORD_END].iter().collect());
+        }
+    }
+    out
+}
+
 /// Tokenizes the literal field: each value (separated by
 /// [`LITERAL_SEPARATOR`]) into [`literal_grams`].
 #[derive(Clone, Default)]
@@ -255,7 +296,7 @@ impl Tokenizer for LiteralTokenizer {
     fn token_stream<'a>(&'a mut self, text: &'a str) -> MixedStream {
         let tokens = text
             .split(LITERAL_SEPARATOR)
-            .flat_map(literal_grams)
+            .flat_map(|v| literal_grams(v).into_iter().chain(edge_grams(v)))
             .enumerate()
             .map(|(position, text)| Token { offset_from: 0, offset_to: 0, position, text, position_length: 1 })
             .collect();
@@ -269,6 +310,32 @@ mod tests {
 
     fn words(s: &str) -> Vec<String> {
         tokens(s).into_iter().map(|t| t.0).collect()
+    }
+
+    #[test]
+    fn word_edges_are_marked_so_that_a_latin_query_needs_them() {
+        let record = edge_grams("JEM-2100F");
+        for g in ["^je", "em$", "^21", "00$", "f$"].iter().filter(|g| g.len() > 2) {
+            assert!(record.iter().any(|r| r == g), "{g} in {record:?}");
+        }
+        assert!(!record.iter().any(|r| r == "^em"), "{record:?}");
+        // "TEM" asks for a word starting "te" and one ending "em": "system"
+        // has no word starting "te", "temperature" none ending "em".
+        let q = literal_query_grams("TEM");
+        assert_eq!(q, ["te", "em", "^te", "em$"]);
+        let holds = |text: &str| {
+            let have: Vec<String> = literal_grams(text).into_iter().chain(edge_grams(text)).collect();
+            q.iter().all(|g| have.contains(g))
+        };
+        assert!(holds("JEOL TEM"));
+        assert!(!holds("imaging system"));
+        assert!(!holds("temperature controller"));
+        // Grams only narrow: both edges in different words still make a
+        // candidate, which the string search then turns down.
+        assert!(holds("system temperature"));
+        // A Chinese edge asks for nothing more.
+        assert_eq!(literal_query_grams("透射电镜 200kV").last().map(String::as_str), Some("kv$"));
+        assert!(!literal_query_grams("透射电镜 200kV").iter().any(|g| g.starts_with('^')));
     }
 
     #[test]
