@@ -553,7 +553,8 @@ impl Collector for BestWithTies<'_> {
             if best.len() >= self.limit && best.peek().is_some_and(|w| high < w.0.0) {
                 break;
             }
-            let score = if low == high { low } else { low + bonus(self.phrase.as_deref(), self.names.get(ord as usize)) };
+            let score =
+                if low == high { low } else { low + bonus(self.phrase.as_deref(), self.names.get(ord as usize)) };
             settled.push((ord, score));
             best.push(std::cmp::Reverse(OrdScore(score)));
             if best.len() > self.limit {
