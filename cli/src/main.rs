@@ -541,22 +541,20 @@ pub async fn shutdown_signal() {
 /// A metrics registry, served at `addr` when one is given.
 async fn serve_metrics(addr: Option<SocketAddr>) -> Result<std::sync::Arc<corridor_telemetry::Metrics>> {
     let metrics = corridor_telemetry::Metrics::new();
-    if let Some(addr) = addr {
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
+    if let Some(listener) = bind_optional(addr, "metrics").await? {
         tokio::spawn(corridor_telemetry::serve(listener, metrics.clone(), shutdown_signal()));
     }
     Ok(metrics)
 }
 
-/// Binds the plaintext health port, when asked for: the binary binds every
-/// socket, and the servers take what it bound.
-async fn bind_health(addr: Option<SocketAddr>) -> Result<Option<tokio::net::TcpListener>> {
+/// Binds `what` (metrics, the health port) on `addr`, when asked for: the
+/// binary binds every socket, and the servers take what it bound.
+async fn bind_optional(addr: Option<SocketAddr>, what: &str) -> Result<Option<tokio::net::TcpListener>> {
     match addr {
         None => Ok(None),
-        Some(addr) => Ok(Some(
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the health port on {addr}"))?,
-        )),
+        Some(addr) => {
+            Ok(Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {what} on {addr}"))?))
+        }
     }
 }
 
@@ -663,7 +661,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 accept: age.accept(),
             };
             let registry = serve_metrics(metrics).await?;
-            let health = bind_health(health).await?;
+            let health = bind_optional(health, "the health port").await?;
             corridor_node::run(config, creds, listener, registry, health, shutdown_signal()).await?;
         }
         Command::Node { command: NodeCommand::Backup { city: slug, out, node, client } } => {
@@ -695,7 +693,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let creds = corridor_certs::CredentialSource::load(&certs, &identity)?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let registry = serve_metrics(metrics).await?;
-            let health = bind_health(health).await?;
+            let health = bind_optional(health, "the health port").await?;
             corridor_gateway::run(config, creds, listener, registry, health, shutdown_signal()).await?;
         }
         Command::Demo { command: DemoCommand::Export { scale, city: only, out } } => {

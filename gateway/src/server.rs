@@ -35,14 +35,9 @@ pub async fn run(
     let _watch = creds.watch(std::time::Duration::from_secs(2));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter.set_serving::<GatewayServer<GatewayService>>().await;
-    // The health port stops when `stop_probes` is dropped: after the drain,
-    // or on any early return.
-    let (stop_probes, probes_stop) = tokio::sync::oneshot::channel::<()>();
-    if let Some(listener) = health {
-        tokio::spawn(corridor_telemetry::serve_health(listener, health_service.clone(), async move {
-            let _ = probes_stop.await;
-        }));
-    }
+    // The health port stops when `probes` is dropped: after the drain, or on
+    // any early return.
+    let probes = corridor_telemetry::spawn_health(health, health_service.clone());
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services("corridor.v1.Gateway");
     corridor_telemetry::cert_expiry_gauge(&metrics, creds.clone());
     let service = GatewayServer::new(GatewayService::new(cities, &config, metrics.clone()))
@@ -64,7 +59,7 @@ pub async fn run(
         Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
     })
     .await?;
-    drop(stop_probes);
+    drop(probes);
     tracing::info!(drain_ms = drained.millis(), cut_off = drained.cut_off, "gateway stopped");
     Ok(())
 }

@@ -159,13 +159,10 @@ pub async fn run(
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter.set_serving::<NodeServer<NodeService>>().await;
-    // The health port stops when `probes` is dropped, after the drain.
-    let (probes, probes_stop) = tokio::sync::oneshot::channel::<()>();
     // With a health listener, the gRPC health service alone is served there in
-    // plaintext, for orchestrator probes, which cannot present a certificate.
-    if let Some(l) = health {
-        tokio::spawn(corridor_telemetry::serve_health(l, health_service.clone(), async move { _ = probes_stop.await }));
-    }
+    // plaintext, for orchestrator probes, which cannot present a certificate;
+    // it stops when `probes` is dropped, after the drain.
+    let probes = corridor_telemetry::spawn_health(health, health_service.clone());
     let (reflection_v1, reflection_v1alpha) = corridor_proto::reflection_services("corridor.v1.Node");
 
     let service = NodeServer::new(NodeService::new(node))

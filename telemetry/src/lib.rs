@@ -194,6 +194,35 @@ where
     }
 }
 
+/// A server's health port, served until this is dropped.
+pub struct HealthPort {
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Serves `health` on `listener`, when the binary bound one, until the
+/// returned [`HealthPort`] is dropped: after the server's drain, or on any
+/// early return.
+pub fn spawn_health<S>(listener: Option<TcpListener>, health: S) -> HealthPort
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let Some(listener) = listener else { return HealthPort { _stop: None } };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_health(listener, health, async move {
+        let _ = stopped.await;
+    }));
+    HealthPort { _stop: Some(stop) }
+}
+
 /// Exports the expiry of the process's current certificate, following
 /// renewals.
 pub fn cert_expiry_gauge(metrics: &Metrics, creds: Arc<corridor_certs::CredentialSource>) {
