@@ -45,16 +45,10 @@ impl fmt::Display for Violation {
 
 /// A value that does not read as what it should be: a field of a request,
 /// a line of a file, a flag. The message names the value and what was
-/// expected.
+/// expected. As an [`Error`] it is `Error::Invalid` (InvalidArgument).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Invalid(pub String);
-
-impl Invalid {
-    pub fn code(&self) -> Code {
-        Code::InvalidArgument
-    }
-}
 
 impl From<&str> for Invalid {
     fn from(m: &str) -> Self {

@@ -6,7 +6,7 @@
 use tonic::Status;
 
 use crate::{
-    error::{Code, Error, StoreError},
+    error::{Code, Error},
     node::NodeError,
 };
 
@@ -31,12 +31,6 @@ pub fn status(code: Code, message: impl Into<String>) -> Status {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
-        status(e.code(), e.to_string())
-    }
-}
-
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Status {
         status(e.code(), e.to_string())
     }
 }
@@ -87,7 +81,7 @@ pub fn internal(message: impl Into<String>) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Violation;
+    use crate::error::{StoreError, Violation};
 
     #[test]
     fn each_domain_error_keeps_its_meaning_on_the_wire() {

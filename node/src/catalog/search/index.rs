@@ -227,13 +227,12 @@ impl SearchIndex {
     pub fn upsert<'a>(&self, docs: impl IntoIterator<Item = (u64, &'a InstrumentRecord)>) -> tantivy::Result<()> {
         let mut writer = self.writer.lock().expect("poisoned");
         let mut written = Vec::new();
-        let mut written_count = 0;
         for (ord, r) in docs {
-            written_count += 1;
             writer.delete_term(Term::from_field_text(self.fields.local_id, &r.local_id));
             writer.add_document(self.document(ord, r))?;
             written.push((ord as usize, LiteralNames::of(&[&r.name_zh, &r.name_en], &[&r.manufacturer, &r.model])));
         }
+        let bulk = written.len() >= BULK_DOCS;
         // In place: the list is copied only if a search holds it right now.
         let mut guard = self.names.write().expect("poisoned");
         let names = Arc::make_mut(&mut guard);
@@ -244,7 +243,6 @@ impl SearchIndex {
             names[ord] = n;
         }
         drop(guard);
-        let bulk = written_count >= BULK_DOCS;
         writer.commit()?;
         // A bulk load (the rebuild at start, a large import) leaves as many
         // segments as the writer's memory budget cut it into. Every search

@@ -237,31 +237,33 @@ impl LiteralQuery {
     }
 }
 
-/// The literal field's terms for `s`: the overlapping character pairs of
-/// its literal form. A record that contains a text holds all of its pairs;
-/// the collector then checks the text itself (see `LiteralNames`).
-pub fn literal_grams(s: &str) -> Vec<String> {
-    literal(s).windows(2).map(|w| w.iter().collect()).collect()
+/// The literal field's terms for a literal form: its overlapping character
+/// pairs. A record that contains a text holds all of its pairs; the
+/// collector then checks the text itself (see `LiteralNames`).
+fn pairs(chars: &[char]) -> Vec<String> {
+    chars.windows(2).map(|w| w.iter().collect()).collect()
 }
 
 /// Marks a pair that begins a word (`^te`) and one that ends a word (`em$`).
 const WORD_START: char = '^';
 const WORD_END: char = '$';
 
-/// The pairs a record's literal form holds at the edges of its words: a
-/// literal match of a Latin text must begin at a word's start and end at a
-/// word's end (see `LiteralNames::find`), so a query asks for these, and
-/// "TEM" no longer makes a candidate of every "system" and "temperature".
-fn edge_grams(s: &str) -> Vec<String> {
-    let chars = literal_with_breaks(s);
-    let mut out = Vec::new();
-    for (i, w) in chars.windows(2).enumerate() {
+/// What one value of a record puts in the literal field: its pairs, and the
+/// pairs at the edges of its words. A literal match of a Latin text must
+/// begin at a word's start and end at a word's end (see `LiteralNames::find`),
+/// so a query asks for these, and "TEM" no longer makes a candidate of every
+/// "system" and "temperature".
+fn record_grams(s: &str) -> Vec<String> {
+    let marked = literal_with_breaks(s);
+    let chars: Vec<char> = marked.iter().map(|&(c, _)| c).collect();
+    let mut out = pairs(&chars);
+    for (i, w) in marked.windows(2).enumerate() {
         if w[0].1 {
             out.push([WORD_START, w[0].0, w[1].0].iter().collect());
         }
         // The pair ends a word where the next character starts one, or
         // where the value ends.
-        if chars.get(i + 2).is_none_or(|next| next.1) {
+        if marked.get(i + 2).is_none_or(|next| next.1) {
             out.push([w[0].0, w[1].0, WORD_END].iter().collect());
         }
     }
@@ -273,7 +275,7 @@ fn edge_grams(s: &str) -> Vec<String> {
 /// a word's start or end.
 pub fn literal_query_grams(s: &str) -> Vec<String> {
     let chars = literal(s);
-    let mut out = literal_grams(s);
+    let mut out = pairs(&chars);
     if let ([a, b, ..], [.., y, z]) = (chars.as_slice(), chars.as_slice()) {
         if !is_cjk(*a) {
             out.push([WORD_START, *a, *b].iter().collect());
@@ -286,7 +288,7 @@ pub fn literal_query_grams(s: &str) -> Vec<String> {
 }
 
 /// Tokenizes the literal field: each value (separated by
-/// [`LITERAL_SEPARATOR`]) into [`literal_grams`].
+/// [`LITERAL_SEPARATOR`]) into its pairs and word-edge pairs (`record_grams`).
 #[derive(Clone, Default)]
 pub struct LiteralTokenizer;
 
@@ -296,7 +298,7 @@ impl Tokenizer for LiteralTokenizer {
     fn token_stream<'a>(&'a mut self, text: &'a str) -> MixedStream {
         let tokens = text
             .split(LITERAL_SEPARATOR)
-            .flat_map(|v| literal_grams(v).into_iter().chain(edge_grams(v)))
+            .flat_map(record_grams)
             .enumerate()
             .map(|(position, text)| Token { offset_from: 0, offset_to: 0, position, text, position_length: 1 })
             .collect();
@@ -314,7 +316,7 @@ mod tests {
 
     #[test]
     fn word_edges_are_marked_so_that_a_latin_query_needs_them() {
-        let record = edge_grams("JEM-2100F");
+        let record = record_grams("JEM-2100F");
         for g in ["^je", "em$", "^21", "00$", "f$"].iter().filter(|g| g.len() > 2) {
             assert!(record.iter().any(|r| r == g), "{g} in {record:?}");
         }
@@ -324,7 +326,7 @@ mod tests {
         let q = literal_query_grams("TEM");
         assert_eq!(q, ["te", "em", "^te", "em$"]);
         let holds = |text: &str| {
-            let have: Vec<String> = literal_grams(text).into_iter().chain(edge_grams(text)).collect();
+            let have = record_grams(text);
             q.iter().all(|g| have.contains(g))
         };
         assert!(holds("JEOL TEM"));
@@ -371,8 +373,8 @@ mod tests {
 
     #[test]
     fn literal_grams_are_the_pairs_of_the_literal_form() {
-        assert_eq!(literal_grams("Q-Exact"), ["qe", "ex", "xa", "ac", "ct"]);
-        assert_eq!(literal_grams("离子色谱"), ["离子", "子色", "色谱"]);
-        assert!(literal_grams("x").is_empty());
+        assert_eq!(pairs(&literal("Q-Exact")), ["qe", "ex", "xa", "ac", "ct"]);
+        assert_eq!(pairs(&literal("离子色谱")), ["离子", "子色", "色谱"]);
+        assert!(pairs(&literal("x")).is_empty());
     }
 }
