@@ -111,8 +111,18 @@ impl<T> Deadline<T> {
         Deadline { inner, at: after.map(|d| Box::pin(tokio::time::sleep(d))) }
     }
 
-    /// Whether the deadline has passed; registers for the wakeup when not.
-    fn passed(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Whether the deadline has passed: a clock read. Polling the timer on
+    /// every read and write instead re-armed its waker and spent the task's
+    /// cooperative budget each time, which under load made the connection
+    /// yield and wake over and over (a third of a node's CPU per search).
+    fn passed(&self) -> bool {
+        self.at.as_ref().is_some_and(|at| tokio::time::Instant::now() >= at.deadline())
+    }
+
+    /// Registers for the wakeup at the deadline; true if it has passed. Only
+    /// a read that is about to wait needs it: the server always has one
+    /// pending, so an idle connection is still woken and closed.
+    fn wake_at_deadline(&mut self, cx: &mut Context<'_>) -> bool {
         self.at.as_mut().is_some_and(|at| at.as_mut().poll(cx).is_ready())
     }
 }
@@ -123,17 +133,19 @@ fn too_old() -> io::Error {
 
 impl<T: AsyncRead + Unpin> AsyncRead for Deadline<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        // The server always has a read pending, so the deadline wakes it.
-        if self.passed(cx) {
+        if self.passed() {
             return Poll::Ready(Err(too_old()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Pending if self.wake_at_deadline(cx) => Poll::Ready(Err(too_old())),
+            other => other,
+        }
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Deadline<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        if self.passed(cx) {
+        if self.passed() {
             return Poll::Ready(Err(too_old()));
         }
         Pin::new(&mut self.inner).poll_write(cx, data)
@@ -144,7 +156,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadline<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.passed(cx) {
+        if self.passed() {
             return Poll::Ready(Err(too_old()));
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
@@ -155,7 +167,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadline<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.passed(cx) {
+        if self.passed() {
             return Poll::Ready(Err(too_old()));
         }
         Pin::new(&mut self.inner).poll_flush(cx)
