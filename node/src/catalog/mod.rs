@@ -22,7 +22,7 @@ pub use self::entry::Entry;
 use self::{
     model::InstrumentRecord,
     search::{
-        Hits, Labels, Query,
+        Hits, Labels, Match, Query,
         index::{CorpusStats, SearchIndex},
     },
     summary::to_summary,
@@ -140,27 +140,36 @@ impl Catalog {
         let limit = if everything { usize::MAX } else { q.limit };
         let scored = self.index.search(&q.text, stats, limit).expect("an in-RAM index answers");
         let state = self.state.read().expect("poisoned");
-        let entries = scored
-            .hits
-            .into_iter()
-            .filter_map(|(ord, s)| state.by_ord.get(ord as usize).map(|e| (e, s, state.id_rank[ord as usize])));
+        let exact = scored.exact;
+        let exact = |ord: u64, low: f32| exact.score(ord, low);
+        let matches = scored.hits.into_iter().filter_map(|(ord, low, high)| {
+            let entry = state.by_ord.get(ord as usize)?;
+            Some(Match { entry, low, high, place: state.id_rank[ord as usize], ord })
+        });
         match extra {
             // Nothing filters: every match counts, collected or not.
             None if !everything => {
-                Hits { total: scored.matches, ..search::page(entries, &state.labels, q, city, &|_| true) }
+                Hits { total: scored.matches, ..search::page(matches, &state.labels, q, city, &|_| true, &exact) }
             }
-            None => search::page(entries, &state.labels, q, city, &|_| true),
+            None => search::page(matches, &state.labels, q, city, &|_| true, &exact),
             // The extra predicate reads the booking store, record by record:
             // not under this lock, which an import's writer would queue behind
             // (and every search behind the writer).
             Some(extra) => {
                 let labels = state.labels.clone();
-                let admitted: Vec<(Arc<Entry>, f32, u32)> = entries
-                    .filter(|(e, ..)| q.admits(&e.stored.record))
-                    .map(|(e, s, place)| (e.clone(), s, place))
+                let admitted: Vec<(Arc<Entry>, f32, f32, u32, u64)> = matches
+                    .filter(|m| q.admits(&m.entry.stored.record))
+                    .map(|m| (m.entry.clone(), m.low, m.high, m.place, m.ord))
                     .collect();
                 drop(state);
-                search::page(admitted.iter().map(|(e, s, place)| (e, *s, *place)), &labels, q, city, extra)
+                let matches = admitted.iter().map(|(entry, low, high, place, ord)| Match {
+                    entry,
+                    low: *low,
+                    high: *high,
+                    place: *place,
+                    ord: *ord,
+                });
+                search::page(matches, &labels, q, city, extra, &exact)
             }
         }
     }

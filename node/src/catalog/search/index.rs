@@ -13,15 +13,13 @@ use tantivy::{
     TantivyDocument, Term,
     collector::{Collector, SegmentCollector},
     columnar::Column,
-    query::{
-        AllQuery, Bm25StatisticsProvider, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query,
-        TermQuery,
-    },
+    query::{AllQuery, Bm25StatisticsProvider, EnableScoring, Query},
     schema::{FAST, Field, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions},
     tokenizer::{Language, Stemmer, TextAnalyzer},
 };
 
 use super::{
+    plan::{Parts, Plan, Tiers, WordFields},
     text::{self, LITERAL_SEPARATOR, LiteralNames, LiteralQuery, LiteralTokenizer, MixedTokenizer},
     thesaurus::Thesaurus,
 };
@@ -274,28 +272,28 @@ impl SearchIndex {
         out
     }
 
-    /// Builds the query for `text`: every way a record can match it, each
+    /// Plans the search for `text`: every way a record can match it, each
     /// with its [`tier`] bonus, and BM25 over the query's words to order
-    /// records within a tier. `df(term)` says how many documents hold a term
-    /// in any text field; a Latin word that none holds is matched with typos
-    /// allowed instead. The thesaurus only adds: a record that contains the
-    /// query's words, or its text literally, is a hit whatever the query
-    /// names.
-    fn build(&self, text: &str, df: &dyn Fn(&str) -> u64) -> Box<dyn Query> {
+    /// records within a tier; `None` for a text with no words (every record
+    /// matches). `df(term)` says how many documents hold a term in any text
+    /// field; a Latin word that none holds is matched with typos allowed
+    /// instead. The thesaurus only adds: a record that contains the query's
+    /// words, or its text literally, is a hit whatever the query names.
+    fn plan(&self, text: &str, df: &dyn Fn(&str) -> u64) -> Option<Plan> {
         let f = &self.fields;
         let analysis = self.thesaurus().analyze(text);
         let words = self.terms_of(text);
+        if words.is_empty() && analysis.named.is_empty() {
+            return None;
+        }
         // A query of Chinese alone is contained literally only where all its
         // character pairs are, which the words clauses already find; Latin
         // text may be written together or apart ("QExactive", "Q Exactive").
-        let literal = if text.chars().any(|c| c.is_alphanumeric() && !text::is_cjk(c)) {
+        let grams = if text.chars().any(|c| c.is_alphanumeric() && !text::is_cjk(c)) {
             text::literal_query_grams(text)
         } else {
             Vec::new()
         };
-        if words.is_empty() && analysis.named.is_empty() {
-            return Box::new(AllQuery);
-        }
         // Each word exactly, or with typos when nothing holds it.
         let mut fuzzy_left = MAX_FUZZY_TERMS;
         let mut fuzzy = |term: &str| {
@@ -307,94 +305,28 @@ impl SearchIndex {
             fuzzy_left -= usize::from(yes);
             yes.then_some(if len >= 2 * FUZZY_MIN { 2 } else { 1 })
         };
-        let typos: Vec<Option<u8>> = words.iter().map(|w| fuzzy(w)).collect();
-        let term_in = |field: Field, word: &str, typo: Option<u8>| -> Box<dyn Query> {
-            let term = Term::from_field_text(field, word);
-            match typo {
-                Some(d) => Box::new(FuzzyTermQuery::new(term, d, true)),
-                None => Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs)),
-            }
-        };
-        let any_of = |qs: Vec<Box<dyn Query>>| -> Box<dyn Query> {
-            Box::new(BooleanQuery::new(qs.into_iter().map(|q| (Occur::Should, q)).collect()))
-        };
-        let all_of = |qs: Vec<Box<dyn Query>>| -> Box<dyn Query> {
-            Box::new(BooleanQuery::new(qs.into_iter().map(|q| (Occur::Must, q)).collect()))
-        };
-        let in_name =
-            |w: &str, typo: Option<u8>| any_of(vec![term_in(f.name_zh, w, typo), term_in(f.name_en, w, typo)]);
-        let anywhere = |w: &str, typo: Option<u8>| {
-            any_of(vec![term_in(f.name_zh, w, typo), term_in(f.name_en, w, typo), term_in(f.body, w, typo)])
-        };
-        let bonus = |q: Box<dyn Query>, score: f32| -> (Occur, Box<dyn Query>) {
-            (Occur::Should, Box::new(ConstScoreQuery::new(q, score)))
-        };
-
-        let mut ways: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        if !words.is_empty() {
-            let pairs = || words.iter().zip(&typos);
-            // The whole query standing in a name is the first tier; the
-            // collector adds it (see `BestWithTies`).
-            ways.push(bonus(all_of(pairs().map(|(w, t)| in_name(w, *t)).collect()), tier::WORDS_IN_NAME));
-            // All the words anywhere, scored by BM25 (names counting double),
-            // which also orders each tier: the one clause that reads
-            // statistics.
-            let weighed = |w: &str, typo: Option<u8>| -> Box<dyn Query> {
-                let parts = [(f.name_zh, 2.0), (f.name_en, 2.0), (f.body, 1.0)]
-                    .map(|(field, boost)| Box::new(BoostQuery::new(term_in(field, w, typo), boost)) as Box<dyn Query>);
-                any_of(parts.into())
-            };
-            ways.push((Occur::Should, all_of(pairs().map(|(w, t)| weighed(w, *t)).collect())));
-            // Most of a Chinese query's character pairs in a name, the other
-            // words anywhere: 小角散射 finds 小角X射线散射仪, whose name has
-            // 小角 and 散射 but not 角散.
-            let cjk: Vec<&String> = words.iter().filter(|w| w.chars().any(text::is_cjk)).collect();
-            if cjk.len() >= 3 {
-                // Three in five, as the large engines' default minimum-should-match.
-                let needed = (cjk.len() * 3).div_ceil(5).max(2);
-                let most = BooleanQuery::with_minimum_required_clauses(
-                    cjk.iter().map(|w| (Occur::Should, in_name(w, None))).collect(),
-                    needed,
-                );
-                let mut parts: Vec<Box<dyn Query>> = vec![Box::new(most)];
-                parts.extend(pairs().filter(|(w, _)| !w.chars().any(text::is_cjk)).map(|(w, t)| anywhere(w, *t)));
-                ways.push(bonus(all_of(parts), tier::MOST_IN_NAME));
-            }
-        }
-        if !analysis.named.is_empty() {
-            // Each name the query holds must be met (日立 and 扫描电镜: a
-            // Hitachi SEM), by any of the concept sets it may mean.
-            let concept = |c: &String| -> Box<dyn Query> {
-                Box::new(TermQuery::new(Term::from_field_text(f.concept, c), IndexRecordOption::Basic))
-            };
-            let mut parts: Vec<Box<dyn Query>> = analysis
-                .named
-                .iter()
-                .map(|n| any_of(n.any.iter().map(|set| all_of(set.iter().map(concept).collect())).collect()))
-                .collect();
-            // The words no name covered still narrow: "透射电镜 200kV".
-            for word in &analysis.rest {
-                for w in self.terms_of(word) {
-                    let typo = words.iter().position(|x| *x == w).and_then(|i| typos[i]);
-                    parts.push(anywhere(&w, typo));
-                }
-            }
-            ways.push(bonus(all_of(parts), tier::CONCEPT));
-        }
-        // Records holding the query's character pairs are candidates for a
-        // literal match; the collector keeps those whose names, maker or
-        // model contain the text itself (see `BestWithTies`).
-        let grams: Vec<Box<dyn Query>> = literal
+        let typed: Vec<(String, Option<u8>)> = words.iter().map(|w| (w.clone(), fuzzy(w))).collect();
+        let cjk: Vec<bool> = words.iter().map(|w| w.chars().any(text::is_cjk)).collect();
+        // The words no name covered still narrow a concept match: "透射电镜
+        // 200kV", with the typos their words have in the query.
+        let rest: Vec<(String, Option<u8>)> = analysis
+            .rest
             .iter()
-            .map(|g| {
-                Box::new(TermQuery::new(Term::from_field_text(f.literal, g), IndexRecordOption::Basic))
-                    as Box<dyn Query>
+            .flat_map(|word| self.terms_of(word))
+            .map(|w| {
+                let typo = typed.iter().find(|(x, _)| *x == w).and_then(|(_, t)| *t);
+                (w, typo)
             })
             .collect();
-        if !grams.is_empty() {
-            ways.push(bonus(all_of(grams), tier::CANDIDATE));
-        }
-        Box::new(BooleanQuery::new(ways))
+        let tiers = Tiers {
+            words_in_name: tier::WORDS_IN_NAME,
+            concept: tier::CONCEPT,
+            most_in_name: tier::MOST_IN_NAME,
+            candidate: tier::CANDIDATE,
+        };
+        let fields = WordFields { name_zh: f.name_zh, name_en: f.name_en, body: f.body };
+        let parts = Parts { words: &typed, cjk: &cjk, named: &analysis.named, rest: &rest, grams: &grams };
+        Some(Plan::new(fields, f.concept, f.literal, tiers, parts))
     }
 
     fn local_df(&self, searcher: &Searcher, term: &str) -> u64 {
@@ -426,10 +358,11 @@ impl SearchIndex {
         Ok(out)
     }
 
-    /// Matching documents as (ord, score), in no order, scored with `global`
-    /// when given and with this index's own statistics otherwise. With
-    /// `limit` = `usize::MAX` every match; otherwise the best `limit` and
-    /// every document tied with the last of them.
+    /// Matching documents, in no order, scored with `global` when given and
+    /// with this index's own statistics otherwise. With `limit` =
+    /// `usize::MAX` every match, with the bounds of its score; otherwise the
+    /// best `limit`, with their exact scores, and every document tied with
+    /// the last of them.
     pub fn search(&self, text: &str, global: Option<&CorpusStats>, limit: usize) -> tantivy::Result<Scored> {
         let view = self.view();
         let searcher = &view.searcher;
@@ -443,7 +376,7 @@ impl SearchIndex {
                 None => self.local_df(searcher, term),
             }
         };
-        let query = self.build(text, &df);
+        let plan = self.plan(text, &df);
         let global = global.map(|stats| Global { stats, schema: &schema });
         // One scoring pass both counts every match (so that the total never
         // depends on the page size) and keeps the best `limit` with every
@@ -453,18 +386,31 @@ impl SearchIndex {
         // for a caller that filters before it ranks.
         let phrase = LiteralQuery::new(text).map(Arc::new);
         let names = self.names.read().expect("poisoned").clone();
+        let exact = Exact { phrase: phrase.clone(), names: names.clone() };
         let best = BestWithTies { limit, ords: &view.ords, names, phrase };
-        let (hits, matches) = collect(searcher, &*query, global.as_ref(), &best)?;
-        Ok(Scored { hits, matches })
+        let (hits, matches) = match plan {
+            Some(plan) => {
+                let scoring = match &global {
+                    Some(g) => EnableScoring::enabled_from_statistics_provider(g, searcher),
+                    None => EnableScoring::enabled_from_searcher(searcher),
+                };
+                plan.run(searcher, scoring, &best)?
+            }
+            None => collect(searcher, &AllQuery, global.as_ref(), &best)?,
+        };
+        Ok(Scored { hits, matches, exact })
     }
 }
 
 /// What [`SearchIndex::search`] found.
 pub struct Scored {
-    /// (ord, score) of the documents collected.
-    pub hits: Vec<(u64, Score)>,
+    /// (ord, lower and upper bound of the score) of the documents
+    /// collected: exact (both the same) with a `limit`; with `usize::MAX`,
+    /// left for the caller to settle with `exact`.
+    pub hits: Vec<Bounded>,
     /// How many documents match in all, collected or not.
     pub matches: u64,
+    pub exact: Exact,
 }
 
 /// Runs `collector` with corpus-wide statistics when given.
@@ -500,7 +446,7 @@ struct BestWithTies<'a> {
 
 /// A kept match: its place, and its score without and with the literal
 /// bonuses it may still earn (equal once its names were read).
-type Bounded = (u64, Score, Score);
+pub type Bounded = (u64, Score, Score);
 
 struct SegmentBest {
     ords: Column<u64>,
@@ -518,7 +464,7 @@ struct SegmentBest {
 }
 
 impl Collector for BestWithTies<'_> {
-    type Fruit = (Vec<(u64, Score)>, u64);
+    type Fruit = (Vec<Bounded>, u64);
     type Child = SegmentBest;
 
     fn for_segment(&self, ord: SegmentOrdinal, _: &SegmentReader) -> tantivy::Result<SegmentBest> {
@@ -541,26 +487,59 @@ impl Collector for BestWithTies<'_> {
 
     fn merge_fruits(&self, fruits: Vec<(Vec<Bounded>, u64)>) -> tantivy::Result<Self::Fruit> {
         let matches = fruits.iter().map(|(_, n)| n).sum();
-        let mut kept: Vec<Bounded> = fruits.into_iter().flat_map(|(k, _)| k).collect();
-        // Best upper bound first: once `limit` settled scores beat the next
-        // upper bound, nothing after it can make the page.
-        kept.sort_unstable_by(|a, b| b.2.total_cmp(&a.2));
-        let mut settled: Vec<(u64, Score)> = Vec::with_capacity(kept.len().min(self.limit.saturating_mul(4)));
-        let mut best: std::collections::BinaryHeap<std::cmp::Reverse<OrdScore>> = Default::default();
-        for (ord, low, high) in kept {
-            if best.len() >= self.limit && best.peek().is_some_and(|w| high < w.0.0) {
-                break;
-            }
-            let score =
-                if low == high { low } else { low + bonus(self.phrase.as_deref(), self.names.get(ord as usize)) };
-            settled.push((ord, score));
-            best.push(std::cmp::Reverse(OrdScore(score)));
-            if best.len() > self.limit {
-                best.pop();
-            }
+        let kept: Vec<Bounded> = fruits.into_iter().flat_map(|(k, _)| k).collect();
+        if self.limit == usize::MAX {
+            // Every match, for a caller that filters first: it settles the
+            // scores of those that can still make its page (see `Exact`).
+            return Ok((kept, matches));
         }
-        keep_best(&mut settled, self.limit);
-        Ok((settled, matches))
+        let exact = Exact { phrase: self.phrase.clone(), names: self.names.clone() };
+        let hits = settle(kept, self.limit, |k| (k.1, k.2), |k| exact.score(k.0, k.1));
+        Ok((hits.into_iter().map(|(k, s)| (k.0, s, s)).collect(), matches))
+    }
+}
+
+/// The best `limit` of `items` by exact score, with every one tied with the
+/// last of them. An item's exact score lies within its `bounds` and costs a
+/// look at its names, so items are looked at best upper bound first, until
+/// `limit` exact scores beat the next upper bound: a broad query matches
+/// hundreds of names, and a page needs a few dozen of them read.
+pub fn settle<T>(
+    mut items: Vec<T>,
+    limit: usize,
+    bounds: impl Fn(&T) -> (Score, Score),
+    exact: impl Fn(&T) -> Score,
+) -> Vec<(T, Score)> {
+    items.sort_unstable_by(|a, b| bounds(b).1.total_cmp(&bounds(a).1));
+    let mut settled: Vec<(T, Score)> = Vec::with_capacity(items.len().min(limit.saturating_mul(4)));
+    let mut best: std::collections::BinaryHeap<std::cmp::Reverse<OrdScore>> = Default::default();
+    for item in items {
+        let (low, high) = bounds(&item);
+        if best.len() >= limit && best.peek().is_some_and(|w| high < w.0.0) {
+            break;
+        }
+        let score = if low == high { low } else { exact(&item) };
+        settled.push((item, score));
+        best.push(std::cmp::Reverse(OrdScore(score)));
+        if best.len() > limit {
+            best.pop();
+        }
+    }
+    keep_best(&mut settled, limit);
+    settled
+}
+
+/// How a match's exact score is found from the lower bound it was kept with:
+/// the literal bonuses its names earn for the query's text.
+#[derive(Clone)]
+pub struct Exact {
+    phrase: Option<Arc<LiteralQuery>>,
+    names: Arc<Vec<LiteralNames>>,
+}
+
+impl Exact {
+    pub fn score(&self, ord: u64, low: Score) -> Score {
+        low + bonus(self.phrase.as_deref(), self.names.get(ord as usize))
     }
 }
 
@@ -646,7 +625,7 @@ fn surely_beaten(kept: &[Bounded], limit: usize) -> Score {
 /// Keeps the best `limit` of `hits` and every one tied with the last of
 /// them; returns the score of that last one (the lowest that can still make
 /// the page).
-fn keep_best(hits: &mut Vec<(u64, Score)>, limit: usize) -> Score {
+fn keep_best<T>(hits: &mut Vec<(T, Score)>, limit: usize) -> Score {
     if limit == 0 {
         hits.clear();
         return Score::INFINITY;

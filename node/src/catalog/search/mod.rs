@@ -2,6 +2,7 @@
 //! structured filters, facet counts, ranking and the cursor. No gRPC here.
 
 pub mod index;
+mod plan;
 pub mod text;
 pub mod thesaurus;
 
@@ -128,35 +129,39 @@ impl Labels {
     }
 }
 
+/// One match handed to [`page`]: its entry, the bounds of its score (equal
+/// once exact), its place in id order and its place in the catalog.
+pub struct Match<'a> {
+    pub entry: &'a Arc<Entry>,
+    pub low: f32,
+    pub high: f32,
+    pub place: u32,
+    pub ord: u64,
+}
+
 /// Applies filters, the extra predicate (free windows), facets, the cursor
-/// and the limit to scored matches, each with its place in id order (see
-/// `catalog`). Works on borrowed entries: a broad query can match thousands
-/// of them, and only the page is worth a reference count.
+/// and the limit to scored matches. Works on borrowed entries: a broad query
+/// can match thousands of them, and only the page is worth a reference
+/// count. A match's exact score (`exact(ord, low)`) is asked for only when
+/// the cursor or the page depends on it.
 pub fn page<'a>(
-    scored: impl IntoIterator<Item = (&'a Arc<Entry>, f32, u32)>,
+    scored: impl IntoIterator<Item = Match<'a>>,
     labels: &Labels,
     q: &Query,
     city: &str,
     extra: &dyn Fn(&InstrumentRecord) -> bool,
+    exact: &dyn Fn(u64, f32) -> f32,
 ) -> Hits {
     let mut total = 0;
     let width = if q.facets { labels.names.len() } else { 0 };
     let (mut categories, mut institutions) = (vec![0u64; width], vec![0u64; width]);
-    // The order `rank` gives, with the id compared by its place.
-    let cmp = |a: &(&Arc<Entry>, f32, u32), b: &(&Arc<Entry>, f32, u32)| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2));
-    // Only the page is kept: whenever twice as many wait, the best `limit`
-    // of them are chosen, so a broad match list costs linear time and a
-    // page's worth of memory.
-    let prune_at = q.limit.saturating_mul(2).max(64);
-    let keep_page = |kept: &mut Vec<(&'a Arc<Entry>, f32, u32)>| {
-        if kept.len() > q.limit {
-            kept.select_nth_unstable_by(q.limit - 1, cmp);
-            kept.truncate(q.limit);
-        }
-    };
-    let mut kept: Vec<(&'a Arc<Entry>, f32, u32)> = Vec::with_capacity(prune_at.min(1024));
+    // Only what can make the page is kept: whenever twice as many wait as
+    // were left the last time, those that cannot beat the `limit`-th best
+    // lower bound are dropped, so a broad match list costs linear time.
+    let mut prune_at = q.limit.saturating_mul(2).max(64);
+    let mut kept: Vec<Match<'a>> = Vec::with_capacity(prune_at.min(1024));
     let mut examined = 0u32;
-    for (entry, score, place) in scored {
+    for mut m in scored {
         // The free-window predicate reads calendars: a broad query over a
         // large city can take long, so the deadline is looked at as it goes.
         if examined.is_multiple_of(DEADLINE_CHECK_EVERY) && q.deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
@@ -164,34 +169,50 @@ pub fn page<'a>(
             return Hits { stopped: true, ..Hits::default() };
         }
         examined = examined.wrapping_add(1);
-        let r = &entry.stored.record;
+        let r = &m.entry.stored.record;
         if !q.admits(r) || !extra(r) {
             continue;
         }
         total += 1;
         if q.facets {
-            categories[entry.category as usize] += 1;
-            institutions[entry.institution as usize] += 1;
+            categories[m.entry.category as usize] += 1;
+            institutions[m.entry.institution as usize] += 1;
         }
-        if q.limit == 0
-            || q.after
-                .as_ref()
-                .is_some_and(|(s, after)| rank_bytes((score, &entry.id), (*s, after.as_bytes())) != Ordering::Greater)
-        {
+        if q.limit == 0 {
             continue;
         }
-        kept.push((entry, score, place));
+        if let Some((s, after)) = &q.after {
+            // Strictly after the cursor in ranking order: a lower score
+            // ranks later, so the upper bound decides when both bounds agree.
+            let beyond = |score: f32| rank_bytes((score, &m.entry.id), (*s, after.as_bytes())) == Ordering::Greater;
+            if !beyond(m.low) {
+                continue;
+            }
+            if !beyond(m.high) {
+                let e = exact(m.ord, m.low);
+                if !beyond(e) {
+                    continue;
+                }
+                (m.low, m.high) = (e, e);
+            }
+        }
+        kept.push(m);
         if kept.len() >= prune_at {
-            keep_page(&mut kept);
+            let mut lows: Vec<f32> = kept.iter().map(|m| m.low).collect();
+            let floor = *lows.select_nth_unstable_by(q.limit - 1, |a, b| b.total_cmp(a)).1;
+            kept.retain(|m| m.high >= floor);
+            prune_at = prune_at.max(kept.len().saturating_mul(2));
         }
     }
-    keep_page(&mut kept);
-    kept.sort_unstable_by(cmp);
+    let mut page = index::settle(kept, q.limit, |m| (m.low, m.high), |m| exact(m.ord, m.low));
+    // The order `rank` gives, with the id compared by its place.
+    page.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.place.cmp(&b.0.place)));
+    page.truncate(q.limit);
     let mut facets = Facets::default();
     if q.facets && total > 0 {
         facets.cities = vec![(city.to_string(), total)];
         facets.categories = labels.counts(&categories);
         facets.institutions = labels.counts(&institutions);
     }
-    Hits { hits: kept.into_iter().map(|(e, s, _)| (e.clone(), s)).collect(), total, facets, stopped: false }
+    Hits { hits: page.into_iter().map(|(m, s)| (m.entry.clone(), s)).collect(), total, facets, stopped: false }
 }
