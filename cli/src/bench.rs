@@ -101,6 +101,10 @@ pub struct SearchArgs {
     direct: Option<String>,
     #[arg(long)]
     node: Option<String>,
+    /// Search this text every time, unfiltered, instead of the mix: the cost
+    /// of one query, or (with text nothing holds) of the call around it.
+    #[arg(long)]
+    query: Option<String>,
     #[command(flatten)]
     client: ClientOpts,
 }
@@ -469,7 +473,10 @@ const QUERIES: &[(&str, &str)] = &[
     ("faceted", "BET"),
 ];
 
-fn search_req(i: u64) -> pb::SearchRequest {
+fn search_req(i: u64, fixed: Option<&str>) -> pb::SearchRequest {
+    if let Some(q) = fixed {
+        return pb::SearchRequest { query: q.into(), limit: 20, ..Default::default() };
+    }
     let (kind, q) = QUERIES[(i % QUERIES.len() as u64) as usize];
     let filter = (kind == "filtered").then(|| pb::SearchFilter {
         provinces: vec!["Zhejiang".into(), "Anhui".into()],
@@ -479,11 +486,17 @@ fn search_req(i: u64) -> pb::SearchRequest {
     pb::SearchRequest { query: q.into(), filter, limit: 20, facets: kind == "faceted", ..Default::default() }
 }
 
-async fn run_search(label: &str, targets: Vec<Target>, load: Load, json_out: bool) -> serde_json::Value {
+async fn run_search(
+    label: &str,
+    targets: Vec<Target>,
+    fixed: Option<String>,
+    load: Load,
+    json_out: bool,
+) -> serde_json::Value {
     let call: Call = Arc::new(move |c, i| {
         let mut target = targets[c % targets.len()].clone();
         // Clients start at different places in the query mix.
-        let req = search_req(c as u64 + i);
+        let req = search_req(c as u64 + i, fixed.as_deref());
         Box::pin(async move {
             let ok = match &mut target {
                 Target::Gateway(g) => g.search(req).await.map(|r| !r.get_ref().partial).unwrap_or(false),
@@ -502,18 +515,24 @@ pub async fn search(args: SearchArgs) -> Result<ExitCode> {
     let load = Load { concurrency: args.concurrency, seconds: args.seconds, rate: args.rate };
     if !args.client.json {
         outln!(
-            "bench search: {}, {} s per run, mixed Chinese, English, filtered and faceted queries",
+            "bench search: {}, {} s per run, {}",
             load.describe(),
-            args.seconds
+            args.seconds,
+            match &args.query {
+                Some(q) => format!("the query {q:?}"),
+                None => "mixed Chinese, English, filtered and faceted queries".to_string(),
+            }
         );
     }
-    runs.push(run_search("gateway (nine cities)", gw, load, args.client.json).await);
+    runs.push(run_search("gateway (nine cities)", gw, args.query.clone(), load, args.client.json).await);
     if let Some(slug) = &args.direct {
         let c: &City = city(slug)?;
         let creds = args.client.credentials("gateway")?;
         let url = args.node.clone().unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c));
         let nodes = node_targets(&url, &creds, c, channels)?;
-        runs.push(run_search(&format!("direct node {}", c.slug), nodes, load, args.client.json).await);
+        runs.push(
+            run_search(&format!("direct node {}", c.slug), nodes, args.query.clone(), load, args.client.json).await,
+        );
     }
     if args.client.json {
         outln!("{}", json!({"runs": runs}));

@@ -110,9 +110,18 @@ impl Bm25StatisticsProvider for Global<'_> {
         Ok(self.stats.num_docs)
     }
     fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
-        let field = self.schema.get_field_name(term.field()).to_string();
-        let text = term.value().as_str().unwrap_or_default().to_string();
-        Ok(self.stats.doc_freq.get(&(field, text)).copied().unwrap_or(0))
+        let field = self.schema.get_field_name(term.field());
+        let value = term.value();
+        let text = value.as_str().unwrap_or_default();
+        let freqs = &self.stats.doc_freq;
+        // The statistics hold one query's terms: a scan finds one without
+        // building the two strings a map key needs, once per term and field.
+        let found = if freqs.len() <= 64 {
+            freqs.iter().find(|((f, t), _)| f == field && t == text).map(|(_, n)| *n)
+        } else {
+            freqs.get(&(field.to_string(), text.to_string())).copied()
+        };
+        Ok(found.unwrap_or(0))
     }
 }
 
