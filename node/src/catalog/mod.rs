@@ -141,10 +141,10 @@ impl Catalog {
         let scored = self.index.search(&q.text, stats, limit).expect("an in-RAM index answers");
         let state = self.state.read().expect("poisoned");
         let exact = scored.exact;
-        let exact = |ord: u64, low: f32| exact.score(ord, low);
+        let exact = |ord: u64, low: f32, high: f32| exact.score(ord, low, high);
         let matches = scored.hits.into_iter().filter_map(|(ord, low, high)| {
             let entry = state.by_ord.get(ord as usize)?;
-            Some(Match { entry, low, high, place: state.id_rank[ord as usize], ord })
+            Some(Match { entry, low, high, place: state.id_rank[ord as usize] })
         });
         match extra {
             // Nothing filters: every match counts, collected or not.
@@ -157,17 +157,16 @@ impl Catalog {
             // (and every search behind the writer).
             Some(extra) => {
                 let labels = state.labels.clone();
-                let admitted: Vec<(Arc<Entry>, f32, f32, u32, u64)> = matches
+                let admitted: Vec<(Arc<Entry>, f32, f32, u32)> = matches
                     .filter(|m| q.admits(&m.entry.stored.record))
-                    .map(|m| (m.entry.clone(), m.low, m.high, m.place, m.ord))
+                    .map(|m| (m.entry.clone(), m.low, m.high, m.place))
                     .collect();
                 drop(state);
-                let matches = admitted.iter().map(|(entry, low, high, place, ord)| Match {
+                let matches = admitted.iter().map(|(entry, low, high, place)| Match {
                     entry,
                     low: *low,
                     high: *high,
                     place: *place,
-                    ord: *ord,
                 });
                 search::page(matches, &labels, q, city, extra, &exact)
             }

@@ -33,14 +33,13 @@ async fn merged_top_20_equals_one_index_holding_everything() {
     let one = SearchIndex::new();
     one.upsert(all.iter().enumerate().map(|(i, (_, r))| (i as u64, r))).unwrap();
     for q in ["显微镜", "spectrometer", "X射线 Bruker", "电子显微镜 EDS", "质谱 Thermo", "Quantum Design"] {
-        let mut expected: Vec<(f32, String)> = one
-            .search(q, None, usize::MAX)
-            .unwrap()
+        let scored = one.search(q, None, usize::MAX).unwrap();
+        let mut expected: Vec<(f32, String)> = scored
             .hits
             .into_iter()
-            .map(|(ord, s)| {
+            .map(|(ord, low, high)| {
                 let (c, r) = &all[ord as usize];
-                (s, format!("{}/{}", c.slug, r.local_id))
+                (scored.exact.score(ord, low, high), format!("{}/{}", c.slug, r.local_id))
             })
             .collect();
         expected.sort_by(|a, b| corridor_proto::cursor::rank((a.0, &a.1), (b.0, &b.1)));

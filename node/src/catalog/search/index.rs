@@ -503,7 +503,7 @@ impl Collector for BestWithTies<'_> {
             return Ok((kept, matches));
         }
         let exact = Exact { phrase: self.phrase.clone(), names: self.names.clone() };
-        let hits = settle(kept, self.limit, |k| (k.1, k.2), |k| exact.score(k.0, k.1));
+        let hits = settle(kept, self.limit, |k| (k.1, k.2), |k| exact.score(k.0, k.1, k.2));
         Ok((hits.into_iter().map(|(k, s)| (k.0, s, s)).collect(), matches))
     }
 }
@@ -547,8 +547,9 @@ pub struct Exact {
 }
 
 impl Exact {
-    pub fn score(&self, ord: u64, low: Score) -> Score {
-        low + bonus(self.phrase.as_deref(), self.names.get(ord as usize))
+    /// The exact score of the match at `ord` kept with these bounds.
+    pub fn score(&self, ord: u64, low: Score, high: Score) -> Score {
+        if low == high { low } else { low + bonus(self.phrase.as_deref(), self.names.get(ord as usize)) }
     }
 }
 

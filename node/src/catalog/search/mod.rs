@@ -130,27 +130,26 @@ impl Labels {
 }
 
 /// One match handed to [`page`]: its entry, the bounds of its score (equal
-/// once exact), its place in id order and its place in the catalog.
+/// once exact) and its place in id order.
 pub struct Match<'a> {
     pub entry: &'a Arc<Entry>,
     pub low: f32,
     pub high: f32,
     pub place: u32,
-    pub ord: u64,
 }
 
 /// Applies filters, the extra predicate (free windows), facets, the cursor
 /// and the limit to scored matches. Works on borrowed entries: a broad query
 /// can match thousands of them, and only the page is worth a reference
-/// count. A match's exact score (`exact(ord, low)`) is asked for only when
-/// the cursor or the page depends on it.
+/// count. A match's exact score (`exact(ord, low, high)`) is asked for only
+/// when the cursor or the page depends on it.
 pub fn page<'a>(
     scored: impl IntoIterator<Item = Match<'a>>,
     labels: &Labels,
     q: &Query,
     city: &str,
     extra: &dyn Fn(&InstrumentRecord) -> bool,
-    exact: &dyn Fn(u64, f32) -> f32,
+    exact: &dyn Fn(u64, f32, f32) -> f32,
 ) -> Hits {
     let mut total = 0;
     let width = if q.facets { labels.names.len() } else { 0 };
@@ -189,7 +188,7 @@ pub fn page<'a>(
                 continue;
             }
             if !beyond(m.high) {
-                let e = exact(m.ord, m.low);
+                let e = exact(m.entry.ord, m.low, m.high);
                 if !beyond(e) {
                     continue;
                 }
@@ -204,7 +203,7 @@ pub fn page<'a>(
             prune_at = prune_at.max(kept.len().saturating_mul(2));
         }
     }
-    let mut page = index::settle(kept, q.limit, |m| (m.low, m.high), |m| exact(m.ord, m.low));
+    let mut page = index::settle(kept, q.limit, |m| (m.low, m.high), |m| exact(m.entry.ord, m.low, m.high));
     // The order `rank` gives, with the id compared by its place.
     page.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.place.cmp(&b.0.place)));
     page.truncate(q.limit);
