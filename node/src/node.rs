@@ -94,6 +94,12 @@ impl Node {
         );
         let kv = Kv::new(kv);
         let bookings = Bookings::new(city.slug, kv.clone(), clock.clone());
+        let ordered = bookings
+            .put_all_in_order()
+            .map_err(|e| NodeError::Serve(format!("putting bookings in page order: {e}")))?;
+        if ordered > 0 {
+            tracing::info!(city = city.slug, bookings = ordered, "bookings put in page order");
+        }
         let vouchers = Vouchers::new(city.slug, kv, clock);
         Ok(Node {
             city,

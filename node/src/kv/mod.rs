@@ -152,6 +152,11 @@ impl Kv {
         Ok(self.store.scan(prefix)?)
     }
 
+    /// Up to `n` (key, value) pairs under `prefix` after the key `after`.
+    pub fn scan_after(&self, prefix: &[u8], after: &[u8], n: usize) -> Result<Vec<txn::Pair>, Error> {
+        Ok(self.store.scan_after(prefix, after, n)?)
+    }
+
     pub fn scan_json<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, Error> {
         self.store.scan(prefix)?.iter().map(|b| decode(prefix, b)).collect()
     }

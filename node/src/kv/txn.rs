@@ -22,6 +22,9 @@ pub trait Txn {
     fn next_id(&mut self) -> Result<u64, StoreError>;
 }
 
+/// A stored key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// The function an atomic step runs. It may run more than once (after a
 /// conflict), so it must have no effects beyond its writes and its output.
 pub type Step<'a> = dyn FnMut(&mut dyn Txn) -> Result<(), Error> + 'a;
@@ -32,6 +35,9 @@ pub trait TxnStore: Send + Sync + 'static {
     fn atomically(&self, step: &mut Step<'_>) -> Result<(), Error>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Up to `n` (key, value) pairs under `prefix` whose key is after
+    /// `after`, in key order.
+    fn scan_after(&self, prefix: &[u8], after: &[u8], n: usize) -> Result<Vec<Pair>, StoreError>;
     /// Resolves once everything written before the call is on disk. Many
     /// callers share one flush.
     fn durable(&self) -> oneshot::Receiver<Result<(), StoreError>>;
@@ -104,6 +110,18 @@ impl TxnStore for MemKv {
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    fn scan_after(&self, prefix: &[u8], after: &[u8], n: usize) -> Result<Vec<Pair>, StoreError> {
+        use std::ops::Bound;
+        let state = self.state.lock().expect("poisoned");
+        Ok(state
+            .map
+            .range::<[u8], _>((Bound::Excluded(after), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(n)
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
 
@@ -213,6 +231,19 @@ impl TxnStore for SledKv {
             .scan_prefix(prefix)
             .map(|kv| kv.map(|(_, v)| v.to_vec()).map_err(|e| StoreError::Backend(e.to_string())))
             .collect()
+    }
+
+    fn scan_after(&self, prefix: &[u8], after: &[u8], n: usize) -> Result<Vec<Pair>, StoreError> {
+        use std::ops::Bound;
+        let mut out = Vec::new();
+        for kv in self.tree.range::<&[u8], _>((Bound::Excluded(after), Bound::Unbounded)) {
+            let (k, v) = kv.map_err(|e| StoreError::Backend(e.to_string()))?;
+            if !k.starts_with(prefix) || out.len() == n {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     fn durable(&self) -> oneshot::Receiver<Result<(), StoreError>> {

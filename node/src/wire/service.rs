@@ -531,12 +531,8 @@ impl node_server::Node for NodeService {
                     Some((crate::booking::time::parse_any("page_token", &start).map_err(refuse::invalid_argument)?, id))
                 }
             };
-        let mut list = self.node.bookings().list(&actor, instrument.as_deref(), r.include_closed)?;
-        if let Some((start, id)) = &after {
-            list.retain(|b| (b.start, b.id.as_str()) > (*start, id.as_str()));
-        }
-        let more = list.len() > size;
-        list.truncate(size);
+        let after = after.as_ref().map(|(start, id)| (*start, id.as_str()));
+        let (list, more) = self.node.bookings().list(&actor, instrument.as_deref(), r.include_closed, after, size)?;
         let next_page_token = match (more, list.last()) {
             (true, Some(b)) => corridor_proto::page::encode(&crate::booking::time::format(b.start), &b.id),
             _ => String::new(),
