@@ -167,41 +167,30 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl 
     }
 }
 
-/// Serves `health` (the standard grpc.health.v1 service) alone, in
-/// plaintext, on `listener` until `shutdown` resolves: orchestrators probe
-/// with it, and it says nothing but SERVING or NOT_SERVING. Like every
-/// server here it takes a listener its caller bound, so that the address and
-/// the error for it belong to the binary, and a shutdown future instead of
-/// being aborted, so that it ends with a call it has taken answered.
-pub async fn serve_health<S>(listener: TcpListener, health: S, shutdown: impl Future<Output = ()> + Send)
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    if let Err(e) =
-        tonic::transport::Server::builder().add_service(health).serve_with_incoming_shutdown(incoming, shutdown).await
-    {
-        tracing::error!(error = %e, "health port failed");
-    }
+/// A server's health port: the standard grpc.health.v1 service alone, in
+/// plaintext, which orchestrators probe and which says nothing but SERVING
+/// or NOT_SERVING. Served until this is dropped or stopped.
+pub struct HealthPort {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A server's health port, served until this is dropped.
-pub struct HealthPort {
-    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+impl HealthPort {
+    /// Stops serving, and returns once the port is closed.
+    pub async fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(served) = self.served.take() {
+            let _ = served.await;
+        }
+    }
 }
 
 /// Serves `health` on `listener`, when the binary bound one, until the
 /// returned [`HealthPort`] is dropped: after the server's drain, or on any
-/// early return.
+/// early return. Like every server here it takes a listener its caller
+/// bound, so that the address and the error for it belong to the binary, and
+/// it ends by a shutdown signal rather than an abort, so that a call it has
+/// taken is answered.
 pub fn spawn_health<S>(listener: Option<TcpListener>, health: S) -> HealthPort
 where
     S: tower::Service<
@@ -215,12 +204,22 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let Some(listener) = listener else { return HealthPort { _stop: None } };
+    let Some(listener) = listener else { return HealthPort { stop: None, served: None } };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_health(listener, health, async move {
-        let _ = stopped.await;
-    }));
-    HealthPort { _stop: Some(stop) }
+    let served = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "health port failed");
+        }
+    });
+    HealthPort { stop: Some(stop), served: Some(served) }
 }
 
 /// Exports the expiry of the process's current certificate, following
@@ -286,17 +285,14 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn health_is_served_on_the_given_listener_until_shutdown() {
+    async fn health_is_served_on_the_given_listener_until_stopped() {
         use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (reporter, service) = tonic_health::server::health_reporter();
         reporter.set_service_status("corridor.v1.Node", tonic_health::ServingStatus::Serving).await;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_health(listener, service, async move {
-            let _ = stopped.await;
-        }));
+        let port = spawn_health(Some(listener), service);
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let mut client = HealthClient::new(channel);
@@ -306,10 +302,9 @@ mod tests {
         let answer = client.check(HealthCheckRequest { service: "corridor.v1.Node".into() }).await.unwrap();
         assert_eq!(answer.into_inner().status(), ServingStatus::NotServing);
         drop(client);
-        // The shutdown future ends it: it returns, and its port stops
-        // taking connections.
-        stop.send(()).unwrap();
-        server.await.unwrap();
+        // Stopping ends it: it returns, and its port stops taking
+        // connections.
+        port.stop().await;
         assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the port is closed after shutdown");
     }
 
