@@ -653,10 +653,13 @@ impl Bookings {
             Some((start, id)) => keys::in_order(prefix.clone(), start, id),
             None => prefix.clone(),
         };
+        // One more than the page, to know whether more follow; a filter may
+        // pass over many, so no batch is larger than this.
+        let batch_size = size.saturating_add(1).min(1024);
         let mut out = Vec::new();
         loop {
-            let batch = self.kv.scan_after(&prefix, &place, size.saturating_add(1).min(1024))?;
-            let last = batch.len() < size.saturating_add(1).min(1024);
+            let batch = self.kv.scan_after(&prefix, &place, batch_size)?;
+            let last = batch.len() < batch_size;
             for (key, id) in batch {
                 place = key;
                 let id = String::from_utf8_lossy(&id);

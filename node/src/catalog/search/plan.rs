@@ -182,17 +182,17 @@ impl Plan {
         let mut matched = false;
         let mut score: Score = 0.0;
         if self.all_words != 0 {
-            if n.name & self.all_words == self.all_words {
+            if holds(n.name, self.all_words) {
                 score += t.words_in_name;
                 matched = true;
             }
-            if n.any & self.all_words == self.all_words {
+            if holds(n.any, self.all_words) {
                 score += n.bm25;
                 matched = true;
             }
             if let Some((cjk, other, needed)) = self.most
                 && (n.name & cjk).count_ones() >= needed
-                && n.any & other == other
+                && holds(n.any, other)
             {
                 score += t.most_in_name;
                 matched = true;
@@ -200,7 +200,7 @@ impl Plan {
         }
         if !self.named.is_empty()
             && self.named.iter().all(|sets| sets.iter().any(|&set| holds(n.con, set)))
-            && n.rest & self.all_rest == self.all_rest
+            && holds(n.rest, self.all_rest)
         {
             score += t.concept;
             matched = true;
