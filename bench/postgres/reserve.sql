@@ -1,5 +1,21 @@
--- pgbench: one 30-minute booking per call on its own slot across the
--- bookable instruments (uncontended), durable at commit (synchronous_commit on).
-\set n random(1, 10000000)
-SELECT try_book(i.id, timestamptz '2027-01-04 08:00+08' + ((:n / 154) % 28) * interval '30 minutes' + (:n / 4312) * interval '1 day', 30)
-FROM (SELECT id FROM instruments WHERE city = 'hefei' ORDER BY id OFFSET (:n % 154) LIMIT 1) i;
+-- pgbench -M prepared, one booking per call: a 30-minute slot inside opening
+-- hours (08:00-22:00, as `corridor bench reserve` books), each call on its own
+-- slot (uncontended), one statement, durable at commit (synchronous_commit on).
+-- Client c's i-th call takes slot number i * clients + c: the instrument is
+-- that number modulo the bookable count (found by primary key), the slot the
+-- rest. Needs -D clients=N -D count=K -D i=0 (K: rows in `bookable`).
+\set i :i + 1
+\set n :i * :clients + :client_id
+\set slot :n / :count
+\set inst :n % :count
+INSERT INTO bookings (instrument, during, requester, idempotency_key)
+SELECT b.id,
+       tstzrange(t, t + interval '30 minutes'),
+       'bench',
+       'pg-' || :client_id::int || '-' || :i::int
+FROM bookable b,
+     LATERAL (SELECT timestamptz '2027-01-04 08:00+08'
+                     + (:slot::int / 28) * interval '1 day'
+                     + (:slot::int % 28) * interval '30 minutes' AS t) s
+WHERE b.n = :inst::int
+ON CONFLICT DO NOTHING;

@@ -29,6 +29,9 @@ pub enum Bench {
     Reserve(ReserveArgs),
     /// Searches per second and latency, through the gateway and direct to one node.
     Search(SearchArgs),
+    /// Pages of ListBookings straight to one node, through every stored
+    /// booking: what one page costs with many stored.
+    Bookings(BookingsArgs),
     /// A new client's first call (TCP, mTLS handshake, call) while many idle
     /// TCP connections sit on the server: whether they can starve handshakes.
     Handshake(HandshakeArgs),
@@ -59,6 +62,24 @@ pub struct HandshakeArgs {
 }
 
 #[derive(Args)]
+pub struct BookingsArgs {
+    /// The city whose node is read, as its admin.
+    #[arg(long, default_value = "hefei")]
+    city: String,
+    /// The node endpoint; defaults to the demo's.
+    #[arg(long)]
+    node: Option<String>,
+    /// Bookings per page.
+    #[arg(long, default_value_t = 500)]
+    size: u32,
+    /// Walk the closed bookings too (cancelled, declined, expired, completed).
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+#[derive(Args)]
 pub struct ReserveArgs {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -82,6 +103,9 @@ pub struct ReserveArgs {
     /// uncontended case through the gateway only.
     #[arg(long)]
     voucher: Option<String>,
+    /// With --direct, measure only the node: no runs through the gateway.
+    #[arg(long, requires = "direct", conflicts_with = "voucher")]
+    no_gateway: bool,
     #[command(flatten)]
     client: ClientOpts,
 }
@@ -105,6 +129,9 @@ pub struct SearchArgs {
     /// of one query, or (with text nothing holds) of the call around it.
     #[arg(long)]
     query: Option<String>,
+    /// With --direct, measure only the node: no run through the gateway.
+    #[arg(long, requires = "direct")]
+    no_gateway: bool,
     #[command(flatten)]
     client: ClientOpts,
 }
@@ -432,7 +459,9 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
         );
     }
     let run = |label, day0, contended| Run { label, load, day0, contended, json: args.client.json, voucher: None };
-    if let Some(v) = args.voucher.as_deref() {
+    if args.no_gateway {
+        // Only the node's run, below.
+    } else if let Some(v) = args.voucher.as_deref() {
         let paid = Run { voucher: Some(v), ..run("gateway uncontended, voucher-paid", day0, false) };
         results.push(run_reserve(paid, gw_targets, instruments.clone()).await);
     } else {
@@ -455,6 +484,41 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
         outln!("overlapping live bookings in {}: {overlaps}", c.slug);
     }
     Ok(if overlaps == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Walks the whole listing one page at a time, one call after another, and
+/// reports each page's latency (the rate is pages per second).
+pub async fn bookings(args: BookingsArgs) -> Result<ExitCode> {
+    let c = city(&args.city)?;
+    let creds = args.client.credentials(&format!("admin-{}", c.slug))?;
+    let url = args.node.clone().unwrap_or_else(|| up::demo_node_endpoint(up::DEFAULT_PORT_BASE, c));
+    let channel = client_channel(&url, &creds, Some(Identity::Node(c.slug.into())), Duration::from_secs(30))?;
+    let mut node = NodeClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut req = pb::ListBookingsRequest {
+        city: c.slug.into(),
+        include_closed: args.all,
+        page_size: args.size,
+        ..Default::default()
+    };
+    let (mut tally, mut stored) = (Tally::default(), 0usize);
+    let started = Instant::now();
+    loop {
+        let t = Instant::now();
+        let page = node.list_bookings(req.clone()).await.map_err(crate::client::status_error)?.into_inner();
+        tally.ok.push(t.elapsed().as_micros() as u32);
+        stored += page.bookings.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = page.next_page_token;
+    }
+    let label = format!("pages of {} ({stored} bookings)", args.size);
+    let mut v = tally.report(&label, started.elapsed(), args.client.json);
+    v["bookings"] = json!(stored);
+    if args.client.json {
+        outln!("{}", json!({"runs": [v]}));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The query mix: Chinese, English, filtered and faceted, in turn.
@@ -524,7 +588,9 @@ pub async fn search(args: SearchArgs) -> Result<ExitCode> {
             }
         );
     }
-    runs.push(run_search("gateway (nine cities)", gw, args.query.clone(), load, args.client.json).await);
+    if !args.no_gateway {
+        runs.push(run_search("gateway (nine cities)", gw, args.query.clone(), load, args.client.json).await);
+    }
     if let Some(slug) = &args.direct {
         let c: &City = city(slug)?;
         let creds = args.client.credentials("gateway")?;

@@ -901,6 +901,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Bench { command: bench::Bench::Reserve(args) } => return bench::reserve(args).await,
         Command::Bench { command: bench::Bench::Search(args) } => return bench::search(args).await,
         Command::Bench { command: bench::Bench::Handshake(args) } => return bench::handshake(args).await,
+        Command::Bench { command: bench::Bench::Bookings(args) } => return bench::bookings(args).await,
         Command::Calendar { instrument, ics, days, client } => {
             return bookings::calendar(&instrument, ics, days, &client).await;
         }
