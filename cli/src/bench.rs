@@ -106,6 +106,10 @@ pub struct ReserveArgs {
     /// With --direct, measure only the node: no runs through the gateway.
     #[arg(long, requires = "direct", conflicts_with = "voucher")]
     no_gateway: bool,
+    /// Also report the CPU that this process and its descendants spent in
+    /// each timed run (the pid of `corridor up` covers the whole mesh).
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[command(flatten)]
     client: ClientOpts,
 }
@@ -132,6 +136,10 @@ pub struct SearchArgs {
     /// With --direct, measure only the node: no run through the gateway.
     #[arg(long, requires = "direct")]
     no_gateway: bool,
+    /// Also report the CPU that this process and its descendants spent in
+    /// each timed run (the pid of `corridor up` covers the whole mesh).
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[command(flatten)]
     client: ClientOpts,
 }
@@ -299,6 +307,8 @@ struct Load {
     /// Calls per second across all clients (open loop), or as fast as the
     /// clients can go (closed loop).
     rate: Option<f64>,
+    /// Whose CPU to count over the run: a process and its descendants.
+    server: Option<u32>,
 }
 
 impl Load {
@@ -316,7 +326,8 @@ impl Load {
 /// client sends it, and its latency counts from when it was due, so a stall
 /// is charged to every call it delays (no coordinated omission).
 async fn drive(label: &str, load: Load, json_out: bool, call: Call) -> serde_json::Value {
-    let Load { concurrency, seconds, rate } = load;
+    let Load { concurrency, seconds, rate, server } = load;
+    let cpu_before = server.map(tree_cpu);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     // Due times come from a thread of their own: tokio's timer rounds to
@@ -371,7 +382,25 @@ async fn drive(label: &str, load: Load, json_out: bool, call: Call) -> serde_jso
     for t in tasks {
         total.merge(t.await.unwrap_or_default());
     }
-    let mut v = total.report(label, started.elapsed(), json_out);
+    let elapsed = started.elapsed();
+    let calls = total.ok.len();
+    let mut v = total.report(label, elapsed, json_out);
+    if let (Some(pid), Some(Ok(before))) = (server, cpu_before) {
+        match tree_cpu(pid) {
+            Ok(after) => {
+                let cpu = after - before;
+                v["server_cpu_s"] = json!(cpu);
+                if !json_out {
+                    outln!(
+                        "{:<34} server (pid {pid} and descendants) CPU {cpu:.2} s, {:.3} ms per completed call",
+                        "",
+                        1000.0 * cpu / calls.max(1) as f64
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("reading the CPU time of {pid}: {e}"),
+        }
+    }
     v["clients"] = json!(concurrency);
     v["offered_per_second"] = json!(rate);
     v
@@ -412,22 +441,54 @@ async fn run_reserve(run: Run<'_>, targets: Vec<Target>, instruments: Arc<Vec<St
     drive(label, load, json, call).await
 }
 
-/// Counts pairs of live bookings that overlap, instrument by instrument.
-async fn check_overlaps(
-    gw: &mut corridor_proto::gateway_client::GatewayClient<Channel>,
-    instruments: &[String],
-) -> Result<usize> {
+/// CPU seconds spent so far by `root` and its descendants: each live
+/// process's own time, and the children `root` has reaped (a process that
+/// exits moves its time there). Linux only: read from /proc.
+fn tree_cpu(root: u32) -> std::io::Result<f64> {
+    // The numeric fields after the command's closing parenthesis and the
+    // state: ppid is 0, utime 10, stime 11, cutime 12, cstime 13.
+    fn stat(pid: u32) -> std::io::Result<Vec<u64>> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+        Ok(rest.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect())
+    }
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if let Ok(f) = stat(pid) {
+            children.entry(f[0] as u32).or_default().push(pid);
+        }
+    }
+    // SAFETY: sysconf reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (mut ticks, mut todo) = (0u64, vec![root]);
+    while let Some(pid) = todo.pop() {
+        let Ok(f) = stat(pid) else { continue };
+        ticks += f[10] + f[11] + if pid == root { f[12] + f[13] } else { 0 };
+        todo.extend(children.get(&pid).into_iter().flatten());
+    }
+    Ok(ticks as f64 / hz)
+}
+
+/// Counts pairs of live bookings that overlap, instrument by instrument,
+/// from one walk over the city's live bookings (a listing per instrument
+/// would walk them all once per instrument).
+async fn check_overlaps(gw: &mut corridor_proto::gateway_client::GatewayClient<Channel>, city: &str) -> Result<usize> {
     use time::format_description::well_known::Rfc3339;
     let t = |s: &str| time::OffsetDateTime::parse(s, &Rfc3339).map(|d| d.unix_timestamp()).unwrap_or(0);
-    let mut overlaps = 0;
-    for inst in instruments {
-        let req = pb::ListBookingsRequest { instrument_id: inst.clone(), ..Default::default() };
-        let list = crate::bookings::list_all(gw, req).await?.bookings;
-        let mut spans: Vec<(i64, i64)> = list.iter().map(|b| (t(&b.occupied_start), t(&b.occupied_end))).collect();
-        spans.sort();
-        overlaps += spans.windows(2).filter(|w| w[0].1 > w[1].0).count();
+    let req = pb::ListBookingsRequest { city: city.into(), page_size: 5_000, ..Default::default() };
+    let list = crate::bookings::list_all(gw, req).await?.bookings;
+    let mut spans: std::collections::HashMap<&str, Vec<(i64, i64)>> = Default::default();
+    for b in &list {
+        spans.entry(&b.instrument_id).or_default().push((t(&b.occupied_start), t(&b.occupied_end)));
     }
-    Ok(overlaps)
+    Ok(spans
+        .values_mut()
+        .map(|s| {
+            s.sort_unstable();
+            s.windows(2).filter(|w| w[0].1 > w[1].0).count()
+        })
+        .sum())
 }
 
 pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
@@ -448,7 +509,7 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
     let gw_targets: Vec<Target> =
         (0..channels).map(|_| gateway(&args.client).map(Target::Gateway)).collect::<Result<_>>()?;
     let mut results = Vec::new();
-    let load = Load { concurrency: args.concurrency, seconds: args.seconds, rate: args.rate };
+    let load = Load { concurrency: args.concurrency, seconds: args.seconds, rate: args.rate, server: args.server_pid };
     if !args.client.json {
         outln!(
             "bench reserve: {}, {} s per run, {} instruments in {}",
@@ -477,7 +538,7 @@ pub async fn reserve(args: ReserveArgs) -> Result<ExitCode> {
         let direct = run("direct node uncontended", day0 + 12 * 86_400, false);
         results.push(run_reserve(direct, targets, instruments.clone()).await);
     }
-    let overlaps = check_overlaps(&mut admin, &instruments).await?;
+    let overlaps = check_overlaps(&mut admin, c.slug).await?;
     if args.client.json {
         outln!("{}", json!({"runs": results, "overlaps": overlaps}));
     } else {
@@ -576,7 +637,7 @@ pub async fn search(args: SearchArgs) -> Result<ExitCode> {
     let channels = (args.concurrency / 16).clamp(1, 8);
     let gw: Vec<Target> = (0..channels).map(|_| gateway(&args.client).map(Target::Gateway)).collect::<Result<_>>()?;
     let mut runs = vec![];
-    let load = Load { concurrency: args.concurrency, seconds: args.seconds, rate: args.rate };
+    let load = Load { concurrency: args.concurrency, seconds: args.seconds, rate: args.rate, server: args.server_pid };
     if !args.client.json {
         outln!(
             "bench search: {}, {} s per run, {}",

@@ -147,7 +147,7 @@ async fn acknowledged_confirmations_survive_sigkill() {
         req.page_token = page.next_page_token;
     }
     let stored: std::collections::HashSet<&str> = all.iter().map(|b| b.id.as_str()).collect();
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= CYCLES * 40);
     for id in acked.iter() {
         assert!(stored.contains(id.as_str()), "acknowledged {id} was lost in a crash");

@@ -25,6 +25,12 @@ pub trait Txn {
 /// A stored key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
+/// A write: the key, and its new value (`None` removes it).
+type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// A step's writes, in key order.
+type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// The function an atomic step runs. It may run more than once (after a
 /// conflict), so it must have no effects beyond its writes and its output.
 pub type Step<'a> = dyn FnMut(&mut dyn Txn) -> Result<(), Error> + 'a;
@@ -57,7 +63,7 @@ struct MemState {
 
 struct MemTxn<'a> {
     base: &'a BTreeMap<Vec<u8>, Vec<u8>>,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: Writes,
     next: u64,
 }
 
@@ -164,7 +170,7 @@ const INTENT: &[u8] = b"\0intent";
 
 /// A write-set as one value: for each write, the key's length (u32 LE), the
 /// key, then 0 for a removal or 1, the value's length (u32 LE) and the value.
-fn encode_writes(writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Vec<u8> {
+fn encode_writes(writes: &Writes) -> Vec<u8> {
     let size: usize = writes.iter().map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len)).sum();
     let mut out = Vec::with_capacity(size);
     for (k, v) in writes {
@@ -182,7 +188,7 @@ fn encode_writes(writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Vec<u8> {
     out
 }
 
-fn decode_writes(mut bytes: &[u8]) -> Option<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+fn decode_writes(mut bytes: &[u8]) -> Option<Vec<Write>> {
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, rest) = (bytes.get(..n)?, bytes.get(n..)?);
         *bytes = rest;
@@ -212,7 +218,7 @@ fn decode_writes(mut bytes: &[u8]) -> Option<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
 struct SledTxn<'a> {
     tree: &'a sled::Tree,
     db: &'a sled::Db,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: Writes,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -240,7 +246,7 @@ impl Txn for SledTxn<'_> {
 }
 
 /// Lands a write-set with plain inserts and removals.
-fn apply(tree: &sled::Tree, writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+fn apply(tree: &sled::Tree, writes: impl IntoIterator<Item = Write>) -> Result<(), StoreError> {
     for (k, v) in writes {
         match v {
             Some(v) => tree.insert(k, v).map_err(backend)?,
@@ -347,7 +353,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_write_set_survives_its_encoding() {
-        let writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = [
+        let writes: Writes = [
             (b"a".to_vec(), Some(b"1".to_vec())),
             (b"b".to_vec(), None),
             (b"c".to_vec(), Some(Vec::new())),
