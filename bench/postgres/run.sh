@@ -7,7 +7,8 @@
 #   2. the nine-city yrd mesh (`corridor up --scale yrd`), driven by
 #      `corridor bench`, through the gateway and straight to one node.
 # Prints one table: calls/s, latency and the server processes' CPU per call
-# (/proc, utime + stime of every server process, reaped children included).
+# (/proc: utime + stime of every server process, reaped children included,
+# over the timed run: pgbench's whole run, corridor bench's --server-pid).
 # Needs: PostgreSQL 15 with contrib (Debian: postgresql postgresql-contrib),
 # python3, and a release build (cargo build --release). Run as root, the
 # cluster runs as the `postgres` user; as anyone else, as that user.
@@ -108,6 +109,7 @@ psql corridor_bench -f "$here/load.sql" >/dev/null
 count=$(psql corridor_bench -Atc "SELECT count(*) FROM bookable")
 python3 "$here/queries.py" "$tmp/q" names
 python3 "$here/queries.py" "$tmp/q" alltext
+python3 "$here/queries.py" "$tmp/q" plain
 chmod -R a+rX "$tmp/q"
 bookings() { psql corridor_bench -Atc "SELECT count(*) FROM bookings"; }
 
@@ -132,11 +134,17 @@ print(f"PostgreSQL\t{label}\t{clients}\t{calls}\t{secs}\t{pick(.5):.2f}\t{pick(.
 PY
   tail -1 "$tmp/rows.tsv" >&2
 }
+scripts() { for f in "$tmp"/q/"$1"-*.sql; do echo -f "$f"; done; }
+for c in 1 32; do
+  echo "== PostgreSQL: search, names, unranked and without facets, $c clients" >&2
+  pgrun "search (names, unranked, no facets)" $c - $(scripts plain)
+done
+psql corridor_bench -f "$here/rank.sql" >/dev/null
 for c in 1 32; do
   echo "== PostgreSQL: search, names, $c clients" >&2
-  pgrun "search (names)" $c - $(for f in "$tmp"/q/names-*.sql; do echo -f "$f"; done)
+  pgrun "search (names)" $c - $(scripts names)
   echo "== PostgreSQL: search, names and description, $c clients" >&2
-  pgrun "search (with description)" $c - $(for f in "$tmp"/q/alltext-*.sql; do echo -f "$f"; done)
+  pgrun "search (with description)" $c - $(scripts alltext)
 done
 echo "== PostgreSQL: bookings, 64 clients" >&2
 pgrun "bookings, uncontended" 64 bookings -D clients=64 -D count="$count" -D i=0 -f "$here/reserve.sql"
@@ -164,15 +172,15 @@ node_url() { # the demo's port order: gateway, then the cities in corridor order
   >/dev/null
 crun() { # label clients bench-args…
   local label=$1 clients=$2; shift 2
-  local c0 c1 out
-  c0=$(cpu_of "$mesh_pid")
-  out=$("$corridor" bench "$@" --json --seconds "$secs")
-  c1=$(cpu_of "$mesh_pid")
-  python3 - "$label" "$clients" "$secs" "$c0" "$c1" "$out" >>"$tmp/rows.tsv" <<'PY'
+  local out
+  out=$("$corridor" bench "$@" --json --seconds "$secs" --server-pid "$mesh_pid")
+  python3 - "$label" "$clients" "$secs" "$out" >>"$tmp/rows.tsv" <<'PY'
 import json, sys
-label, clients, secs, c0, c1, out = sys.argv[1:]
+label, clients, secs, out = sys.argv[1:]
 r = json.loads(out)["runs"][0]
-print(f"{label}\t{clients}\t{r['ok']}\t{secs}\t{r['p50_ms']:.2f}\t{r['p99_ms']:.2f}\t{float(c1) - float(c0):.2f}")
+if r["refused"] or r["failed"]:
+    print(f"warning: {label}: {r['refused']} calls refused, {r['failed']} failed", file=sys.stderr)
+print(f"{label}\t{clients}\t{r['ok']}\t{secs}\t{r['p50_ms']:.2f}\t{r['p99_ms']:.2f}\t{r['server_cpu_s']:.2f}")
 PY
   tail -1 "$tmp/rows.tsv" >&2
 }

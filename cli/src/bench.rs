@@ -213,13 +213,14 @@ impl Tally {
     }
 }
 
-/// The bookable instruments of a city, as the gateway lists them.
+/// The bookable instruments of a city, as the gateway lists them: every
+/// page, so that load spreads over the whole inventory.
 async fn available_instruments(
     gw: &mut corridor_proto::gateway_client::GatewayClient<Channel>,
     city: &str,
     vouchers: bool,
 ) -> Result<Vec<String>> {
-    let req = pb::SearchRequest {
+    let mut req = pb::SearchRequest {
         filter: Some(pb::SearchFilter {
             cities: vec![city.into()],
             accepts_vouchers: vouchers.then_some(true),
@@ -229,15 +230,22 @@ async fn available_instruments(
         allow_partial: Some(false),
         ..Default::default()
     };
-    let resp = gw.search(req).await.map_err(crate::client::status_error)?.into_inner();
-    let ids: Vec<String> = resp
-        .hits
-        .into_iter()
-        .filter_map(|h| h.instrument)
-        // Bookable by anyone: available, and no training needed.
-        .filter(|i| i.status == pb::InstrumentStatus::Available as i32 && !i.training_required)
-        .map(|i| i.id)
-        .collect();
+    let mut ids = Vec::new();
+    loop {
+        let resp = gw.search(req.clone()).await.map_err(crate::client::status_error)?.into_inner();
+        ids.extend(
+            resp.hits
+                .into_iter()
+                .filter_map(|h| h.instrument)
+                // Bookable by anyone: available, and no training needed.
+                .filter(|i| i.status == pb::InstrumentStatus::Available as i32 && !i.training_required)
+                .map(|i| i.id),
+        );
+        if resp.next_cursor.is_empty() {
+            break;
+        }
+        req.cursor = resp.next_cursor;
+    }
     if ids.len() < 8 {
         bail!("{city} has only {} bookable instruments; seed the demo first", ids.len());
     }
