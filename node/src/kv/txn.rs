@@ -256,17 +256,24 @@ fn apply(tree: &sled::Tree, writes: impl IntoIterator<Item = Write>) -> Result<(
     Ok(())
 }
 
+/// Lands the rest of a step whose intent record is still there (a crash, or
+/// a panic, cut it short); true if there was one.
+fn finish_step(tree: &sled::Tree) -> Result<bool, StoreError> {
+    let Some(value) = tree.get(INTENT).map_err(backend)? else { return Ok(false) };
+    let writes = decode_writes(&value).ok_or_else(|| StoreError::Corrupt {
+        key: String::from_utf8_lossy(INTENT).into(),
+        reason: "an unreadable intent record".into(),
+    })?;
+    apply(tree, writes)?;
+    tree.remove(INTENT).map_err(backend)?;
+    Ok(true)
+}
+
 impl SledKv {
     /// Opens the bookings tree, first finishing any step a crash cut short.
     pub fn open(db: &sled::Db, gate: Arc<std::sync::RwLock<()>>) -> Result<Self, StoreError> {
         let tree = db.open_tree("bookings").map_err(backend)?;
-        if let Some(value) = tree.get(INTENT).map_err(backend)? {
-            let writes = decode_writes(&value).ok_or_else(|| StoreError::Corrupt {
-                key: String::from_utf8_lossy(INTENT).into(),
-                reason: "an unreadable intent record".into(),
-            })?;
-            apply(&tree, writes)?;
-            tree.remove(INTENT).map_err(backend)?;
+        if finish_step(&tree)? {
             db.flush().map_err(backend)?;
         }
         let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), StoreError>>>();
@@ -295,7 +302,18 @@ impl SledKv {
 impl TxnStore for SledKv {
     fn atomically(&self, step: &mut Step<'_>) -> Result<(), Error> {
         let _shared = self.gate.read().expect("poisoned");
-        let _turn = self.turn.write().expect("poisoned");
+        // A step that panicked (a bug) poisons the turn. Its writes were only
+        // buffered, unless it panicked while landing; then its intent record
+        // is still there and is finished here, before anything else runs.
+        let _turn = match self.turn.write() {
+            Ok(turn) => turn,
+            Err(poisoned) => {
+                let turn = poisoned.into_inner();
+                finish_step(&self.tree)?;
+                self.turn.clear_poison();
+                turn
+            }
+        };
         let mut txn = SledTxn { tree: &self.tree, db: &self.db, writes: BTreeMap::new() };
         step(&mut txn)?;
         let writes = txn.writes;
@@ -310,7 +328,7 @@ impl TxnStore for SledKv {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let _turn = self.turn.read().expect("poisoned");
+        let _turn = self.turn.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(self.tree.get(key).map_err(backend)?.map(|v| v.to_vec()))
     }
 
@@ -326,7 +344,7 @@ impl TxnStore for SledKv {
 
     fn scan_after(&self, prefix: &[u8], after: &[u8], n: usize) -> Result<Vec<Pair>, StoreError> {
         use std::ops::Bound;
-        let _turn = self.turn.read().expect("poisoned");
+        let _turn = self.turn.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::new();
         for kv in self.tree.range::<&[u8], _>((Bound::Excluded(after), Bound::Unbounded)) {
             let (k, v) = kv.map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -392,6 +410,25 @@ pub(crate) mod tests {
         assert_eq!(kv.get(b"second").unwrap(), Some(b"2".to_vec()));
         assert_eq!(kv.get(b"gone").unwrap(), None);
         assert_eq!(kv.get(INTENT).unwrap(), None);
+    }
+
+    /// A step that panics leaves nothing behind, and the store goes on.
+    #[test]
+    fn a_panicking_step_does_not_stop_the_store() {
+        for (name, store, _dir) in backends().into_iter().filter(|(name, ..)| *name == "sled") {
+            let store2 = store.clone();
+            std::thread::spawn(move || {
+                store2.atomically(&mut |tx| {
+                    tx.put(b"k", b"v".to_vec())?;
+                    panic!("a bug in a step");
+                })
+            })
+            .join()
+            .unwrap_err();
+            assert_eq!(store.get(b"k").unwrap(), None, "{name}");
+            store.atomically(&mut |tx| Ok(tx.put(b"k", b"w".to_vec())?)).unwrap();
+            assert_eq!(store.get(b"k").unwrap(), Some(b"w".to_vec()), "{name}");
+        }
     }
 
     /// A step that fails leaves nothing behind, and a step reads its own
