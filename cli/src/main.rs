@@ -20,6 +20,7 @@ mod bookings;
 mod client;
 mod eval;
 mod ics;
+mod rules;
 mod up;
 mod vouchers;
 
@@ -321,6 +322,16 @@ enum Command {
     Demo {
         #[command(subcommand)]
         command: DemoCommand,
+    },
+    /// An instrument's booking rules: show them, or change some (as its city's admin).
+    Rules {
+        #[command(subcommand)]
+        command: rules::Rules,
+    },
+    /// Training grants: who may book an instrument that needs training (as its city's admin).
+    Training {
+        #[command(subcommand)]
+        command: rules::Training,
     },
     /// Load generators against a running corridor.
     Bench {
@@ -893,6 +904,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             return bookings::complete(booking, minutes, key, &client).await;
         }
         Command::Voucher { command } => return vouchers::voucher(command).await,
+        Command::Rules { command } => return rules::rules(command).await,
+        Command::Training { command } => return rules::training(command).await,
         Command::Reconcile(args) => return vouchers::reconcile(args).await,
         Command::Bookings { city, instrument, all, client } => {
             return bookings::list(city, instrument, all, &client).await;

@@ -384,3 +384,67 @@ async fn an_identity_enrolled_by_request_works_and_its_key_never_leaves() {
     assert!(!ok);
     assert!(err.contains("asks for org-acme; nothing written"), "{err}");
 }
+
+/// The approval-and-training flow as a city admin drives it from the CLI:
+/// rules set, a researcher without training refused by name, a grant, a
+/// booking that waits for approval, the approval, and a revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_makes_an_instrument_need_training_and_approval() {
+    let mesh = Mesh::start(Some(Scale::G60)).await;
+    let inst = city_inventory(Scale::G60, "hefei")
+        .into_iter()
+        .find(|r| r.status == corridor_node::catalog::model::Status::Available && !r.training_required)
+        .map(|r| format!("hefei/{}", r.local_id))
+        .unwrap();
+    let cli = |args: &[&str]| {
+        let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+        cmd.args(args);
+        run(cmd)
+    };
+    let (ok, out, err) =
+        cli(&["rules", "set", &inst, "--training", "true", "--approval", "true", "--setup", "15"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("training required           yes") && out.contains("15 min"), "{out}");
+    let (ok, out, err) = cli(&["rules", "show", &inst, "--json"]).await;
+    assert!(ok, "{err}");
+    let rules: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((rules["training_required"].as_bool(), rules["approval_required"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(rules["setup_minutes"], 15);
+    // A typo changes nothing.
+    let (ok, _, err) = cli(&["rules", "set", &inst, "--setup", "0", "--hours", "weekdays 8-20"]).await;
+    assert!(!ok && err.contains("--hours"), "{err}");
+    let (_, out, _) = cli(&["rules", "show", &inst, "--json"]).await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["setup_minutes"], 15);
+
+    let day = (time::OffsetDateTime::now_utc() + time::Duration::days(3)).date();
+    let slot = |h: u8| [format!("{day} {h}:00"), format!("{day} {}:00", h + 1)];
+    let reserve = |h: u8| {
+        let [start, end] = slot(h);
+        let args = ["reserve", &inst, "--start", &start, "--end", &end, "--json"].map(String::from);
+        let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+        cmd.args(args);
+        run(cmd)
+    };
+    let (ok, _, err) = reserve(10).await;
+    assert!(!ok, "booked without training");
+    assert!(err.contains("needs training") && err.contains("spiffe://corridor/org/demo"), "{err}");
+
+    let (ok, out, err) = cli(&["training", "grant", "org-demo", "--instrument", &inst]).await;
+    assert!(ok && out.contains("granted"), "{out}{err}");
+    let (ok, out, err) = reserve(10).await;
+    assert!(ok, "{err}");
+    let booking: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(booking["state"], "pending", "{booking}");
+    let id = booking["id"].as_str().unwrap().to_string();
+    let (ok, out, err) = cli(&["approve", &id, "--identity", "admin-hefei", "--json"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["state"], "confirmed");
+
+    let (ok, _, err) = cli(&["training", "revoke", "spiffe://corridor/org/demo", "--instrument", &inst]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = reserve(14).await;
+    assert!(!ok && err.contains("needs training"), "{err}");
+    // Only the city's admin may change rules or grants.
+    let (ok, _, err) = cli(&["training", "grant", "org-demo", "--instrument", &inst, "--identity", "org-demo"]).await;
+    assert!(!ok && err.contains("admin"), "{err}");
+}
