@@ -333,6 +333,8 @@ enum Command {
         #[command(subcommand)]
         command: rules::Training,
     },
+    /// A city's audit log of admin changes: who, when, what, before and after (as its admin).
+    Audit(rules::AuditArgs),
     /// Load generators against a running corridor.
     Bench {
         #[command(subcommand)]
@@ -906,6 +908,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Voucher { command } => return vouchers::voucher(command).await,
         Command::Rules { command } => return rules::rules(command).await,
         Command::Training { command } => return rules::training(command).await,
+        Command::Audit(args) => return rules::audit(args).await,
         Command::Reconcile(args) => return vouchers::reconcile(args).await,
         Command::Bookings { city, instrument, all, client } => {
             return bookings::list(city, instrument, all, &client).await;

@@ -447,4 +447,26 @@ async fn an_admin_makes_an_instrument_need_training_and_approval() {
     // Only the city's admin may change rules or grants.
     let (ok, _, err) = cli(&["training", "grant", "org-demo", "--instrument", &inst, "--identity", "org-demo"]).await;
     assert!(!ok && err.contains("admin"), "{err}");
+
+    // Every change that took effect is in the audit log, in order; the
+    // refused ones are not.
+    let (ok, out, err) = cli(&["audit", "--city", "hefei", "--node", &mesh.node_url("hefei"), "--json"]).await;
+    assert!(ok, "{err}");
+    let log: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let entries = log["entries"].as_array().unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["set_rules", "grant", "approve", "revoke"], "{log}");
+    assert!(entries.iter().all(|e| e["actor"] == "spiffe://corridor/city/hefei/admin"), "{log}");
+    assert_eq!(entries[0]["target"], inst.as_str());
+    assert_eq!(entries[0]["before"]["training_required"], false);
+    assert_eq!(entries[0]["after"]["training_required"], true);
+    assert_eq!((&entries[1]["before"]["trained"], &entries[1]["after"]["trained"]), (&false.into(), &true.into()));
+    assert_eq!((&entries[2]["target"], &entries[2]["after"]["state"]), (&id.clone().into(), &"confirmed".into()));
+    let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(2)).date().to_string();
+    let (ok, out, err) = cli(&["audit", "--city", "hefei", "--since", &tomorrow, "--json"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["entries"], serde_json::json!([]));
+    // Someone else's audit log is refused.
+    let (ok, _, err) = cli(&["audit", "--city", "hefei", "--identity", "admin-wuhu"]).await;
+    assert!(!ok && err.contains("may not read hefei's audit log"), "{err}");
 }

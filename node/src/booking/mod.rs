@@ -3,6 +3,7 @@
 //! instrument's calendar, the booking and the idempotency record, and is
 //! acknowledged only once durable. No gRPC and no sled here.
 
+pub mod audit;
 pub mod calendar;
 pub mod keys;
 pub mod rules;
@@ -11,6 +12,7 @@ pub mod time;
 use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use self::{
     calendar::{Busy, Calendar, Days, Entry, days_of},
@@ -550,7 +552,7 @@ impl Bookings {
         if !actor.admin {
             return Err(Error::Denied(format!("only the city's admin may {action} bookings")));
         }
-        self.transition(actor, action, id, key, reason.to_string(), |b, _, now, _| {
+        self.transition(actor, action, id, key, reason.to_string(), |b, _, now, tx| {
             if b.state_at(now) != State::Pending {
                 return Err(Self::not_in(b, action, now));
             }
@@ -559,7 +561,8 @@ impl Bookings {
                 b.release_payment();
             }
             b.note = reason.to_string();
-            Ok(())
+            let (before, after) = (json!({"state": State::Pending}), json!({"state": b.state, "reason": reason}));
+            audit::record(tx, now, &actor.uri, action, &b.id, before, after)
         })
         .await
     }
@@ -609,7 +612,9 @@ impl Bookings {
                 fee_fen,
                 redemption,
             };
-            ledger::append(tx, now, body).map(|_| ())
+            ledger::append(tx, now, body)?;
+            let after = json!({"state": b.state, "actual_minutes": actual_minutes, "fee_fen": fee_fen});
+            audit::record(tx, now, &actor.uri, "complete", &b.id, json!({"state": State::Confirmed}), after)
         })
         .await
     }
@@ -714,7 +719,14 @@ impl Bookings {
             return Err(Error::Denied("only the city's admin may set booking rules".into()));
         }
         rules.validate().map_err(|e| Error::Invalid(format!("booking rules: {e}")))?;
-        self.kv.run(|tx| put_json(tx, &keys::rules(&record.local_id), &rules))?;
+        let now = self.clock.now();
+        let target = format!("{}/{}", self.city, record.local_id);
+        self.kv.run(|tx| {
+            let key = keys::rules(&record.local_id);
+            let before = get_json::<Rules>(tx, &key)?.unwrap_or_else(|| Rules::default_for(record.training_required));
+            put_json(tx, &key, &rules)?;
+            audit::record(tx, now, &actor.uri, "set_rules", &target, json!(before), json!(rules))
+        })?;
         Ok(rules)
     }
 
@@ -740,7 +752,17 @@ impl Bookings {
             return Err(Error::Denied("only the city's admin may grant qualifications".into()));
         }
         let key = keys::qualification(&record.local_id, holder);
-        self.kv.run(|tx| if revoke { tx.remove(&key) } else { tx.put(&key, b"1".to_vec()) }.map_err(Into::into))?;
+        let (now, action) = (self.clock.now(), if revoke { "revoke" } else { "grant" });
+        let target = format!("{}/{} {holder}", self.city, record.local_id);
+        self.kv.run(|tx| {
+            let before = tx.get(&key)?.is_some();
+            if revoke {
+                tx.remove(&key)?;
+            } else {
+                tx.put(&key, b"1".to_vec())?;
+            }
+            audit::record(tx, now, &actor.uri, action, &target, json!({"trained": before}), json!({"trained": !revoke}))
+        })?;
         self.kv.durable().await
     }
 

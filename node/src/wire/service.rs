@@ -677,6 +677,37 @@ impl node_server::Node for NodeService {
         Ok(Response::new(pb::LedgerPage { entries, head_seq: head.seq, head_hash: head.hash }))
     }
 
+    async fn read_audit(&self, req: Request<pb::ReadAuditRequest>) -> Result<Response<pb::AuditPage>, Status> {
+        let who = self.caller(&req)?;
+        let city = self.node.city().slug;
+        if !matches!(&who, Identity::Admin(c) if c == city) {
+            return Err(refuse::permission_denied(format!(
+                "{who} may not read {city}'s audit log; {city}'s admin may"
+            )));
+        }
+        let r = req.into_inner();
+        let since = match r.since.as_str() {
+            "" => i64::MIN,
+            s => crate::booking::time::parse("since", s).map_err(crate::error::Error::from)?,
+        };
+        let limit = corridor_proto::page::size(r.limit);
+        let (entries, more) = crate::booking::audit::page(self.node.bookings().kv(), r.after_seq, since, limit)?;
+        let next_after_seq = if more { entries.last().map_or(0, |e| e.seq) } else { 0 };
+        let entries = entries
+            .into_iter()
+            .map(|e| pb::AuditEntry {
+                seq: e.seq,
+                at: crate::booking::time::format(e.at),
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                before_json: e.before.to_string(),
+                after_json: e.after.to_string(),
+            })
+            .collect();
+        Ok(Response::new(pb::AuditPage { entries, next_after_seq }))
+    }
+
     type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::BackupChunk, Status>>>;
 
     async fn backup(&self, req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
