@@ -1,34 +1,22 @@
 """Writes one pgbench script per query of `corridor bench search`'s mix.
 
-Usage: queries.py DIR MODE, where MODE is `names` (the two names),
-`alltext` (names, description, maker, model and techniques), or `plain`
-(the names, unranked and without facets: PostgreSQL's best case, not like for
-like with Corridor, which ranks every search and counts facets). The mix is the
-one in cli/src/bench.rs (QUERIES): Chinese, English, filtered (Zhejiang and
-Anhui, vouchers accepted) and faceted (counts by city, category and
-institution). Each word of a query must occur in the column, as a literal
-ILIKE pattern, so that the plan is made with the constant and the trigram
-index is used; hits are ranked by the names' trigram similarity to the query,
-nearest first from a GiST trigram index.
+Usage: corridor bench search --list-queries | queries.py DIR MODE
+
+MODE is `names` (the two names), `alltext` (names, description, maker, model
+and techniques), or `plain` (the names, unranked and without facets:
+PostgreSQL's best case, not like for like with Corridor, which ranks every
+search and counts facets). The mix comes from Corridor's own benchmark on
+standard input: Chinese, English, filtered (Zhejiang and Anhui, vouchers
+accepted) and faceted (counts by city, category and institution). Each word of
+a query must occur in the column, as a literal ILIKE pattern, so that the plan
+is made with the constant and the trigram index is used; hits are ranked by
+the names' trigram similarity to the query, nearest first from a GiST trigram
+index.
 """
 
+import json
 import sys
 from pathlib import Path
-
-QUERIES = [
-    ("zh", "电子显微镜"),
-    ("zh", "核磁共振波谱仪"),
-    ("zh", "比表面"),
-    ("zh", "透射电镜 200kV"),
-    ("en", "TEM"),
-    ("en", "NMR"),
-    ("en", "microscope"),
-    ("en", "x-ray diffractometer"),
-    ("filtered", "显微镜"),
-    ("filtered", "spectrometer"),
-    ("faceted", "质谱"),
-    ("faceted", "BET"),
-]
 
 
 def script(kind: str, query: str, mode: str) -> str:
@@ -64,7 +52,8 @@ def main() -> None:
     out, mode = Path(sys.argv[1]), sys.argv[2]
     assert mode in ("names", "alltext", "plain")
     out.mkdir(parents=True, exist_ok=True)
-    for i, (kind, query) in enumerate(QUERIES):
+    for i, q in enumerate(json.load(sys.stdin)):
+        kind, query = q["kind"], q["query"]
         (out / f"{mode}-{i:02}.sql").write_text(script(kind, query, mode))
 
 

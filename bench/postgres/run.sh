@@ -107,9 +107,9 @@ psql corridor_bench -f "$here/schema.sql" >/dev/null
 psql corridor_bench -c "\\copy raw(doc) from '$tmp/yrd.jsonl'"
 psql corridor_bench -f "$here/load.sql" >/dev/null
 count=$(psql corridor_bench -Atc "SELECT count(*) FROM bookable")
-python3 "$here/queries.py" "$tmp/q" names
-python3 "$here/queries.py" "$tmp/q" alltext
-python3 "$here/queries.py" "$tmp/q" plain
+for mode in names alltext plain; do
+  "$corridor" bench search --list-queries | python3 "$here/queries.py" "$tmp/q" "$mode"
+done
 chmod -R a+rX "$tmp/q"
 bookings() { psql corridor_bench -Atc "SELECT count(*) FROM bookings"; }
 

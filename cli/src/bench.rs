@@ -140,6 +140,10 @@ pub struct SearchArgs {
     /// each timed run (the pid of `corridor up` covers the whole mesh).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Print the query mix as JSON ([{"kind", "query"}, …]) and exit: other
+    /// systems' benchmarks (bench/postgres) take it from here.
+    #[arg(long)]
+    list_queries: bool,
     #[command(flatten)]
     client: ClientOpts,
 }
@@ -642,6 +646,11 @@ async fn run_search(
 }
 
 pub async fn search(args: SearchArgs) -> Result<ExitCode> {
+    if args.list_queries {
+        let mix: Vec<_> = QUERIES.iter().map(|(kind, query)| json!({"kind": kind, "query": query})).collect();
+        outln!("{}", serde_json::Value::from(mix));
+        return Ok(ExitCode::SUCCESS);
+    }
     let channels = (args.concurrency / 16).clamp(1, 8);
     let gw: Vec<Target> = (0..channels).map(|_| gateway(&args.client).map(Target::Gateway)).collect::<Result<_>>()?;
     let mut runs = vec![];
