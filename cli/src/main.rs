@@ -20,6 +20,7 @@ mod bookings;
 mod client;
 mod eval;
 mod ics;
+mod instrument;
 mod rules;
 mod up;
 mod vouchers;
@@ -322,6 +323,11 @@ enum Command {
     Demo {
         #[command(subcommand)]
         command: DemoCommand,
+    },
+    /// Change one instrument's fields, or retire it (as its city's admin).
+    Instrument {
+        #[command(subcommand)]
+        command: instrument::InstrumentCommand,
     },
     /// An instrument's booking rules: show them, or change some (as its city's admin).
     Rules {
@@ -906,6 +912,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             return bookings::complete(booking, minutes, key, &client).await;
         }
         Command::Voucher { command } => return vouchers::voucher(command).await,
+        Command::Instrument { command } => return instrument::instrument(command).await,
         Command::Rules { command } => return rules::rules(command).await,
         Command::Training { command } => return rules::training(command).await,
         Command::Audit(args) => return rules::audit(args).await,

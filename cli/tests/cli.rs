@@ -470,3 +470,90 @@ async fn an_admin_makes_an_instrument_need_training_and_approval() {
     let (ok, _, err) = cli(&["audit", "--city", "hefei", "--identity", "admin-wuhu"]).await;
     assert!(!ok && err.contains("may not read hefei's audit log"), "{err}");
 }
+
+/// An admin changes an instrument's fields and then retires it: a bad field
+/// changes nothing, a retired instrument leaves search (unless asked for by
+/// status) and cannot be booked, its bookings stay, and both changes are in
+/// the audit log with the fields before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_changes_and_retires_an_instrument() {
+    let mesh = Mesh::start(Some(Scale::G60)).await;
+    let record = city_inventory(Scale::G60, "hefei")
+        .into_iter()
+        .find(|r| r.status == corridor_node::catalog::model::Status::Available && !r.training_required)
+        .unwrap();
+    let inst = format!("hefei/{}", record.local_id);
+    let cli = |args: &[&str]| {
+        let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+        cmd.args(args).args(["--node", &mesh.node_url("hefei")]);
+        run(cmd)
+    };
+    let day = (time::OffsetDateTime::now_utc() + time::Duration::days(3)).date();
+    let org = mesh.gateway("org-demo");
+    let reserve = |h: u8| {
+        let (mut org, req) = (
+            org.clone(),
+            pb::ReserveRequest {
+                instrument_id: inst.clone(),
+                start: format!("{day}T{h:02}:00:00+08:00"),
+                end: format!("{day}T{:02}:00:00+08:00", h + 1),
+                idempotency_key: format!("slot-{h}"),
+                ..Default::default()
+            },
+        );
+        async move { org.reserve(req).await }
+    };
+    let booking = reserve(10).await.unwrap().into_inner();
+    let price = |i: &pb::Instrument| i.price.as_ref().unwrap().external_fen;
+    let get = || {
+        let (mut org, id) = (org.clone(), inst.clone());
+        async move { org.get_instrument(pb::GetInstrumentRequest { id }).await }
+    };
+
+    let (ok, out, err) =
+        cli(&["instrument", "set", &inst, "price_external_fen=123400", "booking_notes=Dry samples only"]).await;
+    assert!(ok && out.contains("changed"), "{out}{err}");
+    let now = get().await.unwrap().into_inner();
+    assert_eq!((price(&now), now.booking_notes.as_str()), (123_400, "Dry samples only"));
+    let (ok, _, err) = cli(&["instrument", "set", &inst, "prise=1"]).await;
+    assert!(!ok && err.contains("not a field") && err.contains("nothing changed"), "{err}");
+    assert_eq!(price(&get().await.unwrap().into_inner()), 123_400);
+
+    let search = |statuses: Vec<i32>| {
+        let (mut org, req) = (
+            org.clone(),
+            pb::SearchRequest {
+                query: record.name_en.clone(),
+                filter: Some(pb::SearchFilter { cities: vec!["hefei".into()], statuses, ..Default::default() }),
+                limit: 200,
+                ..Default::default()
+            },
+        );
+        async move { org.search(req).await }
+    };
+    let found = |r: pb::SearchResponse| r.hits.iter().any(|h| h.instrument.as_ref().is_some_and(|i| i.id == inst));
+    assert!(found(search(vec![]).await.unwrap().into_inner()));
+    let (ok, out, err) = cli(&["instrument", "retire", &inst]).await;
+    assert!(ok && out.contains("changed status"), "{out}{err}");
+    assert!(!found(search(vec![]).await.unwrap().into_inner()), "a retired instrument is still in search");
+    assert!(found(search(vec![pb::InstrumentStatus::Retired as i32]).await.unwrap().into_inner()));
+    let refused = reserve(14).await.unwrap_err();
+    assert!(refused.message().contains("not available"), "{refused:?}");
+    let kept = org.clone().get_booking(pb::GetBookingRequest { booking_id: booking.id.clone() }).await;
+    assert_eq!(kept.unwrap().into_inner().state, pb::BookingState::Confirmed as i32);
+
+    let (ok, out, err) = cli(&["audit", "--city", "hefei", "--json"]).await;
+    assert!(ok, "{err}");
+    let log: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let changes: Vec<&serde_json::Value> =
+        log["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "set_instrument").collect();
+    assert_eq!(changes.len(), 2, "{log}");
+    assert_eq!(changes[0]["before"]["price_external_fen"], record.price_external_fen);
+    assert_eq!(changes[0]["after"]["price_external_fen"], 123_400);
+    assert_eq!(changes[0]["after"]["booking_notes"], "Dry samples only");
+    assert_eq!(
+        (&changes[1]["before"]["status"], &changes[1]["after"]["status"]),
+        (&"available".into(), &"retired".into())
+    );
+    assert!(changes[1]["after"].get("name_en").is_none(), "only what changed is logged: {log}");
+}

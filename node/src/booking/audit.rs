@@ -50,6 +50,24 @@ pub fn record(
     put_json(tx, &key(seq), &entry)
 }
 
+/// The fields of two JSON objects that differ, as (before, after); a value
+/// that is not an object (a record that did not exist yet) is kept whole.
+pub fn diff(before: &Value, after: &Value) -> (Value, Value) {
+    let (Some(b), Some(a)) = (before.as_object(), after.as_object()) else {
+        return (before.clone(), after.clone());
+    };
+    let mut was = serde_json::Map::new();
+    let mut now = serde_json::Map::new();
+    for key in b.keys().chain(a.keys().filter(|k| !b.contains_key(*k))) {
+        let (old, new) = (b.get(key).unwrap_or(&Value::Null), a.get(key).unwrap_or(&Value::Null));
+        if old != new {
+            was.insert(key.clone(), old.clone());
+            now.insert(key.clone(), new.clone());
+        }
+    }
+    (Value::Object(was), Value::Object(now))
+}
+
 /// Up to `limit` entries after `after_seq` made at or after `since`, in
 /// order, and whether more follow.
 pub fn page(kv: &Kv, after_seq: u64, since: Instant, limit: usize) -> Result<(Vec<Entry>, bool), Error> {
@@ -82,6 +100,14 @@ mod tests {
 
     use super::*;
     use crate::kv::txn::{MemKv, TxnStore};
+
+    #[test]
+    fn a_diff_keeps_only_what_changed() {
+        let (b, a) = diff(&json!({"x": 1, "y": "same", "z": [1]}), &json!({"x": 2, "y": "same", "w": true}));
+        assert_eq!(b, json!({"x": 1, "z": [1], "w": null}));
+        assert_eq!(a, json!({"x": 2, "z": null, "w": true}));
+        assert_eq!(diff(&Value::Null, &json!({"x": 1})), (Value::Null, json!({"x": 1})));
+    }
 
     #[test]
     fn entries_come_in_order_from_a_time_and_a_place() {

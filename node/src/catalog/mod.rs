@@ -42,6 +42,10 @@ struct State {
     /// Ids share the city prefix, so id order is local-id order, which
     /// `by_id` keeps.
     id_rank: Vec<u32>,
+    /// Current records that are retired: they leave search unless a query
+    /// asks for them by status, and while there are none a search needs no
+    /// filter pass for them.
+    retired: usize,
 }
 
 pub struct Catalog {
@@ -94,8 +98,12 @@ impl Catalog {
         self.index
             .upsert(entries.iter().map(|e| (e.ord, &e.stored.record)))
             .expect("an in-RAM index accepts documents");
+        let retired = |e: &Entry| usize::from(e.stored.record.status == model::Status::Retired);
         for e in entries {
-            state.by_id.insert(e.stored.record.local_id.clone(), e.clone());
+            state.retired += retired(&e);
+            if let Some(old) = state.by_id.insert(e.stored.record.local_id.clone(), e.clone()) {
+                state.retired -= retired(&old);
+            }
             state.by_ord.push(e);
         }
         let mut id_rank = vec![u32::MAX; state.by_ord.len()];
@@ -135,8 +143,10 @@ impl Catalog {
         {
             return Hits::default();
         }
-        // Without post-filters, facets or a cursor, the index's own top-k is the page.
-        let everything = q.facets || q.after.is_some() || q.has_filters() || extra_filters;
+        // Without post-filters, facets or a cursor, the index's own top-k is
+        // the page. Retired records are filtered out, when there are any.
+        let hide_retired = q.statuses.is_empty() && self.state.read().expect("poisoned").retired > 0;
+        let everything = q.facets || q.after.is_some() || q.has_filters() || extra_filters || hide_retired;
         let limit = if everything { usize::MAX } else { q.limit };
         let scored = self.index.search(&q.text, stats, limit).expect("an in-RAM index answers");
         let state = self.state.read().expect("poisoned");

@@ -16,7 +16,7 @@ use super::{
     error as refuse,
 };
 use crate::{
-    booking::{Actor, Reserve, parse_window},
+    booking::{Actor, Reserve, audit, parse_window},
     catalog::{
         Entry,
         import::RowError,
@@ -24,6 +24,7 @@ use crate::{
         summary::to_proto,
     },
     error::Error,
+    kv::Flush,
     money::{coordinator::Driven, ledger, payment::PayState},
     node::{Node, NodeError},
 };
@@ -691,7 +692,7 @@ impl node_server::Node for NodeService {
             s => crate::booking::time::parse("since", s).map_err(crate::error::Error::from)?,
         };
         let limit = corridor_proto::page::size(r.limit);
-        let (entries, more) = crate::booking::audit::page(self.node.bookings().kv(), r.after_seq, since, limit)?;
+        let (entries, more) = audit::page(self.node.bookings().kv(), r.after_seq, since, limit)?;
         let next_after_seq = if more { entries.last().map_or(0, |e| e.seq) } else { 0 };
         let entries = entries
             .into_iter()
@@ -723,12 +724,30 @@ impl node_server::Node for NodeService {
         &self,
         req: Request<pb::UpsertInstrumentRequest>,
     ) -> Result<Response<pb::UpsertInstrumentResponse>, Status> {
-        self.authorize_write(&req)?;
+        let who = self.authorize_write(&req)?;
         let inst = req.into_inner().instrument.ok_or_else(|| refuse::invalid_argument("instrument is required"))?;
         let record = from_proto(inst).map_err(refuse::invalid_argument)?;
         let local_id = record.local_id.clone();
+        let previous = self.node.get(&local_id).map(|e| e.stored.record.clone());
         let s = self.node.import(vec![(0, record)]).await?;
         let entry = self.node.get(&local_id).ok_or_else(|| refuse::internal("the record just written is missing"))?;
+        if s.unchanged == 0 {
+            // The records live in their own store, so the entry lands just
+            // after the change, not in its step: a crash between the two
+            // loses this entry (never the change).
+            let json = |r: Option<&crate::catalog::model::InstrumentRecord>| {
+                r.and_then(|r| serde_json::to_value(r).ok()).unwrap_or_default()
+            };
+            let (before, after) = audit::diff(&json(previous.as_ref()), &json(Some(&entry.stored.record)));
+            let (bookings, target) = (self.node.bookings(), format!("{}/{local_id}", self.node.city().slug));
+            let now = bookings.now();
+            bookings
+                .kv()
+                .step(Flush::Wait, |tx| {
+                    audit::record(tx, now, &who.uri(), "set_instrument", &target, before.clone(), after.clone())
+                })
+                .await?;
+        }
         Ok(Response::new(pb::UpsertInstrumentResponse {
             instrument: Some(to_proto(&entry.stored, self.node.city())),
             changed: s.unchanged == 0,

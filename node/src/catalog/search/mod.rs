@@ -76,7 +76,8 @@ impl Query {
             && self.accepts_vouchers.is_none_or(|v| r.accepts_vouchers == v)
             && (self.accreditations.is_empty() || self.accreditations.iter().any(|a| r.accreditations.contains(a)))
             && (self.service_modes.is_empty() || self.service_modes.iter().any(|m| r.service_modes.contains(m)))
-            && (self.statuses.is_empty() || self.statuses.contains(&r.status))
+            // A retired instrument leaves search, unless asked for by status.
+            && if self.statuses.is_empty() { r.status != Status::Retired } else { self.statuses.contains(&r.status) }
     }
 }
 
