@@ -282,6 +282,26 @@ mod tests {
     }
 
     #[test]
+    fn a_retired_instrument_leaves_search_until_it_is_asked_for() {
+        let c = catalog();
+        let q = text("NMR");
+        assert_eq!(ids_in(&c, &q), vec!["nmr-1"]);
+        let mut retired = stored("nmr-1", "核磁共振波谱仪", "NMR Spectrometer (NMR)", "01.06.01");
+        retired.record.status = model::Status::Retired;
+        c.apply(vec![retired]);
+        assert!(ids_in(&c, &q).is_empty());
+        assert_eq!(c.search(&q, "hefei", "Anhui", None, None).total, 0, "not counted either");
+        let mut asked = text("NMR");
+        asked.statuses = vec![model::Status::Retired];
+        assert_eq!(ids_in(&c, &asked), vec!["nmr-1"]);
+        assert_eq!(c.get("nmr-1").unwrap().stored.record.status, model::Status::Retired, "the record stays");
+        // Back in service, back in search, and searches take the unfiltered path again.
+        c.apply(vec![stored("nmr-1", "核磁共振波谱仪", "NMR Spectrometer (NMR)", "01.06.01")]);
+        assert_eq!(ids_in(&c, &q), vec!["nmr-1"]);
+        assert_eq!(c.state.read().unwrap().retired, 0);
+    }
+
+    #[test]
     fn filters_apply_and_city_filters_short_circuit() {
         let c = catalog();
         let mut q = text("");
