@@ -95,6 +95,10 @@ pub struct GrantArgs {
     holder: String,
     #[arg(long)]
     instrument: String,
+    /// With grant: the training lasts through this date ("YYYY-MM-DD", Asia/Shanghai) or
+    /// until this time; a slot must end by then. Default: no end.
+    #[arg(long)]
+    until: Option<String>,
     #[command(flatten)]
     client: ClientOpts,
 }
@@ -272,13 +276,29 @@ pub async fn training(command: Training) -> Result<ExitCode> {
     let holder = if a.holder.contains("://") { Identity::from_uri(&a.holder) } else { Identity::from_name(&a.holder) }
         .with_context(|| format!("{:?} is not an identity (e.g. org-demo, or spiffe://corridor/org/demo)", a.holder))?;
     let mut gw = gateway_as(&a.client, &admin_of(&a.instrument)?)?;
-    let req = pb::GrantQualificationRequest { instrument_id: a.instrument.clone(), holder: holder.uri(), revoke };
-    gw.grant_qualification(req).await.map_err(status_error)?;
+    let until = match a.until.as_deref() {
+        None => String::new(),
+        Some(_) if revoke => bail!("--until is for a grant; a revoke ends the training now"),
+        // Through that day: until the next one begins.
+        Some(d) if d.len() == 10 => {
+            let f = time::macros::format_description!("[year]-[month]-[day]");
+            let day = time::Date::parse(d, &f).with_context(|| format!("--until {d:?}: expected YYYY-MM-DD"))?;
+            let next = day.next_day().context("--until: a date before the end of time")?;
+            cli_time(&format!("{next} 00:00"))?
+        }
+        Some(t) => cli_time(t)?,
+    };
+    let req =
+        pb::GrantQualificationRequest { instrument_id: a.instrument.clone(), holder: holder.uri(), revoke, until };
+    gw.grant_qualification(req.clone()).await.map_err(status_error)?;
     let did = if revoke { "revoked" } else { "granted" };
     if a.client.json {
-        outln!("{}", json!({"instrument_id": a.instrument, "holder": holder.uri(), "training": did}));
-    } else {
+        let until = (!req.until.is_empty()).then_some(&req.until);
+        outln!("{}", json!({"instrument_id": a.instrument, "holder": holder.uri(), "training": did, "until": until}));
+    } else if req.until.is_empty() {
         outln!("training for {} {did}: {}", a.instrument, holder.uri());
+    } else {
+        outln!("training for {} {did}: {}, until {}", a.instrument, holder.uri(), when(&req.until, a.client.utc));
     }
     Ok(ExitCode::SUCCESS)
 }

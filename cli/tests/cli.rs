@@ -429,6 +429,12 @@ async fn an_admin_makes_an_instrument_need_training_and_approval() {
     assert!(!ok, "booked without training");
     assert!(err.contains("needs training") && err.contains("spiffe://corridor/org/demo"), "{err}");
 
+    // Training that ends before the slot does not cover it.
+    let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(1)).date().to_string();
+    let (ok, out, err) = cli(&["training", "grant", "org-demo", "--instrument", &inst, "--until", &tomorrow]).await;
+    assert!(ok && out.contains("granted") && out.contains("until"), "{out}{err}");
+    let (ok, _, err) = reserve(10).await;
+    assert!(!ok && err.contains("training for") && err.contains("runs until"), "{err}");
     let (ok, out, err) = cli(&["training", "grant", "org-demo", "--instrument", &inst]).await;
     assert!(ok && out.contains("granted"), "{out}{err}");
     let (ok, out, err) = reserve(10).await;
@@ -455,15 +461,17 @@ async fn an_admin_makes_an_instrument_need_training_and_approval() {
     let log: serde_json::Value = serde_json::from_str(&out).unwrap();
     let entries = log["entries"].as_array().unwrap();
     let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["set_rules", "grant", "approve", "revoke"], "{log}");
+    assert_eq!(actions, ["set_rules", "grant", "grant", "approve", "revoke"], "{log}");
     assert!(entries.iter().all(|e| e["actor"] == "spiffe://corridor/city/hefei/admin"), "{log}");
     assert_eq!(entries[0]["target"], inst.as_str());
     assert_eq!(entries[0]["before"]["training_required"], false);
     assert_eq!(entries[0]["after"]["training_required"], true);
     assert_eq!((&entries[1]["before"]["trained"], &entries[1]["after"]["trained"]), (&false.into(), &true.into()));
-    assert_eq!((&entries[2]["target"], &entries[2]["after"]["state"]), (&id.clone().into(), &"confirmed".into()));
-    let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(2)).date().to_string();
-    let (ok, out, err) = cli(&["audit", "--city", "hefei", "--since", &tomorrow, "--json"]).await;
+    assert!(entries[1]["after"]["until"].as_str().is_some_and(|u| u.ends_with("+08:00")), "{log}");
+    assert_eq!(entries[2]["after"]["until"], serde_json::Value::Null);
+    assert_eq!((&entries[3]["target"], &entries[3]["after"]["state"]), (&id.clone().into(), &"confirmed".into()));
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::days(2)).date().to_string();
+    let (ok, out, err) = cli(&["audit", "--city", "hefei", "--since", &later, "--json"]).await;
     assert!(ok, "{err}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["entries"], serde_json::json!([]));
     // Someone else's audit log is refused.

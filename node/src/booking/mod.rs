@@ -50,6 +50,23 @@ fn put_in_order(tx: &mut dyn Txn, b: &Booking) -> Result<(), Error> {
     Ok(())
 }
 
+/// Training for one instrument, held by one identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Qualification {
+    /// A slot must end by then; None: no end.
+    pub until: Option<Instant>,
+}
+
+impl Qualification {
+    /// Grants stored before they could end were the bytes "1".
+    fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, Error> {
+        if bytes == b"1" {
+            return Ok(Qualification { until: None });
+        }
+        crate::kv::decode(key, bytes)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
@@ -336,18 +353,33 @@ impl Bookings {
                 }
                 let rules = Self::rules_in(tx, record)?;
                 rules.check_slot(start, end, now)?;
-                if rules.training_required
-                    && !actor.admin
-                    && tx.get(&keys::qualification(&record.local_id, &actor.uri))?.is_none()
-                {
-                    return Err(Violation::new(
-                        "training_required",
-                        format!(
-                            "{} needs training first; {} holds no qualification for it (the city admin grants one)",
-                            record.local_id, actor.uri
-                        ),
-                    )
-                    .into());
+                if rules.training_required && !actor.admin {
+                    let key = keys::qualification(&record.local_id, &actor.uri);
+                    match tx.get(&key)?.map(|v| Qualification::decode(&key, &v)).transpose()? {
+                        None => {
+                            return Err(Violation::new(
+                                "training_required",
+                                format!(
+                                    "{} needs training first; {} holds no qualification for it (the city admin grants one)",
+                                    record.local_id, actor.uri
+                                ),
+                            )
+                            .into());
+                        }
+                        Some(Qualification { until: Some(until) }) if end > until => {
+                            return Err(Violation::new(
+                                "training_required",
+                                format!(
+                                    "{}'s training for {} runs until {}, and this slot ends after it (the city admin can extend it)",
+                                    actor.uri,
+                                    record.local_id,
+                                    time::short(until)
+                                ),
+                            )
+                            .into());
+                        }
+                        Some(_) => {}
+                    }
                 }
                 let (occ_start, occ_end) = (start - rules.setup(), end + rules.cooldown());
                 let mut days = Self::days_in(tx, &record.local_id, occ_start, occ_end, now)?;
@@ -741,27 +773,29 @@ impl Bookings {
         Ok(rules)
     }
 
+    /// Grants `holder` training for an instrument, to use it until `until`
+    /// when given, or revokes it (`grant` = None).
     pub async fn grant(
         &self,
         actor: &Actor,
         record: &InstrumentRecord,
         holder: &str,
-        revoke: bool,
+        grant: Option<Qualification>,
     ) -> Result<(), Error> {
         if !actor.admin {
             return Err(Error::Denied("only the city's admin may grant qualifications".into()));
         }
         let key = keys::qualification(&record.local_id, holder);
-        let (now, action) = (self.clock.now(), if revoke { "revoke" } else { "grant" });
+        let (now, action) = (self.clock.now(), if grant.is_some() { "grant" } else { "revoke" });
         let target = format!("{}/{} {holder}", self.city, record.local_id);
+        let state = |q: Option<&Qualification>| json!({"trained": q.is_some(), "until": q.and_then(|q| q.until).map(time::format)});
         self.kv.run(|tx| {
-            let before = tx.get(&key)?.is_some();
-            if revoke {
-                tx.remove(&key)?;
-            } else {
-                tx.put(&key, b"1".to_vec())?;
+            let before = tx.get(&key)?.map(|v| Qualification::decode(&key, &v)).transpose()?;
+            match &grant {
+                Some(q) => put_json(tx, &key, q)?,
+                None => tx.remove(&key)?,
             }
-            audit::record(tx, now, &actor.uri, action, &target, json!({"trained": before}), json!({"trained": !revoke}))
+            audit::record(tx, now, &actor.uri, action, &target, state(before.as_ref()), state(grant.as_ref()))
         })?;
         self.kv.durable().await
     }

@@ -140,9 +140,16 @@ async fn training_and_approval_rules() {
         e.set_rules(&admin(), &inst, rules).unwrap();
         let err = e.reserve(&org("a"), &inst, req("10:00", "11:00", "1")).await.unwrap_err();
         assert!(matches!(err, Error::Rule(ref v) if v.rule == "training_required"), "{name}: {err}");
-        e.grant(&admin(), &inst, &org("a").uri, false).await.unwrap();
+        // Training that ends before the slot does is not enough; to its end is.
+        let end = super::time::parse("end", &req("10:00", "11:00", "-").end).unwrap();
+        e.grant(&admin(), &inst, &org("a").uri, Some(Qualification { until: Some(end - 60) })).await.unwrap();
+        let err = e.reserve(&org("a"), &inst, req("10:00", "11:00", "1b")).await.unwrap_err();
+        assert!(matches!(err, Error::Rule(ref v) if v.rule == "training_required"), "{name}: {err}");
+        assert!(err.to_string().contains("runs until"), "{name}: {err}");
+        e.grant(&admin(), &inst, &org("a").uri, Some(Qualification { until: Some(end) })).await.unwrap();
         let b = e.reserve(&org("a"), &inst, req("10:00", "11:00", "2")).await.unwrap();
         assert_eq!(b.state, State::Pending, "{name}");
+        e.grant(&admin(), &inst, &org("a").uri, Some(Qualification { until: None })).await.unwrap();
         assert!(matches!(e.decide(&org("a"), &b.id, "3", true, "").await.unwrap_err(), Error::Denied(_)));
         let b = e.decide(&admin(), &b.id, "4", true, "ok").await.unwrap();
         assert_eq!(b.state, State::Confirmed);

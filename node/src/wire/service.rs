@@ -16,7 +16,7 @@ use super::{
     error as refuse,
 };
 use crate::{
-    booking::{Actor, Reserve, audit, parse_window},
+    booking::{Actor, Qualification, Reserve, audit, parse_window},
     catalog::{
         Entry,
         import::RowError,
@@ -591,7 +591,15 @@ impl node_server::Node for NodeService {
         let r = req.into_inner();
         let holder = Identity::from_uri(&r.holder).map_err(|e| refuse::invalid_argument(e.to_string()))?;
         let entry = self.instrument(&r.instrument_id)?;
-        self.node.bookings().grant(&actor, &entry.stored.record, &holder.uri(), r.revoke).await?;
+        let grant = match (r.revoke, r.until.as_str()) {
+            (true, "") => None,
+            (true, _) => return Err(refuse::invalid_argument("until is for a grant, not a revoke")),
+            (false, "") => Some(Qualification { until: None }),
+            (false, until) => {
+                Some(Qualification { until: Some(crate::booking::time::parse("until", until).map_err(Error::from)?) })
+            }
+        };
+        self.node.bookings().grant(&actor, &entry.stored.record, &holder.uri(), grant).await?;
         Ok(Response::new(pb::GrantQualificationResponse {}))
     }
 
