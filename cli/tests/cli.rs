@@ -72,6 +72,16 @@ async fn import_is_all_or_nothing_and_idempotent() {
     let (ok, _, err) = run(cmd).await;
     assert!(!ok);
     assert!(err.contains("PermissionDenied") && err.contains("may not write hefei"), "{err}");
+
+    // Only the import that changed something is in the audit log.
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(["audit", "--city", "hefei", "--node", &mesh.node_url("hefei"), "--json"]);
+    let (ok, out, err) = run(cmd).await;
+    assert!(ok, "{err}");
+    let log: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{log}");
+    assert_eq!((&entries[0]["action"], &entries[0]["after"]["inserted"]), (&"import".into(), &50.into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 //! `wire` (gRPC: the service, conversions, the one error mapping, peers);
 //! `server` (open, serve, stop).
 
+pub mod audit;
 pub mod booking;
 pub mod catalog;
 pub mod error;

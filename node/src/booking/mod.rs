@@ -3,7 +3,6 @@
 //! instrument's calendar, the booking and the idempotency record, and is
 //! acknowledged only once durable. No gRPC and no sled here.
 
-pub mod audit;
 pub mod calendar;
 pub mod keys;
 pub mod rules;
@@ -20,6 +19,7 @@ use self::{
     time::{Clock, Instant, MINUTE},
 };
 use crate::{
+    audit,
     catalog::model::{InstrumentRecord, PriceUnit, Status, yuan},
     error::{Error, Violation},
     kv::{Kv, corrupt, get_json, put_json, txn::Txn},

@@ -311,6 +311,8 @@ impl Vouchers {
                         face_fen: v.terms.face_fen,
                     },
                 )?;
+                let terms = serde_json::to_value(&v.terms).unwrap_or_default();
+                crate::audit::record(tx, now, &actor.uri, "issue_voucher", &v.id, serde_json::Value::Null, terms)?;
                 Ok(v)
             })
             .await
@@ -732,6 +734,9 @@ mod tests {
         for (e, _dir) in engines() {
             let v = e.issue_voucher(&admin(), terms(3_000_000, 50, "a")).await.unwrap();
             assert_eq!((v.id.as_str(), v.terms.cities.len()), ("wuhu/v-1", 9));
+            let (log, _) = crate::audit::page(&e.kv, 0, i64::MIN, 10).unwrap();
+            assert_eq!((log.len(), log[0].action.as_str(), log[0].target.as_str()), (1, "issue_voucher", "wuhu/v-1"));
+            assert_eq!(log[0].after["face_fen"], 3_000_000);
             // Half of 1,000.01 yuan, rounded half up.
             let d = e.try_debit(try_("hefei/bk-1", &v.id, 100_001)).await.unwrap();
             assert_eq!((d.state, d.amount_fen), (DebitState::Pending, 50_001));

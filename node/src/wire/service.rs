@@ -16,7 +16,8 @@ use super::{
     error as refuse,
 };
 use crate::{
-    booking::{Actor, Qualification, Reserve, audit, parse_window},
+    audit,
+    booking::{Actor, Qualification, Reserve, parse_window},
     catalog::{
         Entry,
         import::RowError,
@@ -235,6 +236,27 @@ impl NodeService {
     }
 
     /// Only `admin-<city>` writes a city's inventory.
+    /// Records a change to the inventory in the audit log. The records live
+    /// in their own store, so the entry lands just after the change, not in
+    /// its step: a crash between the two loses the entry, never the change.
+    async fn audit_inventory(
+        &self,
+        who: &Identity,
+        action: &str,
+        target: &str,
+        before: serde_json::Value,
+        after: serde_json::Value,
+    ) -> Result<(), Status> {
+        let bookings = self.node.bookings();
+        let now = bookings.now();
+        let uri = who.uri();
+        bookings
+            .kv()
+            .step(Flush::Wait, |tx| audit::record(tx, now, &uri, action, target, before.clone(), after.clone()))
+            .await?;
+        Ok(())
+    }
+
     fn authorize_write<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         let id = self.caller(req)?;
         let city = self.node.city().slug;
@@ -430,6 +452,12 @@ impl node_server::Node for NodeService {
         let received = rows.len() as u64;
         let s = self.node.import(rows).await?;
         tracing::info!(%who, received, inserted = s.inserted, updated = s.updated, "import applied");
+        if s.inserted + s.updated > 0 {
+            let after = serde_json::json!({
+                "received": received, "inserted": s.inserted, "updated": s.updated, "unchanged": s.unchanged,
+            });
+            self.audit_inventory(&who, "import", self.node.city().slug, serde_json::Value::Null, after).await?;
+        }
         Ok(Response::new(pb::ImportSummary {
             received,
             inserted: s.inserted,
@@ -740,21 +768,12 @@ impl node_server::Node for NodeService {
         let s = self.node.import(vec![(0, record)]).await?;
         let entry = self.node.get(&local_id).ok_or_else(|| refuse::internal("the record just written is missing"))?;
         if s.unchanged == 0 {
-            // The records live in their own store, so the entry lands just
-            // after the change, not in its step: a crash between the two
-            // loses this entry (never the change).
             let json = |r: Option<&crate::catalog::model::InstrumentRecord>| {
                 r.and_then(|r| serde_json::to_value(r).ok()).unwrap_or_default()
             };
             let (before, after) = audit::diff(&json(previous.as_ref()), &json(Some(&entry.stored.record)));
-            let (bookings, target) = (self.node.bookings(), format!("{}/{local_id}", self.node.city().slug));
-            let now = bookings.now();
-            bookings
-                .kv()
-                .step(Flush::Wait, |tx| {
-                    audit::record(tx, now, &who.uri(), "set_instrument", &target, before.clone(), after.clone())
-                })
-                .await?;
+            let target = format!("{}/{local_id}", self.node.city().slug);
+            self.audit_inventory(&who, "set_instrument", &target, before, after).await?;
         }
         Ok(Response::new(pb::UpsertInstrumentResponse {
             instrument: Some(to_proto(&entry.stored, self.node.city())),

@@ -7,11 +7,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::time::Instant;
 use crate::{
     error::Error,
     kv::{Kv, get_json, put_json, txn::Txn},
 };
+
+/// Unix seconds, as `booking::time::Instant` (named apart so that every
+/// engine can audit without depending on another).
+type Instant = i64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -19,9 +22,11 @@ pub struct Entry {
     pub at: Instant,
     /// The identity URI of the admin who made the change.
     pub actor: String,
-    /// What was done: "set_rules", "grant", "revoke", "approve", "decline", "complete".
+    /// What was done: "set_rules", "grant", "revoke", "approve", "decline",
+    /// "complete", "set_instrument", "import", "issue_voucher".
     pub action: String,
-    /// What it was done to: an instrument id, "<instrument> <holder>", or a booking id.
+    /// What it was done to: an instrument id, "<instrument> <holder>", a
+    /// booking or voucher id, or the city (an import).
     pub target: String,
     pub before: Value,
     pub after: Value,
