@@ -44,11 +44,16 @@ fn start(args: &[String], failpoint: Option<&str>, ready: &str) -> Child {
     }
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
     loop {
-        let line = lines.next().expect("process exited before it was ready").unwrap();
+        let Some(line) = lines.next() else {
+            panic!("{args:?} exited before it was ready; it said:\n{}", seen.join("\n"));
+        };
+        let line = line.unwrap();
         if line.contains(ready) {
             break;
         }
+        seen.push(line);
     }
     std::thread::spawn(move || for _ in lines {});
     child
