@@ -14,10 +14,6 @@ pub const BOOKINGS: &[u8] = b"b/";
 /// Every booking in (start, id) order: the key of a page's place, the
 /// booking's id as the value.
 pub const BY_START: &[u8] = b"bs/";
-/// Live bookings (held, pending, confirmed) in (start, id) order: the city
-/// admin's default page, which would otherwise pass over every closed one.
-/// A booking enters it when it is made and leaves it when it closes.
-pub const LIVE_BY_START: &[u8] = b"bl/";
 /// One requester's bookings in (start, id) order.
 pub fn by_requester(requester: &str) -> Vec<u8> {
     let mut key = b"br/".to_vec();
@@ -39,8 +35,8 @@ pub fn in_order(mut prefix: Vec<u8>, start: Instant, id: &str) -> Vec<u8> {
     prefix.extend(id.as_bytes());
     prefix
 }
-/// Present once every stored booking is in the orders above (a store that
-/// has only the older marker, for two orders, is put in order again).
+/// Present once every stored booking is in the three orders above (a store
+/// that has only the older marker, for two orders, is put in order again).
 pub const ORDERED: &[u8] = b"m/bookings-ordered-3";
 pub fn rules(instrument: &str) -> Vec<u8> {
     format!("r/{instrument}").into_bytes()

@@ -33,9 +33,6 @@ pub(crate) type Change<'a> = dyn Fn(&mut Booking, &Rules, Instant, &mut dyn Txn)
 /// payment still needs a call to the issuer, so that recovery finds it.
 pub(crate) fn save_booking(tx: &mut dyn Txn, b: &Booking) -> Result<(), Error> {
     put_json(tx, &keys::booking(&b.id), b)?;
-    if !b.state.is_live() {
-        tx.remove(&keys::in_order(keys::LIVE_BY_START.to_vec(), b.start, &b.id))?;
-    }
     if b.payment.as_ref().is_some_and(|p| p.state.in_flight()) {
         tx.put(&keys::outbox(&b.id), b.id.as_bytes().to_vec())?;
     } else {
@@ -45,16 +42,12 @@ pub(crate) fn save_booking(tx: &mut dyn Txn, b: &Booking) -> Result<(), Error> {
 }
 
 /// Puts a new booking in the orders that pages are read in: a booking's
-/// start, requester and instrument never change, so this is written once
-/// (the live order also loses it when it closes, in `save_booking`).
+/// start, requester and instrument never change, so this is written once.
 fn put_in_order(tx: &mut dyn Txn, b: &Booking) -> Result<(), Error> {
     let id = b.id.as_bytes().to_vec();
     tx.put(&keys::in_order(keys::BY_START.to_vec(), b.start, &b.id), id.clone())?;
     tx.put(&keys::in_order(keys::by_requester(&b.requester), b.start, &b.id), id.clone())?;
-    tx.put(&keys::in_order(keys::by_instrument(&b.instrument), b.start, &b.id), id.clone())?;
-    if b.state.is_live() {
-        tx.put(&keys::in_order(keys::LIVE_BY_START.to_vec(), b.start, &b.id), id)?;
-    }
+    tx.put(&keys::in_order(keys::by_instrument(&b.instrument), b.start, &b.id), id)?;
     Ok(())
 }
 
@@ -697,8 +690,7 @@ impl Bookings {
         let prefix = match instrument {
             _ if !actor.admin => keys::by_requester(&actor.uri),
             Some(i) => keys::by_instrument(i),
-            None if include_closed => keys::BY_START.to_vec(),
-            None => keys::LIVE_BY_START.to_vec(),
+            None => keys::BY_START.to_vec(),
         };
         let mut place = match after {
             Some((start, id)) => keys::in_order(prefix.clone(), start, id),
