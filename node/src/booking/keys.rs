@@ -21,13 +21,6 @@ pub fn by_requester(requester: &str) -> Vec<u8> {
     key.push(0);
     key
 }
-/// One instrument's bookings in (start, id) order (the instrument's local id).
-pub fn by_instrument(instrument: &str) -> Vec<u8> {
-    let mut key = b"bi/".to_vec();
-    key.extend(instrument.as_bytes());
-    key.push(0);
-    key
-}
 /// A booking's place under `prefix`: its start as bytes that sort as the
 /// numbers do (the sign bit flipped, big-endian), then its id.
 pub fn in_order(mut prefix: Vec<u8>, start: Instant, id: &str) -> Vec<u8> {
@@ -35,9 +28,8 @@ pub fn in_order(mut prefix: Vec<u8>, start: Instant, id: &str) -> Vec<u8> {
     prefix.extend(id.as_bytes());
     prefix
 }
-/// Present once every stored booking is in the three orders above (a store
-/// that has only the older marker, for two orders, is put in order again).
-pub const ORDERED: &[u8] = b"m/bookings-ordered-3";
+/// Present once every stored booking is in the two orders above.
+pub const ORDERED: &[u8] = b"m/bookings-ordered";
 pub fn rules(instrument: &str) -> Vec<u8> {
     format!("r/{instrument}").into_bytes()
 }

@@ -42,12 +42,11 @@ pub(crate) fn save_booking(tx: &mut dyn Txn, b: &Booking) -> Result<(), Error> {
 }
 
 /// Puts a new booking in the orders that pages are read in: a booking's
-/// start, requester and instrument never change, so this is written once.
+/// start and requester never change, so this is written once.
 fn put_in_order(tx: &mut dyn Txn, b: &Booking) -> Result<(), Error> {
     let id = b.id.as_bytes().to_vec();
     tx.put(&keys::in_order(keys::BY_START.to_vec(), b.start, &b.id), id.clone())?;
-    tx.put(&keys::in_order(keys::by_requester(&b.requester), b.start, &b.id), id.clone())?;
-    tx.put(&keys::in_order(keys::by_instrument(&b.instrument), b.start, &b.id), id)?;
+    tx.put(&keys::in_order(keys::by_requester(&b.requester), b.start, &b.id), id)?;
     Ok(())
 }
 
@@ -686,12 +685,7 @@ impl Bookings {
         size: usize,
     ) -> Result<(Vec<Booking>, bool), Error> {
         let now = self.clock.now();
-        // The narrowest order that holds every booking the page may show.
-        let prefix = match instrument {
-            _ if !actor.admin => keys::by_requester(&actor.uri),
-            Some(i) => keys::by_instrument(i),
-            None => keys::BY_START.to_vec(),
-        };
+        let prefix = if actor.admin { keys::BY_START.to_vec() } else { keys::by_requester(&actor.uri) };
         let mut place = match after {
             Some((start, id)) => keys::in_order(prefix.clone(), start, id),
             None => prefix.clone(),
