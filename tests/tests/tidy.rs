@@ -21,13 +21,14 @@ const NODE_LAYERS: &[(&str, &[&str])] = &[
     ("error", &[]),
     ("catalog", &["error"]),
     ("kv", &["error", "catalog::model"]),
-    ("booking", &["error", "kv", "catalog::model", "money::payment", "money::ledger"]),
+    ("audit", &["error", "kv"]),
+    ("booking", &["error", "kv", "audit", "catalog::model", "money::payment", "money::ledger"]),
     ("money::ledger", &["error", "kv", "booking::time"]),
     ("money::payment", &["error", "money::ledger", "booking::time"]),
-    ("money", &["error", "kv", "catalog::model", "booking"]),
+    ("money", &["error", "kv", "audit", "catalog::model", "booking"]),
     ("ops", &["error", "kv", "catalog", "booking", "money"]),
     ("node", &["error", "kv", "catalog", "booking", "money", "ops"]),
-    ("wire", &["error", "kv", "catalog", "booking", "money", "ops", "node"]),
+    ("wire", &["error", "kv", "audit", "catalog", "booking", "money", "ops", "node"]),
 ];
 
 /// Where, per crate, `tonic::Status` may be built: the one adapter place.
