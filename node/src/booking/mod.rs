@@ -58,12 +58,14 @@ pub struct Qualification {
 }
 
 impl Qualification {
-    /// Grants stored before they could end were the bytes "1".
-    fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, Error> {
-        if bytes == b"1" {
-            return Ok(Qualification { until: None });
+    /// The grant stored under `key`, if any. Grants stored before they could
+    /// end were the bytes "1".
+    fn read(tx: &mut dyn Txn, key: &[u8]) -> Result<Option<Self>, Error> {
+        match tx.get(key)? {
+            None => Ok(None),
+            Some(bytes) if bytes == b"1" => Ok(Some(Qualification { until: None })),
+            Some(bytes) => crate::kv::decode(key, &bytes).map(Some),
         }
-        crate::kv::decode(key, bytes)
     }
 }
 
@@ -355,30 +357,21 @@ impl Bookings {
                 rules.check_slot(start, end, now)?;
                 if rules.training_required && !actor.admin {
                     let key = keys::qualification(&record.local_id, &actor.uri);
-                    match tx.get(&key)?.map(|v| Qualification::decode(&key, &v)).transpose()? {
-                        None => {
-                            return Err(Violation::new(
-                                "training_required",
-                                format!(
-                                    "{} needs training first; {} holds no qualification for it (the city admin grants one)",
-                                    record.local_id, actor.uri
-                                ),
-                            )
-                            .into());
-                        }
-                        Some(Qualification { until: Some(until) }) if end > until => {
-                            return Err(Violation::new(
-                                "training_required",
-                                format!(
-                                    "{}'s training for {} runs until {}, and this slot ends after it (the city admin can extend it)",
-                                    actor.uri,
-                                    record.local_id,
-                                    time::short(until)
-                                ),
-                            )
-                            .into());
-                        }
-                        Some(_) => {}
+                    let refusal = match Qualification::read(tx, &key)? {
+                        None => Some(format!(
+                            "{} needs training first; {} holds no qualification for it (the city admin grants one)",
+                            record.local_id, actor.uri
+                        )),
+                        Some(Qualification { until: Some(until) }) if end > until => Some(format!(
+                            "{}'s training for {} runs until {}, and this slot ends after it (the city admin can extend it)",
+                            actor.uri,
+                            record.local_id,
+                            time::short(until)
+                        )),
+                        Some(_) => None,
+                    };
+                    if let Some(detail) = refusal {
+                        return Err(Violation::new("training_required", detail).into());
                     }
                 }
                 let (occ_start, occ_end) = (start - rules.setup(), end + rules.cooldown());
@@ -790,7 +783,7 @@ impl Bookings {
         let target = format!("{}/{} {holder}", self.city, record.local_id);
         let state = |q: Option<&Qualification>| json!({"trained": q.is_some(), "until": q.and_then(|q| q.until).map(time::format)});
         self.kv.run(|tx| {
-            let before = tx.get(&key)?.map(|v| Qualification::decode(&key, &v)).transpose()?;
+            let before = Qualification::read(tx, &key)?;
             match &grant {
                 Some(q) => put_json(tx, &key, q)?,
                 None => tx.remove(&key)?,

@@ -1,8 +1,8 @@
 //! Where bookings, vouchers and the ledger live: one ordered key space per
 //! node, written only through atomic steps. `SledKv` is the real backend
 //! (steps in turn, each landing behind an intent record, durable through
-//! group commit); `MemKv` is the
-//! in-memory twin, and the engines' tests run against both.
+//! group commit); `MemKv` is the in-memory twin, and the engines' tests run
+//! against both.
 
 use std::{
     collections::BTreeMap,
@@ -336,10 +336,7 @@ impl TxnStore for SledKv {
     /// must not queue behind it. Each key is seen whole, as it stood at some
     /// moment of the scan (as a scan beside sled transactions saw it).
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.tree
-            .scan_prefix(prefix)
-            .map(|kv| kv.map(|(_, v)| v.to_vec()).map_err(|e| StoreError::Backend(e.to_string())))
-            .collect()
+        self.tree.scan_prefix(prefix).map(|kv| kv.map(|(_, v)| v.to_vec()).map_err(backend)).collect()
     }
 
     fn scan_after(&self, prefix: &[u8], after: &[u8], n: usize) -> Result<Vec<Pair>, StoreError> {
@@ -347,7 +344,7 @@ impl TxnStore for SledKv {
         let _turn = self.turn.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::new();
         for kv in self.tree.range::<&[u8], _>((Bound::Excluded(after), Bound::Unbounded)) {
-            let (k, v) = kv.map_err(|e| StoreError::Backend(e.to_string()))?;
+            let (k, v) = kv.map_err(backend)?;
             if !k.starts_with(prefix) || out.len() == n {
                 break;
             }

@@ -235,7 +235,6 @@ impl NodeService {
         Response::new(booking_to_proto(b, self.node.city(), self.node.bookings().now()))
     }
 
-    /// Only `admin-<city>` writes a city's inventory.
     /// Records a change to the inventory in the audit log. The records live
     /// in their own store, so the entry lands just after the change, not in
     /// its step: a crash between the two loses the entry, never the change.
@@ -257,6 +256,7 @@ impl NodeService {
         Ok(())
     }
 
+    /// Only `admin-<city>` writes a city's inventory.
     fn authorize_write<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         let id = self.caller(req)?;
         let city = self.node.city().slug;
