@@ -138,6 +138,25 @@ pub async fn node_endpoint(city: &City, node: Option<String>, opts: &ClientOpts,
     })
 }
 
+/// `city`'s node, dialled as its admin (or as --identity): at `node` when
+/// given, else where the gateway says it listens; and that endpoint, for
+/// errors that name it.
+pub async fn admin_node(city: &City, node: Option<String>, opts: &ClientOpts) -> Result<(NodeClient<Channel>, String)> {
+    let admin = format!("admin-{}", city.slug);
+    let creds = opts.credentials(&admin)?;
+    let endpoint = node_endpoint(city, node, opts, &admin).await?;
+    let channel = dial(&endpoint, &creds, Identity::Node(city.slug.into()))?;
+    Ok((NodeClient::new(channel), endpoint))
+}
+
+/// The city an instrument id ("<city>/<local-id>") names.
+pub fn city_of(instrument: &str) -> Result<&'static City> {
+    let (slug, _) = instrument
+        .split_once('/')
+        .with_context(|| format!("{instrument:?} is not an instrument id (\"<city>/<local-id>\")"))?;
+    crate::city(slug)
+}
+
 pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &ClientOpts) -> Result<ExitCode> {
     let format =
         Format::from_path(file).with_context(|| format!("{}: name the file .jsonl or .csv", file.display()))?;
@@ -147,11 +166,7 @@ pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &Clien
     let rows = parse(format, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}; nothing imported", file.display()))?;
     check_rows(city.slug, &rows).map_err(|e| anyhow::anyhow!("{}: {e}; nothing imported", file.display()))?;
 
-    let admin = format!("admin-{}", city.slug);
-    let creds = opts.credentials(&admin)?;
-    let endpoint = node_endpoint(city, node, opts, &admin).await?;
-    let channel = dial(&endpoint, &creds, Identity::Node(city.slug.into()))?;
-    let mut client = NodeClient::new(channel);
+    let (mut client, endpoint) = admin_node(city, node, opts).await?;
     let chunks: Vec<pb::ImportChunk> = rows
         .chunks(IMPORT_CHUNK_ROWS)
         .map(|chunk| pb::ImportChunk {
@@ -192,11 +207,8 @@ pub async fn import(file: &Path, city: &City, node: Option<String>, opts: &Clien
 /// Streams a node's backup into `out`, writing to a temporary file first so
 /// that a failed transfer never leaves a partial file under the real name.
 pub async fn backup(city: &City, out: &Path, node: Option<String>, opts: &ClientOpts) -> Result<ExitCode> {
-    let admin = format!("admin-{}", city.slug);
-    let creds = opts.credentials(&admin)?;
-    let endpoint = node_endpoint(city, node, opts, &admin).await?;
-    let channel = dial(&endpoint, &creds, Identity::Node(city.slug.into()))?;
-    let mut stream = NodeClient::new(channel).backup(pb::BackupRequest {}).await.map_err(at(&endpoint))?.into_inner();
+    let (mut node, endpoint) = admin_node(city, node, opts).await?;
+    let mut stream = node.backup(pb::BackupRequest {}).await.map_err(at(&endpoint))?.into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.message().await.map_err(at(&endpoint))? {
         bytes.extend(chunk.data);

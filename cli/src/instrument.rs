@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
-use corridor_certs::Identity;
 use corridor_node::catalog::{
     model::{InstrumentRecord, StoredInstrument},
     summary::to_proto,
@@ -17,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{
     ClientOpts,
-    client::{dial, gateway_as, node_endpoint, status_error},
+    client::{admin_node, city_of, gateway_as, status_error},
 };
 
 #[derive(Subcommand)]
@@ -64,11 +63,8 @@ pub async fn instrument(command: InstrumentCommand) -> Result<ExitCode> {
         }
         InstrumentCommand::Retire { id, node, client } => (id, vec![("status".into(), "retired".into())], node, client),
     };
-    let (slug, _) =
-        id.split_once('/').with_context(|| format!("{id:?} is not an instrument id (\"<city>/<local-id>\")"))?;
-    let city = crate::city(slug)?;
-    let admin = format!("admin-{}", city.slug);
-    let current = gateway_as(&client, &admin)?
+    let city = city_of(&id)?;
+    let current = gateway_as(&client, &format!("admin-{}", city.slug))?
         .get_instrument(pb::GetInstrumentRequest { id: id.clone() })
         .await
         .map_err(status_error)?
@@ -76,9 +72,8 @@ pub async fn instrument(command: InstrumentCommand) -> Result<ExitCode> {
     let before = corridor_node::wire::convert::from_proto(current).map_err(|e| anyhow!("{id}: {e}"))?;
     let after = change(&before, &changes).map_err(|e| anyhow!("{id}: {e}; nothing changed"))?;
     let instrument = to_proto(&StoredInstrument { record: after, updated_at: String::new() }, city);
-    let endpoint = node_endpoint(city, node, &client, &admin).await?;
-    let channel = dial(&endpoint, &client.credentials(&admin)?, Identity::Node(city.slug.into()))?;
-    let resp = pb::node_client::NodeClient::new(channel)
+    let (mut node, _) = admin_node(city, node, &client).await?;
+    let resp = node
         .upsert_instrument(pb::UpsertInstrumentRequest { instrument: Some(instrument) })
         .await
         .map_err(status_error)?

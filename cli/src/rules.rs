@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::{
     ClientOpts,
     bookings::{cli_time, when},
-    client::{gateway_as, status_error},
+    client::{admin_node, city_of, gateway_as, status_error},
 };
 
 #[derive(Subcommand)]
@@ -119,10 +119,7 @@ pub struct AuditArgs {
 
 /// The admin of the city an instrument id names, as the default identity.
 fn admin_of(instrument: &str) -> Result<String> {
-    let (slug, _) = instrument
-        .split_once('/')
-        .with_context(|| format!("{instrument:?} is not an instrument id (\"<city>/<local-id>\")"))?;
-    Ok(format!("admin-{}", crate::city(slug)?.slug))
+    Ok(format!("admin-{}", city_of(instrument)?.slug))
 }
 
 async fn current(instrument: &str, client: &ClientOpts) -> Result<pb::BookingRules> {
@@ -306,16 +303,12 @@ pub async fn training(command: Training) -> Result<ExitCode> {
 /// Every audit entry of a city since a time, oldest first, page by page.
 pub async fn audit(a: AuditArgs) -> Result<ExitCode> {
     let city = crate::city(&a.city)?;
-    let admin = format!("admin-{}", city.slug);
     let since = match a.since.as_deref() {
         None => String::new(),
         Some(s) if s.len() == 10 => cli_time(&format!("{s} 00:00"))?,
         Some(s) => cli_time(s)?,
     };
-    let endpoint = crate::client::node_endpoint(city, a.node.clone(), &a.client, &admin).await?;
-    let creds = a.client.credentials(&admin)?;
-    let channel = crate::client::dial(&endpoint, &creds, Identity::Node(city.slug.into()))?;
-    let mut node = pb::node_client::NodeClient::new(channel);
+    let (mut node, _) = admin_node(city, a.node.clone(), &a.client).await?;
     let mut req = pb::ReadAuditRequest { since, after_seq: 0, limit: 5_000 };
     let mut entries = Vec::new();
     loop {

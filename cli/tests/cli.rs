@@ -19,6 +19,13 @@ async fn run(mut cmd: Command) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
+/// Runs `corridor ARGS` against the mesh's gateway.
+fn corridor_run(mesh: &Mesh, args: &[&str]) -> impl std::future::Future<Output = (bool, String, String)> + use<> {
+    let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
+    cmd.args(args);
+    run(cmd)
+}
+
 fn jsonl(records: &[corridor_node::catalog::model::InstrumentRecord]) -> String {
     records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect()
 }
@@ -406,11 +413,7 @@ async fn an_admin_makes_an_instrument_need_training_and_approval() {
         .find(|r| r.status == corridor_node::catalog::model::Status::Available && !r.training_required)
         .map(|r| format!("hefei/{}", r.local_id))
         .unwrap();
-    let cli = |args: &[&str]| {
-        let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
-        cmd.args(args);
-        run(cmd)
-    };
+    let cli = |args: &[&str]| corridor_run(&mesh, args);
     let (ok, out, err) =
         cli(&["rules", "set", &inst, "--training", "true", "--approval", "true", "--setup", "15"]).await;
     assert!(ok, "{err}");
@@ -501,11 +504,8 @@ async fn an_admin_changes_and_retires_an_instrument() {
         .find(|r| r.status == corridor_node::catalog::model::Status::Available && !r.training_required)
         .unwrap();
     let inst = format!("hefei/{}", record.local_id);
-    let cli = |args: &[&str]| {
-        let mut cmd = corridor(&mesh.certs, &mesh.gateway_url());
-        cmd.args(args).args(["--node", &mesh.node_url("hefei")]);
-        run(cmd)
-    };
+    let hefei = mesh.node_url("hefei");
+    let cli = |args: &[&str]| corridor_run(&mesh, &[args, &["--node", &hefei]].concat());
     let day = (time::OffsetDateTime::now_utc() + time::Duration::days(3)).date();
     let org = mesh.gateway("org-demo");
     let reserve = |h: u8| {
