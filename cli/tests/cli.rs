@@ -26,6 +26,14 @@ fn corridor_run(mesh: &Mesh, args: &[&str]) -> impl std::future::Future<Output =
     run(cmd)
 }
 
+/// The first g60 Hefei instrument anyone may book: available, no training.
+fn bookable_in_hefei() -> corridor_node::catalog::model::InstrumentRecord {
+    city_inventory(Scale::G60, "hefei")
+        .into_iter()
+        .find(|r| r.status == corridor_node::catalog::model::Status::Available && !r.training_required)
+        .expect("the g60 demo has a bookable Hefei instrument")
+}
+
 fn jsonl(records: &[corridor_node::catalog::model::InstrumentRecord]) -> String {
     records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect()
 }
@@ -408,11 +416,7 @@ async fn an_identity_enrolled_by_request_works_and_its_key_never_leaves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_makes_an_instrument_need_training_and_approval() {
     let mesh = Mesh::start(Some(Scale::G60)).await;
-    let inst = city_inventory(Scale::G60, "hefei")
-        .into_iter()
-        .find(|r| r.status == corridor_node::catalog::model::Status::Available && !r.training_required)
-        .map(|r| format!("hefei/{}", r.local_id))
-        .unwrap();
+    let inst = format!("hefei/{}", bookable_in_hefei().local_id);
     let cli = |args: &[&str]| corridor_run(&mesh, args);
     let (ok, out, err) =
         cli(&["rules", "set", &inst, "--training", "true", "--approval", "true", "--setup", "15"]).await;
@@ -499,10 +503,7 @@ async fn an_admin_makes_an_instrument_need_training_and_approval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_changes_and_retires_an_instrument() {
     let mesh = Mesh::start(Some(Scale::G60)).await;
-    let record = city_inventory(Scale::G60, "hefei")
-        .into_iter()
-        .find(|r| r.status == corridor_node::catalog::model::Status::Available && !r.training_required)
-        .unwrap();
+    let record = bookable_in_hefei();
     let inst = format!("hefei/{}", record.local_id);
     let hefei = mesh.node_url("hefei");
     let cli = |args: &[&str]| corridor_run(&mesh, &[args, &["--node", &hefei]].concat());
